@@ -1,0 +1,68 @@
+// Run-time choice of the SIMD build: AVX-512, AVX2+FMA or the x86-64 baseline, by cpuid.
+#include <cstring>
+
+#include "pyfastopt/dispatch.h"
+
+namespace pyfastopt {
+namespace {
+
+bool cpu_has_avx512() {
+#if defined(__x86_64__) || defined(__i386__)
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+const KernelSet* best() {
+  if (cpu_has_avx512()) return &kernels_avx512;
+  if (cpu_has_avx2()) return &kernels_avx2;
+  return &kernels_baseline;
+}
+
+const KernelSet* g_active = nullptr;
+
+}  // namespace
+
+const KernelSet& active_kernels() {
+  if (g_active == nullptr) g_active = best();
+  return *g_active;
+}
+
+bool select_kernels(const char* name) {
+  if (std::strcmp(name, "auto") == 0) {
+    g_active = best();
+  } else if (std::strcmp(name, "avx512") == 0) {
+    if (!cpu_has_avx512()) return false;
+    g_active = &kernels_avx512;
+  } else if (std::strcmp(name, "avx2") == 0) {
+    if (!cpu_has_avx2()) return false;
+    g_active = &kernels_avx2;
+  } else if (std::strcmp(name, "baseline") == 0) {
+    g_active = &kernels_baseline;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+const char* const* supported_kernel_names(int* count) {
+  static const char* names[3];
+  int n = 0;
+  if (cpu_has_avx512()) names[n++] = "avx512";
+  if (cpu_has_avx2()) names[n++] = "avx2";
+  names[n++] = "baseline";
+  *count = n;
+  return names;
+}
+
+}  // namespace pyfastopt

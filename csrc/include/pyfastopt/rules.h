@@ -1,0 +1,236 @@
+// The per-element update rules, one functor per algorithm, shared by every backend.
+//
+// Each rule mirrors torch 2.13's single-tensor (for-loop) implementation operation by operation:
+// the same order, the same scalar casts (a Python scalar becomes the tensor's dtype before use)
+// and fused multiply-adds exactly where ATen's vectorised kernels use them (`add(x, alpha=a)` and
+// `lerp`). Step-dependent scalars are computed once per tensor on the host, in double, as torch
+// computes them in Python. Variants are template parameters, never branches in the inner loop.
+#pragma once
+
+#include <cmath>
+
+#include "pyfastopt/macros.h"
+#include "pyfastopt/params.h"
+
+// Every build of the rules (one per CPU ISA, one for CUDA) lives in its own inline namespace:
+// identical template names compiled with different -m flags must never be merged by the linker.
+#ifndef PFO_ISA_NS
+#define PFO_ISA_NS generic
+#endif
+
+namespace pyfastopt {
+inline namespace PFO_ISA_NS {
+
+// a*b + c, fused where torch's vectorised CPU kernels fuse it (AVX2/AVX-512 builds have FMA;
+// the baseline build, like ATen's DEFAULT capability, multiplies then adds). ATen fuses
+// `add(x, alpha=a)` as fma(a, x, self), `addcmul(t1, t2, value=v)` as fma(v*t1, t2, self) and
+// lerp; `addcdiv` and scalar division are not fused.
+template <typename T>
+PFO_HD T fmadd(T a, T b, T c) {
+#if defined(__CUDACC__) || defined(__FMA__)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// torch.maximum: NaN in either operand propagates.
+template <typename T>
+PFO_HD T max_nan(T a, T b) {
+  return (a != a) ? a : ((a > b) ? a : b);
+}
+
+// torch.lerp(start, end, w) for a scalar weight, as ATen's vectorised CPU kernel computes it.
+template <typename T>
+struct Lerp {
+  T coeff;
+  bool small;
+  explicit Lerp(double weight) {
+    const T w = static_cast<T>(weight);
+    small = std::fabs(w) < T(0.5);
+    coeff = small ? w : w - T(1);
+  }
+  PFO_HD T operator()(T start, T end) const {
+    return fmadd(coeff, end - start, small ? start : end);
+  }
+};
+
+enum class Decay { kNone = 0, kL2 = 1, kDecoupled = 2 };
+
+// torch: grad = -grad if maximize; grad = grad.add(param, alpha=weight_decay) if weight_decay != 0.
+template <typename T, bool MAXIMIZE, bool L2>
+PFO_HD T prepare_grad(T g, T p, T wd) {
+  if (MAXIMIZE) g = -g;
+  if (L2) g = fmadd(wd, p, g);
+  return g;
+}
+
+// SGD. Arrays: p, g[, momentum_buffer]. `first` marks a tensor whose buffer torch would create by
+// cloning the gradient (the state held no momentum_buffer before this step).
+template <typename T, bool MAXIMIZE, bool L2, bool MOMENTUM, bool NESTEROV>
+struct SgdRule {
+  static constexpr int kArrays = MOMENTUM ? 3 : 2;
+  T neg_lr, wd, momentum, one_minus_dampening;
+  bool first;
+
+  SgdRule(const SgdParams& hp, bool first_step)
+      : neg_lr(static_cast<T>(-hp.lr)),
+        wd(static_cast<T>(hp.weight_decay)),
+        momentum(static_cast<T>(hp.momentum)),
+        one_minus_dampening(static_cast<T>(1.0 - hp.dampening)),
+        first(first_step) {}
+
+  PFO_HD void operator()(T& p, const T& g0) const {
+    const T g = prepare_grad<T, MAXIMIZE, L2>(g0, p, wd);
+    p = fmadd(neg_lr, g, p);
+  }
+
+  PFO_HD void operator()(T& p, const T& g0, T& buf) const {
+    T g = prepare_grad<T, MAXIMIZE, L2>(g0, p, wd);
+    const T b = first ? g : fmadd(one_minus_dampening, g, buf * momentum);
+    buf = b;
+    g = NESTEROV ? fmadd(momentum, b, g) : b;
+    p = fmadd(neg_lr, g, p);
+  }
+};
+
+// Adagrad. Arrays: p, g, sum. clr = lr / (1 + (step - 1) * lr_decay), in double.
+template <typename T, bool MAXIMIZE, bool L2>
+struct AdagradRule {
+  static constexpr int kArrays = 3;
+  T neg_clr, wd, eps;
+
+  AdagradRule(const AdagradParams& hp, double step)
+      : neg_clr(static_cast<T>(-(hp.lr / (1.0 + (step - 1.0) * hp.lr_decay)))),
+        wd(static_cast<T>(hp.weight_decay)),
+        eps(static_cast<T>(hp.eps)) {}
+
+  PFO_HD void operator()(T& p, const T& g0, T& sum) const {
+    const T g = prepare_grad<T, MAXIMIZE, L2>(g0, p, wd);
+    const T s = fmadd(g, g, sum);  // state_sum.addcmul_(grad, grad, value=1)
+    sum = s;
+    const T std_ = std::sqrt(s) + eps;
+    p = p + (neg_clr * g) / std_;  // param.addcdiv_(grad, std, value=-clr)
+  }
+};
+
+// Adadelta. Arrays: p, g, square_avg, acc_delta.
+template <typename T, bool MAXIMIZE, bool L2>
+struct AdadeltaRule {
+  static constexpr int kArrays = 4;
+  T neg_lr, wd, rho, one_minus_rho, eps;
+
+  explicit AdadeltaRule(const AdadeltaParams& hp)
+      : neg_lr(static_cast<T>(-hp.lr)),
+        wd(static_cast<T>(hp.weight_decay)),
+        rho(static_cast<T>(hp.rho)),
+        one_minus_rho(static_cast<T>(1.0 - hp.rho)),
+        eps(static_cast<T>(hp.eps)) {}
+
+  PFO_HD void operator()(T& p, const T& g0, T& sq, T& acc) const {
+    const T g = prepare_grad<T, MAXIMIZE, L2>(g0, p, wd);
+    const T s = fmadd(one_minus_rho * g, g, sq * rho);
+    sq = s;
+    const T std_ = std::sqrt(s + eps);
+    const T delta = (std::sqrt(acc + eps) / std_) * g;
+    acc = fmadd(one_minus_rho * delta, delta, acc * rho);
+    p = fmadd(neg_lr, delta, p);
+  }
+};
+
+// RMSprop. Arrays: p, g, square_avg[, grad_avg][, momentum_buffer].
+template <typename T, bool MAXIMIZE, bool L2, bool CENTERED, bool MOMENTUM>
+struct RmspropRule {
+  static constexpr int kArrays = 3 + (CENTERED ? 1 : 0) + (MOMENTUM ? 1 : 0);
+  T neg_lr, wd, alpha, one_minus_alpha, eps, momentum;
+  Lerp<T> lerp;
+
+  explicit RmspropRule(const RmspropParams& hp)
+      : neg_lr(static_cast<T>(-hp.lr)),
+        wd(static_cast<T>(hp.weight_decay)),
+        alpha(static_cast<T>(hp.alpha)),
+        one_minus_alpha(static_cast<T>(1.0 - hp.alpha)),
+        eps(static_cast<T>(hp.eps)),
+        momentum(static_cast<T>(hp.momentum)),
+        lerp(1.0 - hp.alpha) {}
+
+  // Shared by every arity: returns the new square_avg-based denominator pieces.
+  PFO_HD T square(T& sq, T g) const {
+    const T s = fmadd(one_minus_alpha * g, g, sq * alpha);
+    sq = s;
+    return s;
+  }
+  PFO_HD T centered_avg(T s, T& ga, T g) const {
+    const T a = lerp(ga, g);
+    ga = a;
+    return std::sqrt(fmadd(-a, a, s)) + eps;
+  }
+  PFO_HD void plain_update(T& p, T g, T avg) const { p = p + (neg_lr * g) / avg; }
+  PFO_HD void momentum_update(T& p, T& buf, T g, T avg) const {
+    const T b = buf * momentum + g / avg;
+    buf = b;
+    p = fmadd(neg_lr, b, p);
+  }
+
+  PFO_HD void operator()(T& p, const T& g0, T& sq) const {
+    const T g = prepare_grad<T, MAXIMIZE, L2>(g0, p, wd);
+    plain_update(p, g, std::sqrt(square(sq, g)) + eps);
+  }
+  // centered xor momentum
+  PFO_HD void operator()(T& p, const T& g0, T& sq, T& extra) const {
+    const T g = prepare_grad<T, MAXIMIZE, L2>(g0, p, wd);
+    const T s = square(sq, g);
+    if (CENTERED) {
+      plain_update(p, g, centered_avg(s, extra, g));
+    } else {
+      momentum_update(p, extra, g, std::sqrt(s) + eps);
+    }
+  }
+  // centered and momentum
+  PFO_HD void operator()(T& p, const T& g0, T& sq, T& ga, T& buf) const {
+    const T g = prepare_grad<T, MAXIMIZE, L2>(g0, p, wd);
+    momentum_update(p, buf, g, centered_avg(square(sq, g), ga, g));
+  }
+};
+
+// Adam and AdamW. Arrays: p, g, exp_avg, exp_avg_sq[, max_exp_avg_sq].
+template <typename T, bool MAXIMIZE, Decay DECAY, bool AMSGRAD>
+struct AdamRule {
+  static constexpr int kArrays = AMSGRAD ? 5 : 4;
+  static constexpr bool kL2 = DECAY == Decay::kL2;
+  T wd, decay_factor, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step_size;
+  Lerp<T> lerp;
+
+  AdamRule(const AdamParams& hp, double step)
+      : wd(static_cast<T>(hp.weight_decay)),
+        decay_factor(static_cast<T>(1.0 - hp.lr * hp.weight_decay)),
+        beta2(static_cast<T>(hp.beta2)),
+        one_minus_beta2(static_cast<T>(1.0 - hp.beta2)),
+        bc2_sqrt(static_cast<T>(std::pow(1.0 - std::pow(hp.beta2, step), 0.5))),
+        eps(static_cast<T>(hp.eps)),
+        neg_step_size(static_cast<T>(-(hp.lr / (1.0 - std::pow(hp.beta1, step))))),
+        lerp(1.0 - hp.beta1) {}
+
+  PFO_HD T moments(T& p, T g0, T& m, T& v) const {
+    if (DECAY == Decay::kDecoupled) p = p * decay_factor;
+    const T g = prepare_grad<T, MAXIMIZE, kL2>(g0, p, wd);
+    m = lerp(m, g);
+    const T s = fmadd(one_minus_beta2 * g, g, v * beta2);
+    v = s;
+    return s;
+  }
+  PFO_HD void update(T& p, T m, T s) const {
+    const T denom = std::sqrt(s) / bc2_sqrt + eps;
+    p = p + (neg_step_size * m) / denom;
+  }
+
+  PFO_HD void operator()(T& p, const T& g0, T& m, T& v) const { update(p, m, moments(p, g0, m, v)); }
+  PFO_HD void operator()(T& p, const T& g0, T& m, T& v, T& vmax) const {
+    const T s = max_nan(vmax, moments(p, g0, m, v));
+    vmax = s;
+    update(p, m, s);
+  }
+};
+
+}  // namespace PFO_ISA_NS
+}  // namespace pyfastopt

@@ -1,0 +1,85 @@
+"""Thread count, size thresholds, SIMD path selection and ``show_config``."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Any, TextIO
+
+import torch
+
+from . import _core
+
+_num_threads: int | None = None
+
+#: Calls that update fewer elements than this run on the calling thread only: waking a second
+#: thread costs more than it saves on small steps.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the threads pyfastopt's kernels use; ``None`` follows ``torch.get_num_threads()``."""
+    global _num_threads
+    if n is None:
+        _num_threads = None
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"num_threads must be a positive int or None, got {n!r}")
+    _num_threads = n
+
+
+def get_num_threads() -> int:
+    """Threads the next step will use (``torch.get_num_threads()`` unless overridden)."""
+    return _num_threads if _num_threads is not None else torch.get_num_threads()
+
+
+def set_simd(name: str) -> str:
+    """Force a SIMD path ('avx512', 'avx2', 'baseline') or go back to 'auto'; returns the path."""
+    return _core.select_simd(name)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def config() -> dict[str, Any]:
+    """The configuration ``show_config`` prints, as a dict (benchmarks record it)."""
+    from . import __version__
+
+    info = dict(_core.build_info())
+    return {
+        "pyfastopt": __version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "simd_path": _core.simd_path(),
+        "simd_supported": list(_core.supported_simd()),
+        "num_threads": get_num_threads(),
+        "num_threads_source": "set_num_threads" if _num_threads is not None else "torch",
+        "parallel_min_elements": PARALLEL_MIN_ELEMENTS,
+        "openmp": info.get("openmp"),
+        "compiler": info.get("compiler"),
+        "cuda": info.get("cuda"),
+        "fp_contract": info.get("fp_contract"),
+    }
+
+
+def show_config(file: TextIO | None = None) -> None:
+    """Print the SIMD path, thread count, versions and build options in use."""
+    out = file if file is not None else sys.stdout
+    for key, value in config().items():
+        print(f"{key:>22}: {value}", file=out)
+
+
+_env_simd = os.environ.get("PYFASTOPT_SIMD")
+if _env_simd:
+    set_simd(_env_simd)

@@ -1,0 +1,19 @@
+"""Exceptions raised by pyfastopt.
+
+Each also derives from the built-in exception a torch user would catch for the same problem, so
+``except ValueError`` / ``except TypeError`` / ``except RuntimeError`` keep working.
+"""
+
+from __future__ import annotations
+
+
+class PyfastoptError(RuntimeError):
+    """Base class of pyfastopt's own errors."""
+
+
+class StateError(PyfastoptError, ValueError):
+    """Optimizer state (from a checkpoint or set by hand) does not fit its parameter."""
+
+
+class UnsupportedError(PyfastoptError, TypeError):
+    """A tensor or an option pyfastopt cannot honour (dtype, device, differentiable, ...)."""

@@ -1,0 +1,44 @@
+"""Memory-layout facts about tensors: what the native core may treat as one flat array."""
+
+from __future__ import annotations
+
+import torch
+
+#: dtype -> (native dtype code, element multiplier). Complex tensors are updated through their
+#: real view, exactly as torch's for-loop does with ``view_as_real``.
+NATIVE_DTYPES: dict[torch.dtype, tuple[int, int]] = {
+    torch.float32: (0, 1),
+    torch.float64: (1, 1),
+    torch.complex64: (0, 2),
+    torch.complex128: (1, 2),
+}
+
+#: dtypes torch optimizes that this release refuses rather than computing them differently.
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """True if ``t`` covers one gap-free block of memory, in any dimension order."""
+    if t.is_contiguous():
+        return True
+    dims = sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1)
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True if element i of ``a``'s memory block is element i of ``b``'s (same shape assumed)."""
+    if a.is_contiguous() and b.is_contiguous():
+        return True
+    return all(
+        sa == sb for sa, sb, size in zip(a.stride(), b.stride(), a.shape) if size != 1
+    )
+
+
+def layout_key(t: torch.Tensor) -> tuple[int, ...] | None:
+    """None for a contiguous tensor, else its strides: what a gradient must match each step."""
+    return None if t.is_contiguous() else tuple(t.stride())

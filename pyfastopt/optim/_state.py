@@ -1,0 +1,70 @@
+"""Validation of per-parameter optimizer state: the trust boundary in front of the native core.
+
+Every tensor whose address reaches C++ passes through here first (on the first step, after
+``load_state_dict`` and whenever a step finds that something changed), so a truncated, mis-shaped,
+mis-typed or misplaced state tensor raises :class:`~pyfastopt.StateError` instead of being read
+or written out of bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch.optim.optimizer import _get_scalar_dtype
+
+from ..errors import StateError
+
+STEP_DTYPES = (torch.float32, torch.float64)
+
+
+def describe(t: Any) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"Tensor(shape={tuple(t.shape)}, dtype={t.dtype}, device={t.device}, layout={t.layout})"
+    return f"{type(t).__name__} {t!r}"[:120]
+
+
+def check_buffer(p: torch.Tensor, state: dict, key: str, where: str) -> torch.Tensor:
+    """Return ``state[key]`` if it is a strided tensor with ``p``'s shape, dtype and device."""
+    if key not in state:
+        raise StateError(f"{where}: state has no {key!r} entry (keys: {sorted(map(str, state))})")
+    t = state[key]
+    if (
+        not isinstance(t, torch.Tensor)
+        or t.layout != torch.strided
+        or t.dtype != p.dtype
+        or t.device != p.device
+        or t.shape != p.shape
+    ):
+        raise StateError(
+            f"{where}: state[{key!r}] must be a dense tensor like the parameter "
+            f"(shape={tuple(p.shape)}, dtype={p.dtype}, device={p.device}); got {describe(t)}"
+        )
+    return t
+
+
+def check_step(state: dict, where: str) -> torch.Tensor:
+    """Return ``state['step']`` as a 1-element float32/float64 CPU tensor.
+
+    Plain numbers and 1-element tensors of another dtype (older or foreign checkpoints) are
+    converted in place, keeping their value; anything else raises.
+    """
+    if "step" not in state:
+        raise StateError(f"{where}: state has no 'step' entry (keys: {sorted(map(str, state))})")
+    s = state["step"]
+    if isinstance(s, torch.Tensor):
+        if s.numel() != 1 or s.layout != torch.strided or s.is_complex():
+            raise StateError(f"{where}: state['step'] must hold one number; got {describe(s)}")
+        if s.device.type == "cpu" and s.dtype in STEP_DTYPES:
+            return s
+        value = float(s.detach().to("cpu", torch.float64).item())
+    elif isinstance(s, (int, float)) and not isinstance(s, bool):
+        value = float(s)
+    else:
+        raise StateError(f"{where}: state['step'] must be a number or tensor; got {describe(s)}")
+    if not math.isfinite(value):
+        raise StateError(f"{where}: state['step'] is not finite ({value})")
+    step = torch.tensor(value, dtype=_get_scalar_dtype())
+    state["step"] = step
+    return step

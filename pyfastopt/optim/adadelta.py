@@ -1,0 +1,41 @@
+"""Adadelta: torch.optim.Adadelta with a fused native step."""
+
+from __future__ import annotations
+
+import torch
+from torch.optim.optimizer import _get_scalar_dtype
+
+from .. import _core
+from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
+from ._base import FastOptimizer, _Call, scalar
+
+
+class Adadelta(FastOptimizer, torch.optim.Adadelta):
+    __doc__ = (
+        "Adadelta with a fused native step; a drop-in for :class:`torch.optim.Adadelta`.\n\n"
+        + (torch.optim.Adadelta.__doc__ or "")
+    )
+    _torch_cls = torch.optim.Adadelta
+
+    def _buffer_keys(self, group: dict) -> tuple[str, ...]:
+        return ("square_avg", "acc_delta")
+
+    def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:
+        state["step"] = torch.zeros((), dtype=_get_scalar_dtype())
+        state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["acc_delta"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _native_step(self, call: _Call, group: dict, threads: int) -> None:
+        _core.adadelta_step(
+            call.table,
+            call.width,
+            call.dtype,
+            call.step_f64,
+            scalar(group["lr"]),
+            scalar(group["rho"]),
+            scalar(group["eps"]),
+            scalar(group["weight_decay"]),
+            bool(group["maximize"]),
+            threads,
+            _PMIN,
+        )

@@ -1,0 +1,47 @@
+"""Adagrad: torch.optim.Adagrad with a fused native step."""
+
+from __future__ import annotations
+
+import torch
+from torch.optim.optimizer import _get_scalar_dtype
+
+from .. import _core
+from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
+from ._base import FastOptimizer, _Call, scalar
+
+
+class Adagrad(FastOptimizer, torch.optim.Adagrad):
+    __doc__ = (
+        "Adagrad with a fused native step; a drop-in for :class:`torch.optim.Adagrad`.\n\n"
+        + (torch.optim.Adagrad.__doc__ or "")
+    )
+    _torch_cls = torch.optim.Adagrad
+
+    def _buffer_keys(self, group: dict) -> tuple[str, ...]:
+        return ("sum",)
+
+    def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:
+        fused = group.get("fused")
+        state["step"] = (
+            torch.zeros((), dtype=_get_scalar_dtype(is_fused=fused), device=p.device)
+            if fused
+            else torch.tensor(0.0, dtype=_get_scalar_dtype())
+        )
+        init = group["initial_accumulator_value"]
+        init_value = complex(init, init) if torch.is_complex(p) else init
+        state["sum"] = torch.full_like(p, init_value, memory_format=torch.preserve_format)
+
+    def _native_step(self, call: _Call, group: dict, threads: int) -> None:
+        _core.adagrad_step(
+            call.table,
+            call.width,
+            call.dtype,
+            call.step_f64,
+            scalar(group["lr"]),
+            scalar(group["lr_decay"]),
+            scalar(group["weight_decay"]),
+            scalar(group["eps"]),
+            bool(group["maximize"]),
+            threads,
+            _PMIN,
+        )

@@ -1,0 +1,64 @@
+"""Adam and AdamW: torch.optim's classes with a fused native step."""
+
+from __future__ import annotations
+
+import torch
+from torch.optim.optimizer import _get_scalar_dtype
+
+from .. import _core
+from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
+from ._base import FastOptimizer, _Call, scalar
+
+
+class _AdamStep(FastOptimizer):
+    def _buffer_keys(self, group: dict) -> tuple[str, ...]:
+        if group["amsgrad"]:
+            return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+        return ("exp_avg", "exp_avg_sq")
+
+    def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:
+        # torch hosts `step` on the parameter's device as float32 when fused or capturable.
+        fused = group.get("fused")
+        if group.get("capturable") or fused:
+            state["step"] = torch.zeros((), dtype=_get_scalar_dtype(is_fused=fused), device=p.device)
+        else:
+            state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _native_step(self, call: _Call, group: dict, threads: int) -> None:
+        beta1, beta2 = group["betas"]
+        _core.adam_step(
+            call.table,
+            call.width,
+            call.dtype,
+            call.step_f64,
+            scalar(group["lr"]),
+            scalar(beta1),
+            scalar(beta2),
+            scalar(group["eps"]),
+            scalar(group["weight_decay"]),
+            bool(group["amsgrad"]),
+            bool(group["maximize"]),
+            bool(group.get("decoupled_weight_decay", False)),
+            threads,
+            _PMIN,
+        )
+
+
+class Adam(_AdamStep, torch.optim.Adam):
+    __doc__ = (
+        "Adam with a fused native step; a drop-in for :class:`torch.optim.Adam`.\n\n"
+        + (torch.optim.Adam.__doc__ or "")
+    )
+    _torch_cls = torch.optim.Adam
+
+
+class AdamW(_AdamStep, torch.optim.AdamW):
+    __doc__ = (
+        "AdamW with a fused native step; a drop-in for :class:`torch.optim.AdamW`.\n\n"
+        + (torch.optim.AdamW.__doc__ or "")
+    )
+    _torch_cls = torch.optim.AdamW

@@ -1,0 +1,52 @@
+"""RMSprop (centered, momentum): torch.optim.RMSprop with a fused native step."""
+
+from __future__ import annotations
+
+import torch
+from torch.optim.optimizer import _get_scalar_dtype
+
+from .. import _core
+from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
+from ._base import FastOptimizer, _Call, scalar
+
+
+class RMSprop(FastOptimizer, torch.optim.RMSprop):
+    __doc__ = (
+        "RMSprop with a fused native step; a drop-in for :class:`torch.optim.RMSprop`.\n\n"
+        + (torch.optim.RMSprop.__doc__ or "")
+    )
+    _torch_cls = torch.optim.RMSprop
+
+    def _buffer_keys(self, group: dict) -> tuple[str, ...]:
+        # the native rule's order: square_avg[, grad_avg][, momentum_buffer]
+        keys = ["square_avg"]
+        if group["centered"]:
+            keys.append("grad_avg")
+        if group["momentum"] > 0:
+            keys.append("momentum_buffer")
+        return tuple(keys)
+
+    def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:
+        state["step"] = torch.zeros((), dtype=_get_scalar_dtype())
+        state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["momentum"] > 0:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["centered"]:
+            state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _native_step(self, call: _Call, group: dict, threads: int) -> None:
+        _core.rmsprop_step(
+            call.table,
+            call.width,
+            call.dtype,
+            call.step_f64,
+            scalar(group["lr"]),
+            scalar(group["alpha"]),
+            scalar(group["eps"]),
+            scalar(group["weight_decay"]),
+            scalar(group["momentum"]),
+            bool(group["centered"]),
+            bool(group["maximize"]),
+            threads,
+            _PMIN,
+        )

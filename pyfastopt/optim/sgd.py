@@ -1,0 +1,47 @@
+"""SGD (momentum, dampening, Nesterov): torch.optim.SGD with a fused native step."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _core
+from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
+from ._base import FastOptimizer, _Call, scalar
+
+
+class SGD(FastOptimizer, torch.optim.SGD):
+    __doc__ = (
+        "SGD with a fused native step; a drop-in for :class:`torch.optim.SGD`.\n\n"
+        + (torch.optim.SGD.__doc__ or "")
+    )
+    _torch_cls = torch.optim.SGD
+    _has_step = False
+
+    def _uses_state(self, group: dict) -> bool:
+        # torch keeps no state at all without momentum
+        return group["momentum"] != 0
+
+    def _buffer_keys(self, group: dict) -> tuple[str, ...]:
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:
+        # torch clones the first gradient into the buffer; the kernel does that (aux flag 1)
+        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _row_aux(self, state: dict | None, first: bool) -> int:
+        return 1 if first else 0
+
+    def _native_step(self, call: _Call, group: dict, threads: int) -> None:
+        _core.sgd_step(
+            call.table,
+            call.width,
+            call.dtype,
+            scalar(group["lr"]),
+            scalar(group["momentum"]),
+            scalar(group["dampening"]),
+            scalar(group["weight_decay"]),
+            bool(group["nesterov"]),
+            bool(group["maximize"]),
+            threads,
+            _PMIN,
+        )
