@@ -21,7 +21,7 @@ import torch
 import torch.optim.optimizer as _topt
 
 from .. import _config
-from ..errors import UnsupportedError
+from ..errors import StateError, UnsupportedError
 from ._layout import LOW_PRECISION, NATIVE_DTYPES, is_dense, same_layout
 from ._state import check_buffer, check_step, describe
 
@@ -37,9 +37,7 @@ class _Entry:
 
     __slots__ = ("p", "pptr", "strides", "sdict", "checks", "row")
 
-    def __init__(
-        self, p: _Tensor, sdict: dict | None, checks: tuple, row: list[int]
-    ) -> None:
+    def __init__(self, p: _Tensor, sdict: dict | None, checks: tuple, row: list[int]) -> None:
         self.p = p
         self.pptr = p.data_ptr()
         self.strides = None if p.is_contiguous() else tuple(p.stride())
@@ -120,7 +118,13 @@ class FastOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict``, then a full validation; on error nothing changes."""
         old_state, old_groups = self.state, self.param_groups
-        super().load_state_dict(state_dict)
+        try:
+            super().load_state_dict(state_dict)
+        except StateError:
+            raise
+        except Exception as exc:  # torch's own loader choked on it: one error type for callers
+            self.state, self.param_groups = old_state, old_groups
+            raise StateError(f"cannot load this state_dict: {type(exc).__name__}: {exc}") from exc
         self._fastopt_plans = {}
         try:
             for group in self.param_groups:
@@ -166,7 +170,7 @@ class FastOptimizer(torch.optim.Optimizer):
 
     step.hooked = True  # type: ignore[attr-defined]  # torch must not wrap it (we call hooks)
 
-    def _step(self, closure: Callable[[], Any] | None) -> Any:
+    def _step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -374,8 +378,10 @@ def _refuse_low_precision(p: _Tensor, where: str) -> None:
             f"{where}: pyfastopt does not update {p.dtype} parameters yet (float32, float64, "
             "complex64 and complex128 are supported); keep an fp32 master copy or use torch.optim"
         )
-    if p.device.type == "cpu" and p.layout == torch.strided and not (
-        p.is_floating_point() or p.is_complex()
+    if (
+        p.device.type == "cpu"
+        and p.layout == torch.strided
+        and not (p.is_floating_point() or p.is_complex())
     ):
         raise UnsupportedError(f"{where}: cannot optimize a {p.dtype} tensor")
 
@@ -407,7 +413,9 @@ def scalar(v: Any) -> float:
     """A hyper-parameter as a float: schedulers and users may store 1-element tensors."""
     if isinstance(v, _Tensor):
         if v.numel() != 1:
-            raise ValueError(f"hyper-parameter tensors must hold one value, got shape {tuple(v.shape)}")
+            raise ValueError(
+                f"hyper-parameter tensors must hold one value, got shape {tuple(v.shape)}"
+            )
         return float(v.item())
     return float(v)
 

@@ -34,9 +34,7 @@ def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True if element i of ``a``'s memory block is element i of ``b``'s (same shape assumed)."""
     if a.is_contiguous() and b.is_contiguous():
         return True
-    return all(
-        sa == sb for sa, sb, size in zip(a.stride(), b.stride(), a.shape) if size != 1
-    )
+    return all(sa == sb for sa, sb, size in zip(a.stride(), b.stride(), a.shape) if size != 1)
 
 
 def layout_key(t: torch.Tensor) -> tuple[int, ...] | None:

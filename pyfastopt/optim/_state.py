@@ -21,7 +21,9 @@ STEP_DTYPES = (torch.float32, torch.float64)
 
 def describe(t: Any) -> str:
     if isinstance(t, torch.Tensor):
-        return f"Tensor(shape={tuple(t.shape)}, dtype={t.dtype}, device={t.device}, layout={t.layout})"
+        return (
+            f"Tensor(shape={tuple(t.shape)}, dtype={t.dtype}, device={t.device}, layout={t.layout})"
+        )
     return f"{type(t).__name__} {t!r}"[:120]
 
 
@@ -56,15 +58,19 @@ def check_step(state: dict, where: str) -> torch.Tensor:
     if isinstance(s, torch.Tensor):
         if s.numel() != 1 or s.layout != torch.strided or s.is_complex():
             raise StateError(f"{where}: state['step'] must hold one number; got {describe(s)}")
-        if s.device.type == "cpu" and s.dtype in STEP_DTYPES:
-            return s
         value = float(s.detach().to("cpu", torch.float64).item())
+        if s.device.type == "cpu" and s.dtype in STEP_DTYPES and _valid_count(value):
+            return s
     elif isinstance(s, (int, float)) and not isinstance(s, bool):
         value = float(s)
     else:
         raise StateError(f"{where}: state['step'] must be a number or tensor; got {describe(s)}")
-    if not math.isfinite(value):
-        raise StateError(f"{where}: state['step'] is not finite ({value})")
+    if not _valid_count(value):
+        raise StateError(f"{where}: state['step'] must be a finite count >= 0, got {value}")
     step = torch.tensor(value, dtype=_get_scalar_dtype())
     state["step"] = step
     return step
+
+
+def _valid_count(value: float) -> bool:
+    return math.isfinite(value) and value >= 0

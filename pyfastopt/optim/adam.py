@@ -20,7 +20,9 @@ class _AdamStep(FastOptimizer):
         # torch hosts `step` on the parameter's device as float32 when fused or capturable.
         fused = group.get("fused")
         if group.get("capturable") or fused:
-            state["step"] = torch.zeros((), dtype=_get_scalar_dtype(is_fused=fused), device=p.device)
+            state["step"] = torch.zeros(
+                (), dtype=_get_scalar_dtype(is_fused=fused), device=p.device
+            )
         else:
             state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -49,16 +51,14 @@ class _AdamStep(FastOptimizer):
 
 
 class Adam(_AdamStep, torch.optim.Adam):
-    __doc__ = (
-        "Adam with a fused native step; a drop-in for :class:`torch.optim.Adam`.\n\n"
-        + (torch.optim.Adam.__doc__ or "")
+    __doc__ = "Adam with a fused native step; a drop-in for :class:`torch.optim.Adam`.\n\n" + (
+        torch.optim.Adam.__doc__ or ""
     )
     _torch_cls = torch.optim.Adam
 
 
 class AdamW(_AdamStep, torch.optim.AdamW):
-    __doc__ = (
-        "AdamW with a fused native step; a drop-in for :class:`torch.optim.AdamW`.\n\n"
-        + (torch.optim.AdamW.__doc__ or "")
+    __doc__ = "AdamW with a fused native step; a drop-in for :class:`torch.optim.AdamW`.\n\n" + (
+        torch.optim.AdamW.__doc__ or ""
     )
     _torch_cls = torch.optim.AdamW

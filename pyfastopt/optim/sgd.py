@@ -10,9 +10,8 @@ from ._base import FastOptimizer, _Call, scalar
 
 
 class SGD(FastOptimizer, torch.optim.SGD):
-    __doc__ = (
-        "SGD with a fused native step; a drop-in for :class:`torch.optim.SGD`.\n\n"
-        + (torch.optim.SGD.__doc__ or "")
+    __doc__ = "SGD with a fused native step; a drop-in for :class:`torch.optim.SGD`.\n\n" + (
+        torch.optim.SGD.__doc__ or ""
     )
     _torch_cls = torch.optim.SGD
     _has_step = False

@@ -1,0 +1,62 @@
+"""Shared test helpers: identical parameter sets and gradient streams for two optimizers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+SHAPES: tuple[tuple[int, ...], ...] = ((40, 30), (30,), (7, 3, 5), (1,), (0,), (33000,))
+
+
+def make_params(
+    dtype: torch.dtype, shapes: Sequence[tuple[int, ...]] = SHAPES, seed: int = 0
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    base = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    a = [b.clone().requires_grad_() for b in base]
+    c = [b.clone().requires_grad_() for b in base]
+    return a, c
+
+
+def grad_stream(params: Sequence[torch.Tensor], seed: int = 1) -> Callable[[], list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+
+    def next_grads() -> list[torch.Tensor]:
+        return [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+
+    return next_grads
+
+
+def run_steps(
+    opts: Sequence[torch.optim.Optimizer],
+    params: Sequence[Sequence[torch.Tensor]],
+    steps: int,
+    seed: int = 1,
+) -> None:
+    """Step every optimizer ``steps`` times, each seeing the same gradients."""
+    grads = grad_stream(params[0], seed)
+    for _ in range(steps):
+        gs = grads()
+        for opt, ps in zip(opts, params):
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            opt.step()
+
+
+def assert_same_state(ref: torch.optim.Optimizer, fast: torch.optim.Optimizer, **tol) -> None:
+    sr, sf = ref.state_dict(), fast.state_dict()
+    assert sr["state"].keys() == sf["state"].keys()
+    for k in sr["state"]:
+        a, b = sr["state"][k], sf["state"][k]
+        assert a.keys() == b.keys(), (k, a.keys(), b.keys())
+        for key in a:
+            ta, tb = a[key], b[key]
+            assert ta.dtype == tb.dtype and ta.shape == tb.shape, (key, ta, tb)
+            torch.testing.assert_close(tb, ta, **tol)
+    for gr, gf in zip(sr["param_groups"], sf["param_groups"]):
+        assert gr.keys() == gf.keys()
+        # the reference runs with foreach=False; every other key must be identical
+        assert {k: v for k, v in gr.items() if k != "foreach"} == {
+            k: v for k, v in gf.items() if k != "foreach"
+        }

@@ -1,0 +1,154 @@
+"""Bad input gets a clear Python exception, the same one torch raises where torch has one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import make_params, run_steps
+from optim_db import NAMES
+
+import pyfastopt
+from pyfastopt import UnsupportedError
+
+BAD_HYPERPARAMS = {
+    "SGD": [
+        {"lr": -0.1},
+        {"momentum": -0.5},
+        {"weight_decay": -1.0},
+        {"nesterov": True},
+        {"nesterov": True, "momentum": 0.9, "dampening": 0.1},
+    ],
+    "Adagrad": [
+        {"lr": -1.0},
+        {"lr_decay": -1.0},
+        {"weight_decay": -1.0},
+        {"initial_accumulator_value": -1.0},
+        {"eps": -1.0},
+    ],
+    "Adadelta": [{"lr": -1.0}, {"rho": 1.5}, {"rho": -0.1}, {"eps": -1.0}, {"weight_decay": -1.0}],
+    "RMSprop": [
+        {"lr": -1.0},
+        {"eps": -1.0},
+        {"momentum": -1.0},
+        {"weight_decay": -1.0},
+        {"alpha": -1.0},
+    ],
+    "Adam": [
+        {"lr": -1.0},
+        {"eps": -1.0},
+        {"betas": (1.0, 0.9)},
+        {"betas": (0.9, -0.1)},
+        {"weight_decay": -1.0},
+        {"lr": torch.tensor([0.1, 0.2])},
+    ],
+    "AdamW": [{"lr": -1.0}, {"betas": (0.9, 1.0)}, {"weight_decay": -0.1}],
+}
+
+
+@pytest.mark.parametrize(
+    "name,kw", [(n, kw) for n in NAMES for kw in BAD_HYPERPARAMS[n]], ids=lambda x: str(x)
+)
+def test_invalid_hyperparameters_raise_like_torch(name, kw):
+    p = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError) as ref_err:
+        getattr(torch.optim, name)([p], **kw)
+    with pytest.raises(ValueError) as err:
+        getattr(pyfastopt, name)([p], **kw)
+    assert str(err.value) == str(ref_err.value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_parameter_list_raises(name):
+    with pytest.raises(ValueError, match="empty parameter list"):
+        getattr(pyfastopt, name)([], lr=0.1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_tensor_parameter_raises(name):
+    with pytest.raises(TypeError):
+        getattr(pyfastopt, name)([1.0, 2.0], lr=0.1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_is_refused(name, dtype):
+    p = torch.zeros(3, dtype=dtype, requires_grad=True)
+    with pytest.raises(UnsupportedError, match=str(dtype)):
+        getattr(pyfastopt, name)([p], lr=0.1)
+
+
+def test_low_precision_after_construction_is_refused_at_step():
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = pyfastopt.Adam([p], lr=0.1)
+    p.data = p.data.to(torch.bfloat16)
+    p.grad = torch.ones(3, dtype=torch.bfloat16)
+    with pytest.raises(UnsupportedError):
+        opt.step()
+    assert torch.equal(p.detach(), torch.zeros(3, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_differentiable_is_refused(name):
+    with pytest.raises(UnsupportedError, match="differentiable"):
+        getattr(pyfastopt, name)([torch.zeros(3, requires_grad=True)], lr=0.1, differentiable=True)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adadelta"])
+def test_capturable_on_cpu_is_refused(name):
+    with pytest.raises(UnsupportedError, match="capturable"):
+        getattr(pyfastopt, name)([torch.zeros(3, requires_grad=True)], lr=0.1, capturable=True)
+
+
+def test_bad_param_group_is_not_added():
+    p, q = torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    opt = pyfastopt.Adam([p], lr=0.1)
+    with pytest.raises(UnsupportedError):
+        opt.add_param_group({"params": [q], "differentiable": True})
+    assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adadelta"])
+def test_sparse_gradients_raise_like_torch(name):
+    p = torch.zeros(5, requires_grad=True)
+    p.grad = torch.sparse_coo_tensor([[1, 3]], [1.0, 2.0], (5,))
+    with pytest.raises(RuntimeError, match="sparse"):
+        getattr(pyfastopt, name)([p], lr=0.1).step()
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", {"momentum": 0.9}), ("SGD", {}), ("Adagrad", {})])
+def test_sparse_gradients_work_where_torch_supports_them(name, kw):
+    a, b = make_params(torch.float32, shapes=((6,),))
+    ref = getattr(torch.optim, name)(a, lr=0.1, foreach=False, **kw)
+    fast = getattr(pyfastopt, name)(b, lr=0.1, **kw)
+    for step in range(4):
+        for params, opt in ((a, ref), (b, fast)):
+            params[0].grad = torch.sparse_coo_tensor([[0, step + 1]], [1.0, -2.0], (6,))
+            opt.step()
+    torch.testing.assert_close(b[0], a[0])
+
+
+def test_hyperparameter_of_wrong_type_in_a_group_raises():
+    _, b = make_params(torch.float32, shapes=((3,),))
+    opt = pyfastopt.Adam(b, lr=0.1)
+    opt.param_groups[0]["lr"] = "fast"
+    b[0].grad = torch.ones(3)
+    with pytest.raises((TypeError, ValueError)):
+        opt.step()
+
+
+def test_grad_of_wrong_shape_after_param_resize_raises():
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = pyfastopt.Adam([p], lr=0.1)
+    p.grad = torch.ones(4)
+    opt.step()
+    p.data = torch.zeros(6)
+    p.grad = torch.ones(6)
+    with pytest.raises(pyfastopt.StateError):
+        opt.step()
+
+
+def test_integer_parameters_can_not_be_optimized():
+    p = torch.zeros(3, dtype=torch.int64)
+    opt = pyfastopt.SGD([p], lr=0.1)
+    run_steps([opt], [[p]], 0)  # nothing to do without a gradient
+    assert opt.state == {}

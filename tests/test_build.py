@@ -1,0 +1,92 @@
+"""The compiled core links neither libtorch nor libc10, and was built the portable way."""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+import pyfastopt
+
+
+def _needed(path: Path) -> list[str]:
+    """DT_NEEDED entries of an ELF64 little-endian shared object (no external tools)."""
+    data = path.read_bytes()
+    assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1, "not an ELF64 LE file"
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [
+        struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)
+    ]
+    dynamic = next(s for s in sections if s[1] == 6)  # SHT_DYNAMIC
+    strtab = sections[dynamic[6]]  # sh_link -> .dynstr
+    names = []
+    for off in range(dynamic[4], dynamic[4] + dynamic[5], 16):
+        tag, val = struct.unpack_from("<qQ", data, off)
+        if tag == 0:
+            break
+        if tag == 1:  # DT_NEEDED
+            start = strtab[4] + val
+            names.append(data[start : data.index(b"\0", start)].decode())
+    return names
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF only")
+def test_core_does_not_link_torch():
+    needed = _needed(Path(pyfastopt._core.__file__))
+    assert needed, "no DT_NEEDED entries found: parser broken?"
+    assert any(n.startswith("libc.so") or n.startswith("libstdc++") for n in needed)
+    bad = [n for n in needed if "torch" in n or "c10" in n]
+    assert not bad, f"the core links {bad}"
+
+
+def test_supported_simd_paths_and_selection():
+    paths = pyfastopt._core.supported_simd()
+    assert paths[-1] == "baseline"
+    assert pyfastopt._core.simd_path() == paths[0]
+    with pytest.raises(ValueError):
+        pyfastopt._core.select_simd("sse1")
+    assert pyfastopt._core.select_simd("baseline") == "baseline"
+    assert pyfastopt._core.select_simd("auto") == paths[0]
+
+
+def test_native_core_refuses_malformed_tables():
+    core = pyfastopt._core
+    with pytest.raises(ValueError):  # length not a multiple of the row width
+        core.sgd_step([1, 0, 0], 4, 0, 0.1, 0.0, 0.0, 0.0, False, False, 1, 1 << 15)
+    with pytest.raises(ValueError):  # null data address for a non-empty tensor
+        core.sgd_step([4, 0, 0, 0], 4, 0, 0.1, 0.0, 0.0, 0.0, False, False, 1, 1 << 15)
+    with pytest.raises(ValueError):  # width does not match the rule (momentum needs 5)
+        core.sgd_step([0, 0, 0, 0], 4, 0, 0.1, 0.9, 0.0, 0.0, False, False, 1, 1 << 15)
+    with pytest.raises(ValueError):  # bad dtype code
+        core.sgd_step([0, 0, 0, 0], 4, 7, 0.1, 0.0, 0.0, 0.0, False, False, 1, 1 << 15)
+    with pytest.raises(ValueError):  # null step counter
+        core.adam_step(
+            [0, 0, 0, 0, 0, 0],
+            6,
+            0,
+            False,
+            0.1,
+            0.9,
+            0.99,
+            1e-8,
+            0.0,
+            False,
+            False,
+            False,
+            1,
+            1 << 15,
+        )
+
+
+def test_no_fast_math_in_build_files():
+    root = Path(__file__).resolve().parents[1]
+    cmake = root / "CMakeLists.txt"
+    if not cmake.exists():
+        pytest.skip("source tree not available")
+    text = cmake.read_text()
+    flags = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = "\n".join(flags)
+    assert "-ffast-math" not in joined and "-Ofast" not in joined and "-march=native" not in joined
