@@ -1,0 +1,7 @@
+"""``python -m pyfastopt.bench``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

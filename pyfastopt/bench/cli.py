@@ -1,0 +1,203 @@
+"""``python -m pyfastopt.bench`` / ``pyfastopt-bench``: optimizer step throughput against
+torch.optim, interleaved in one process, with a streaming roofline measured alongside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+import pyfastopt
+
+from .._progress import progress
+from .impls import IMPLS, get_impl
+from .machine import header_lines, machine_record
+from .optimizers import OPTIMIZERS, get_optimizer
+from .plot import PlotUnavailable, plot_speedups, require_matplotlib
+from .report import report_dict, write_json, write_text
+from .results import Record, Skipped
+from .runner import Settings, run_group
+from .table import format_markdown, format_text
+from .training import Batches, load_batches
+from .workloads import DEFAULT_WORKLOADS, QUICK_WORKLOADS, Workload, parse_workload
+
+#: (rounds, warm-up rounds, minimum ms per sample) of a normal and a --quick run
+FULL = (20, 2, 2.0)
+QUICK = (5, 1, 0.2)
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pyfastopt.bench",
+        description="Time optimizer.step() of pyfastopt against torch.optim (for-loop, foreach, "
+        "fused) and DeepSpeed when installed, interleaved in one process, with a streaming "
+        "roofline over the same bytes.",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"few rounds and the small models only (a run under a minute): "
+        f"{', '.join(QUICK_WORKLOADS)}",
+    )
+    p.add_argument(
+        "--optimizers", default=",".join(OPTIMIZERS), help="comma-separated (default: %(default)s)"
+    )
+    p.add_argument(
+        "--models",
+        default=None,
+        help=f"comma-separated workloads (default: {', '.join(DEFAULT_WORKLOADS)}); "
+        "forms: mlp-H1-H2, train-H1-H2, small-NxM, fixed-NxM, flat-N (K/M suffixes)",
+    )
+    p.add_argument(
+        "--impls",
+        default=",".join(IMPLS),
+        help="comma-separated implementations (default: %(default)s; "
+        "'torch' is always run as the baseline)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads and pyfastopt.set_num_threads (default: torch's)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"timed rounds per candidate (default {FULL[0]}, --quick {QUICK[0]})",
+    )
+    p.add_argument("--warmup", type=int, default=None, help="warm-up rounds per candidate")
+    p.add_argument(
+        "--min-sample-ms",
+        type=float,
+        default=None,
+        help="repeat short steps so that one timing sample lasts at least this long",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="MNIST directory for the train-* workloads (default: $PYFASTOPT_MNIST, "
+        "else synthetic MNIST-shaped batches, as the report then says)",
+    )
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the parity check against torch's for-loop result",
+    )
+    p.add_argument("--json", metavar="PATH", help="write every record as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="write the table as markdown")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart of speedups")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    rounds, warmup, min_ms = QUICK if args.quick else FULL
+    rounds = args.rounds if args.rounds is not None else rounds
+    warmup = args.warmup if args.warmup is not None else warmup
+    min_ms = args.min_sample_ms if args.min_sample_ms is not None else min_ms
+    if rounds < 1 or warmup < 0 or min_ms < 0:
+        raise ValueError("--rounds must be >= 1, --warmup and --min-sample-ms >= 0")
+    return Settings(rounds, warmup, min_ms * 1e6, check=not args.no_check)
+
+
+def _workloads(args: argparse.Namespace) -> list[Workload]:
+    default = QUICK_WORKLOADS if args.quick else DEFAULT_WORKLOADS
+    names = _names(args.models) if args.models else list(default)
+    return [parse_workload(n) for n in names]
+
+
+def _batches(args: argparse.Namespace, workloads: Sequence[Workload]) -> Batches | None:
+    if not any(w.train for w in workloads):
+        return None
+    return load_batches(args.data)
+
+
+def _data_note(batches: Batches | None) -> tuple[str, bool | None]:
+    if batches is None:
+        return "not used (no train-* workload)", None
+    return batches.source, batches.real
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the matrix the parsed arguments describe; print and write the reports."""
+    settings = _settings(args)
+    specs = [get_optimizer(n) for n in _names(args.optimizers)]
+    impls = [get_impl(n).name for n in _names(args.impls)]
+    workloads = _workloads(args)
+    if args.plot:
+        require_matplotlib()
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+        pyfastopt.set_num_threads(args.threads)
+    batches = _batches(args, workloads)
+    data, real = _data_note(batches)
+    machine = machine_record(data, real)
+    header = header_lines(machine)
+    print("\n".join(header), flush=True)
+
+    records: list[Record] = []
+    skipped: list[Skipped] = []
+    groups = [(w, s) for w in workloads for s in specs]
+    for workload, spec in progress(
+        groups, total=len(groups), desc="benchmark", enabled=not args.no_progress
+    ):
+        group = run_group(spec, workload, impls, settings, batches)
+        records += group.records
+        skipped += group.skipped
+
+    text = format_text(records, skipped)
+    print()
+    print(text)
+    meta: dict[str, Any] = {
+        "argv": list(args.argv),
+        "interleaved": True,
+        "rounds": settings.rounds,
+        "warmup": settings.warmup,
+        "min_sample_ms": settings.min_sample_ns / 1e6,
+        "parity_checked": settings.check,
+        "impls": impls,
+        "optimizers": [s.name for s in specs],
+        "models": [w.name for w in workloads],
+        "optimizer_hparams": {s.name: dict(s.hparams) for s in specs},
+    }
+    if args.json:
+        write_json(args.json, report_dict(machine, meta, records, skipped))
+    if args.markdown:
+        write_text(args.markdown, format_markdown(records, skipped, header))
+    if args.plot:
+        plot_speedups(records, args.plot, title=header[0])
+    failures = [r for r in records if r.parity_ok is False]
+    for r in failures:
+        print(
+            f"parity FAILED: {r.optimizer} {r.model} {r.impl}: max abs diff "
+            f"{r.parity_max_abs:.3g} after {r.parity_steps} steps",
+            file=sys.stderr,
+        )
+    return 1 if failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns 0, 1 when a parity check failed, 2 on bad arguments."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    saved = (torch.get_num_threads(), pyfastopt._config._num_threads)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, PlotUnavailable) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        torch.set_num_threads(saved[0])
+        pyfastopt.set_num_threads(saved[1])

@@ -1,0 +1,119 @@
+"""The implementations compared in every benchmark group: torch's three code paths, pyfastopt
+and (when importable) DeepSpeed. :data:`IMPLS` drives the CLI and the pytest-benchmark suite.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+
+from . import _deepspeed
+from .optimizers import OptimizerSpec
+
+Builder = Callable[[OptimizerSpec, Sequence[torch.Tensor]], torch.optim.Optimizer]
+
+#: the reference every implementation is checked against and speedups are measured from
+REFERENCE = "torch"
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One way of running an optimizer's step."""
+
+    name: str
+    description: str
+    build: Builder
+    applies: Callable[[OptimizerSpec], bool]
+    is_torch: bool = False
+    #: tolerance of the parity check against torch's for-loop result
+    rtol: float = 1e-5
+    atol: float = 1e-6
+
+
+def _torch(**flags: bool) -> Builder:
+    def build(spec: OptimizerSpec, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
+        return spec.torch_cls(list(params), **spec.hparams, **flags)
+
+    return build
+
+
+def _pyfastopt(spec: OptimizerSpec, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
+    return spec.pyfastopt_cls(list(params), **spec.hparams)
+
+
+def _has_fused(spec: OptimizerSpec) -> bool:
+    return "fused" in inspect.signature(spec.torch_cls.__init__).parameters
+
+
+def _always(spec: OptimizerSpec) -> bool:
+    return True
+
+
+IMPLS: Mapping[str, Impl] = MappingProxyType(
+    {
+        "torch": Impl(
+            "torch",
+            "torch.optim, for-loop (foreach=False)",
+            _torch(foreach=False),
+            _always,
+            is_torch=True,
+        ),
+        "torch-foreach": Impl(
+            "torch-foreach",
+            "torch.optim, foreach=True",
+            _torch(foreach=True),
+            _always,
+            is_torch=True,
+        ),
+        "torch-fused": Impl(
+            "torch-fused", "torch.optim, fused=True", _torch(fused=True), _has_fused, is_torch=True
+        ),
+        "pyfastopt": Impl("pyfastopt", "pyfastopt", _pyfastopt, _always),
+        "deepspeed": Impl(
+            "deepspeed",
+            "DeepSpeedCPUAdam / DeepSpeedCPUAdagrad",
+            _deepspeed.build,
+            _deepspeed.supports,
+            rtol=1e-4,
+            atol=1e-5,
+        ),
+    }
+)
+
+
+def get_impl(name: str) -> Impl:
+    """The implementation named ``name``, or ValueError listing the known names."""
+    try:
+        return IMPLS[name.strip().lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown implementation {name!r}; choose from {', '.join(IMPLS)}"
+        ) from None
+
+
+@functools.cache
+def unavailable(impl_name: str, opt_name: str) -> str | None:
+    """None when implementation ``impl_name`` can step optimizer ``opt_name`` here, else why not.
+
+    Probed once per pair: one step on a tiny CPU tensor.
+    """
+    from .optimizers import get_optimizer
+
+    impl, spec = IMPLS[impl_name], get_optimizer(opt_name)
+    reason = _deepspeed.unavailable() if impl.name == "deepspeed" else None
+    if reason:
+        return reason
+    if not impl.applies(spec):
+        return f"{impl.name} has no {spec.cls_name}"
+    param = torch.nn.Parameter(torch.ones(8))
+    param.grad = torch.full((8,), 0.5)
+    try:
+        impl.build(spec, [param]).step()
+    except Exception as exc:  # a probe: whatever fails here means "cannot run it"
+        return f"{impl.name} {spec.cls_name} cannot step on CPU: {type(exc).__name__}: {exc}"
+    return None

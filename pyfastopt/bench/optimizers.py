@@ -1,0 +1,103 @@
+"""The optimizers the benchmarks compare: hyper-parameters and the bytes one step moves.
+
+One table (:data:`OPTIMIZERS`) drives the CLI and the pytest-benchmark suite alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+#: State buffers a step reads and writes beside the parameter, per optimizer ...
+_BASE_BUFFERS: Mapping[str, tuple[str, ...]] = {
+    "SGD": (),
+    "Adagrad": ("sum",),
+    "Adadelta": ("square_avg", "acc_delta"),
+    "RMSprop": ("square_avg",),
+    "Adam": ("exp_avg", "exp_avg_sq"),
+    "AdamW": ("exp_avg", "exp_avg_sq"),
+}
+#: ... and the buffers an option adds when it is set (non-zero / True).
+_OPTION_BUFFERS: Mapping[tuple[str, str], str] = {
+    ("SGD", "momentum"): "momentum_buffer",
+    ("RMSprop", "momentum"): "momentum_buffer",
+    ("RMSprop", "centered"): "grad_avg",
+    ("Adam", "amsgrad"): "max_exp_avg_sq",
+    ("AdamW", "amsgrad"): "max_exp_avg_sq",
+}
+
+
+def state_buffers(cls_name: str, hparams: Mapping[str, Any]) -> tuple[str, ...]:
+    """The per-parameter state buffers torch's ``cls_name`` keeps with these hyper-parameters."""
+    extra = tuple(
+        key
+        for (name, option), key in _OPTION_BUFFERS.items()
+        if name == cls_name and hparams.get(option)
+    )
+    return _BASE_BUFFERS[cls_name] + extra
+
+
+def streams(cls_name: str, hparams: Mapping[str, Any]) -> int:
+    """Arrays of ``numel`` elements one step moves: read p and g, write p, read+write each buffer.
+
+    Adam: reads p, g, m, v and writes p, m, v, so 7. Weight decay, Nesterov and the like
+    reuse values already read, so they add nothing.
+    """
+    return 3 + 2 * len(state_buffers(cls_name, hparams))
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer as benchmarked: torch class name and the hyper-parameters used."""
+
+    name: str
+    cls_name: str
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def torch_cls(self) -> type[torch.optim.Optimizer]:
+        return getattr(torch.optim, self.cls_name)
+
+    @property
+    def pyfastopt_cls(self) -> type[torch.optim.Optimizer]:
+        import pyfastopt
+
+        return getattr(pyfastopt, self.cls_name)
+
+    @property
+    def buffers(self) -> tuple[str, ...]:
+        return state_buffers(self.cls_name, self.hparams)
+
+    def bytes_per_step(self, numel: int, itemsize: int = 4) -> int:
+        """Bytes one step moves over parameters of ``numel`` elements in all."""
+        return streams(self.cls_name, self.hparams) * numel * itemsize
+
+
+def _spec(name: str, cls_name: str, **hparams: Any) -> OptimizerSpec:
+    return OptimizerSpec(name, cls_name, MappingProxyType(hparams))
+
+
+OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
+    {
+        "sgd": _spec("sgd", "SGD", lr=0.01, momentum=0.9),
+        "adagrad": _spec("adagrad", "Adagrad", lr=0.01),
+        "adadelta": _spec("adadelta", "Adadelta", lr=1.0),
+        "rmsprop": _spec("rmsprop", "RMSprop", lr=0.01),
+        "adam": _spec("adam", "Adam", lr=1e-3),
+        "adamw": _spec("adamw", "AdamW", lr=1e-3, weight_decay=0.01),
+    }
+)
+
+
+def get_optimizer(name: str) -> OptimizerSpec:
+    """The spec named ``name`` (case-insensitive), or ValueError listing the known names."""
+    try:
+        return OPTIMIZERS[name.strip().lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}"
+        ) from None

@@ -1,0 +1,122 @@
+"""Workloads ("models"): which parameter tensors an optimizer steps, named as on the CLI.
+
+Names: ``mlp-H1-H2...`` (an MNIST MLP 784-H1-H2-...-10, ``optimizer.step()`` alone on fixed
+gradients), ``train-H1-...`` (forward, backward and step of that MLP on MNIST batches),
+``small-NxM`` and ``fixed-NxM`` (N tensors of M elements), ``flat-N`` (one tensor of N
+elements). Sizes take a K (×1024) or M (×1024²) suffix: ``flat-32M`` is 33,554,432 elements.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+IN_FEATURES, CLASSES = 784, 10
+_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20}
+
+#: every workload, the order the CLI runs them in
+DEFAULT_WORKLOADS = (
+    "fixed-6x16",
+    "mlp-128",
+    "mlp-512-256",
+    "mlp-2048-2048",
+    "small-500x1k",
+    "flat-32M",
+    "train-512-256",
+)
+#: what ``--quick`` runs unless ``--models`` says otherwise (the small, fast ones)
+QUICK_WORKLOADS = ("fixed-6x16", "mlp-128", "mlp-512-256", "small-500x1k", "train-512-256")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A named set of parameter shapes; ``train`` workloads also run forward and backward."""
+
+    name: str
+    shapes: tuple[tuple[int, ...], ...]
+    train: bool = False
+    hidden: tuple[int, ...] = ()
+    #: steps taken before comparing with torch's result: fewer on huge tensors (each step
+    #: costs), one when training (the next gradients then differ by the rounding of the step,
+    #: which e.g. RMSprop amplifies where gradients are tiny, so later steps prove little)
+    parity_steps: int = 3
+
+    @property
+    def numel(self) -> int:
+        return sum(_prod(s) for s in self.shapes)
+
+    @property
+    def tensors(self) -> int:
+        return len(self.shapes)
+
+
+def _prod(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _size(text: str) -> int:
+    m = re.fullmatch(r"(\d+)([kKmM]?)", text)
+    if not m:
+        raise ValueError(f"bad size {text!r}")
+    return int(m.group(1)) * _SUFFIX[m.group(2).lower()]
+
+
+def mlp_shapes(hidden: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """Parameter shapes of ``nn.Linear`` layers 784-hidden...-10 (weight then bias)."""
+    sizes = [IN_FEATURES, *hidden, CLASSES]
+    shapes: list[tuple[int, ...]] = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        shapes += [(fan_out, fan_in), (fan_out,)]
+    return tuple(shapes)
+
+
+def parse_workload(name: str) -> Workload:
+    """The workload a CLI name describes, or ValueError explaining the accepted forms."""
+    key = name.strip()
+    kind, _, rest = key.partition("-")
+    try:
+        if kind in ("mlp", "train") and rest:
+            hidden = tuple(_size(h) for h in rest.split("-"))
+            train = kind == "train"
+            steps = 1 if train else 3
+            return Workload(key, mlp_shapes(hidden), train, hidden, parity_steps=steps)
+        if kind in ("small", "fixed") and "x" in rest:
+            count, size = (_size(t) for t in rest.split("x", 1))
+            return Workload(key, ((size,),) * count)
+        if kind == "flat" and rest:
+            size = _size(rest)
+            return Workload(key, ((size,),), parity_steps=1 if size >= 1 << 24 else 3)
+    except ValueError:
+        pass
+    raise ValueError(
+        f"unknown model {name!r}: use mlp-H1[-H2...], train-H1[-H2...], small-NxM, fixed-NxM "
+        f"or flat-N (sizes may end in K or M), e.g. {', '.join(DEFAULT_WORKLOADS)}"
+    )
+
+
+def make_tensors(
+    workload: Workload, seed: int = 0
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Deterministic float32 start values and fixed gradients for a step-only workload."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=gen).mul_(0.05) for s in workload.shapes]
+    grads = [torch.randn(s, generator=gen).mul_(0.01) for s in workload.shapes]
+    return params, grads
+
+
+def as_parameters(
+    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]
+) -> list[torch.nn.Parameter]:
+    """Fresh parameters copied from ``params``, each with its own copy of its gradient."""
+    out = []
+    for p, g in zip(params, grads):
+        param = torch.nn.Parameter(p.clone())
+        param.grad = g.clone()
+        out.append(param)
+    return out
