@@ -3,7 +3,8 @@
 ``find_mnist(root)`` looks in ``root``, ``root/raw`` and ``root/MNIST/raw`` (the layout
 torchvision writes); with no ``root`` it reads the ``PYFASTOPT_MNIST`` environment variable.
 Files are checked against the IDX format (magic number, dimensions, exact length), so a corrupt
-or truncated file raises :class:`MnistFormatError` rather than yielding garbage.
+or truncated file raises :class:`MnistFormatError` rather than yielding garbage. Compression is
+recognised by content (gzip's magic bytes), not by the file name.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +26,15 @@ _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60000),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10000),
 }
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_TYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class MnistFormatError(PyfastoptError, ValueError):
@@ -44,8 +53,14 @@ def _locate(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def find_mnist(root: str | os.PathLike[str] | None = None) -> Path:
-    """The directory holding the four MNIST IDX files, or FileNotFoundError saying where it looked."""
+def find_mnist(root: str | os.PathLike[str] | None = None, split: str | None = None) -> Path:
+    """The directory holding the MNIST IDX files, or FileNotFoundError saying where it looked.
+
+    With ``split`` ('train' or 'test') only that split's two files are required, else all four.
+    """
+    if split is not None and split not in _FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    stems = [stem for name, files in _FILES.items() if split in (None, name) for stem in files[:2]]
     if root is None:
         env = os.environ.get(ENV_VAR)
         if not env:
@@ -57,24 +72,24 @@ def find_mnist(root: str | os.PathLike[str] | None = None) -> Path:
     base = Path(root).expanduser()
     looked = _candidates(base)
     for directory in looked:
-        if all(_locate(directory, stem) for split in _FILES.values() for stem in split[:2]):
+        if all(_locate(directory, stem) for stem in stems):
             return directory
+    needed = ", ".join(s + "[.gz]" for s in stems)
     raise FileNotFoundError(
-        "MNIST IDX files not found; looked in " + ", ".join(str(d) for d in looked)
+        f"MNIST IDX files ({needed}) not found; looked in " + ", ".join(str(d) for d in looked)
     )
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read one IDX file (``.gz`` or raw) into a numpy array, validating its header and length."""
+    """Read one IDX file (gzip-compressed or raw) into a numpy array, validating its header and
+    length; a missing file raises FileNotFoundError, a malformed one :class:`MnistFormatError`."""
     path = Path(path)
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            data = path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise MnistFormatError(f"{path}: cannot read ({exc})") from exc
+    data = path.read_bytes()  # a missing file is FileNotFoundError, not a format error
+    if data[:2] == _GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:  # bad header, truncated, corrupt stream
+            raise MnistFormatError(f"{path}: corrupt gzip data ({exc})") from exc
     if len(data) < 4:
         raise MnistFormatError(f"{path}: too short for an IDX header ({len(data)} bytes)")
     zero, type_code, ndim = struct.unpack(">HBB", data[:4])
@@ -107,15 +122,16 @@ def load_mnist(
     """
     if split not in _FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    directory = find_mnist(root)
+    directory = find_mnist(root, split)
     img_stem, lbl_stem, _count = _FILES[split]
     images = read_idx(_locate(directory, img_stem))  # type: ignore[arg-type]
     labels = read_idx(_locate(directory, lbl_stem))  # type: ignore[arg-type]
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
         raise MnistFormatError(f"{img_stem}: expected uint8 N×28×28 images, got {images.shape}")
-    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+    if labels.ndim != 1 or labels.dtype != np.uint8 or labels.shape[0] != images.shape[0]:
         raise MnistFormatError(
-            f"{lbl_stem}: {labels.shape} labels for {images.shape[0]} images"
+            f"{lbl_stem}: expected {images.shape[0]} uint8 labels, "
+            f"got {labels.dtype} {labels.shape}"
         )
     if labels.size and int(labels.max()) > 9:
         raise MnistFormatError(f"{lbl_stem}: label {int(labels.max())} is not a digit")
