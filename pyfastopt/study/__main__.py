@@ -1,0 +1,5 @@
+"""``python -m pyfastopt.study``."""
+
+from .cli import main
+
+raise SystemExit(main())

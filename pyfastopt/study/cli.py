@@ -1,0 +1,180 @@
+"""``pyfastopt-study`` / ``python -m pyfastopt.study``: the command line of the optimizer study.
+
+``mnist`` trains the MNIST MLP with every method (pyfastopt and torch.optim); ``surfaces`` draws
+the methods' paths on 2-D test functions. Expected failures (no or corrupt MNIST files, missing
+matplotlib, an unwritable output folder) end with a one-line message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..data import ENV_VAR, MnistFormatError
+from . import methods as method_table
+from . import mnist_study, surface_study
+from .machine import command_line
+from .plots import MissingDependencyError, require_matplotlib
+from .surfaces import BY_NAME as SURFACES_BY_NAME
+
+PROG = "pyfastopt-study"
+
+#: What ``--quick`` changes, unless the option is given explicitly.
+QUICK_MNIST = {"epochs": 3, "train_size": 10000, "test_size": 2000, "target_loss": 0.3}
+FULL_MNIST = {"epochs": 10, "train_size": None, "test_size": None, "target_loss": 0.1}
+QUICK_STEPS, FULL_STEPS = 300, 2000
+
+
+def _names(choices: Sequence[str]) -> argparse._ActionType:  # type: ignore[name-defined]
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if n not in choices]
+        if unknown or not names:
+            bad = ", ".join(unknown) or repr(text)
+            raise argparse.ArgumentTypeError(
+                f"unknown name(s) {bad}; choose from {', '.join(choices)}"
+            )
+        return names
+
+    return parse
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Compare gradient-based optimizers (pyfastopt and torch.optim)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{mnist,surfaces}")
+
+    mn = sub.add_parser(
+        "mnist",
+        help="train an MNIST MLP with every method; loss, accuracy, time, pictures",
+        description="Train the same MNIST MLP with GD, SGD, momentum, Nesterov, Adagrad, "
+        "Adadelta, RMSprop, Adam and AdamW (pyfastopt and torch.optim) and report.",
+    )
+    mn.add_argument("--data", metavar="DIR", help=f"MNIST IDX folder (default: ${ENV_VAR})")
+    mn.add_argument("--out", metavar="DIR", type=Path, default=Path("study-out/mnist"))
+    mn.add_argument("--epochs", type=_positive, help="epochs (default 10; --quick: 3)")
+    mn.add_argument(
+        "--quick",
+        action="store_true",
+        help="small run: 10000 training and 2000 test images, 3 epochs, target loss 0.3",
+    )
+    mn.add_argument("--seed", type=int, default=0, help="weights and batch order (default 0)")
+    mn.add_argument("--no-torch", action="store_true", help="skip the torch.optim comparison runs")
+    mn.add_argument(
+        "--target-loss",
+        type=float,
+        help="report when each run reaches this training loss (default 0.1; --quick: 0.3)",
+    )
+    mn.add_argument("--batch-size", type=_positive, default=128)
+    mn.add_argument("--hidden", type=_positive, default=128, help="hidden units (default 128)")
+    mn.add_argument("--train-size", type=_positive, help="use the first N training images")
+    mn.add_argument("--test-size", type=_positive, help="use the first N test images")
+    mn.add_argument(
+        "--methods",
+        type=_names(list(method_table.BY_NAME)),
+        help="comma-separated subset of " + ",".join(method_table.BY_NAME),
+    )
+    mn.add_argument(
+        "--threads",
+        type=_positive,
+        default=1,
+        help="torch (and so pyfastopt) threads during training (default 1: steadier timings "
+        "on a shared machine)",
+    )
+    mn.add_argument("--no-progress", action="store_true", help="no progress bar")
+    mn.set_defaults(func=_mnist)
+
+    sf = sub.add_parser(
+        "surfaces",
+        help="draw each method's path on 2-D test functions",
+        description="Trace GD, momentum, Nesterov, Adagrad, Adadelta, RMSprop, Adam and AdamW "
+        "on Rosenbrock, a saddle and Beale's function; contour plots and a report.",
+    )
+    sf.add_argument("--out", metavar="DIR", type=Path, default=Path("study-out/surfaces"))
+    sf.add_argument(
+        "--steps",
+        type=_positive,
+        help=f"steps per path (default {FULL_STEPS}; --quick: {QUICK_STEPS})",
+    )
+    sf.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps per path")
+    sf.add_argument(
+        "--functions",
+        type=_names(list(SURFACES_BY_NAME)),
+        help="comma-separated subset of " + ",".join(SURFACES_BY_NAME),
+    )
+    sf.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sf.set_defaults(func=_surfaces)
+    return parser
+
+
+def _pick(given: object, quick: bool, key: str) -> object:
+    if given is not None:
+        return given
+    return (QUICK_MNIST if quick else FULL_MNIST)[key]
+
+
+def _mnist(args: argparse.Namespace, argv: Sequence[str]) -> list[Path]:
+    require_matplotlib()  # fail before training, not after
+    options = mnist_study.MnistOptions(
+        methods=method_table.select(args.methods),
+        out=args.out,
+        data=args.data,
+        epochs=_pick(args.epochs, args.quick, "epochs"),  # type: ignore[arg-type]
+        batch_size=args.batch_size,
+        hidden=args.hidden,
+        seed=args.seed,
+        target_loss=_pick(args.target_loss, args.quick, "target_loss"),  # type: ignore[arg-type]
+        train_size=_pick(args.train_size, args.quick, "train_size"),  # type: ignore[arg-type]
+        test_size=_pick(args.test_size, args.quick, "test_size"),  # type: ignore[arg-type]
+        torch_runs=not args.no_torch,
+        threads=args.threads,
+        show_progress=not args.no_progress,
+        command=command_line(argv),
+    )
+    return mnist_study.write(mnist_study.run(options))
+
+
+def _surfaces(args: argparse.Namespace, argv: Sequence[str]) -> list[Path]:
+    require_matplotlib()
+    names = args.functions or list(SURFACES_BY_NAME)
+    options = surface_study.SurfaceOptions(
+        surfaces=[SURFACES_BY_NAME[n] for n in names],
+        out=args.out,
+        steps=args.steps or (QUICK_STEPS if args.quick else FULL_STEPS),
+        show_progress=not args.no_progress,
+        command=command_line(argv),
+    )
+    return surface_study.write(surface_study.run(options), options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the study; returns the exit status (0 ok, 2 bad input or missing data)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    start = time.perf_counter()
+    try:
+        written = args.func(args, argv)
+    except (OSError, MnistFormatError, MissingDependencyError) as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    elapsed = time.perf_counter() - start
+    print(f"wrote {', '.join(str(p) for p in written)} ({elapsed:.1f} s)")
+    return 0
