@@ -52,19 +52,29 @@ def test_supported_simd_paths_and_selection():
     assert pyfastopt._core.select_simd("auto") == paths[0]
 
 
-def test_native_core_refuses_malformed_tables():
+def _sgd(table, width=4, dtype=0, momentum=0.0):
     core = pyfastopt._core
+    return core.sgd_step(
+        table, None, None, width, dtype, 0.1, momentum, 0.0, 0.0, False, False, 1, 1 << 15
+    )
+
+
+def test_native_core_refuses_malformed_tables():
     with pytest.raises(ValueError):  # length not a multiple of the row width
-        core.sgd_step([1, 0, 0], 4, 0, 0.1, 0.0, 0.0, 0.0, False, False, 1, 1 << 15)
+        _sgd([1, 0, 0])
     with pytest.raises(ValueError):  # null data address for a non-empty tensor
-        core.sgd_step([4, 0, 0, 0], 4, 0, 0.1, 0.0, 0.0, 0.0, False, False, 1, 1 << 15)
+        _sgd([4, 0, 0, 0])
     with pytest.raises(ValueError):  # width does not match the rule (momentum needs 5)
-        core.sgd_step([0, 0, 0, 0], 4, 0, 0.1, 0.9, 0.0, 0.0, False, False, 1, 1 << 15)
+        _sgd([0, 0, 0, 0], momentum=0.9)
     with pytest.raises(ValueError):  # bad dtype code
-        core.sgd_step([0, 0, 0, 0], 4, 7, 0.1, 0.0, 0.0, 0.0, False, False, 1, 1 << 15)
+        _sgd([0, 0, 0, 0], dtype=7)
+    with pytest.raises(ValueError):  # misaligned float32 address
+        _sgd([1, 0, 4097, 4096])
     with pytest.raises(ValueError):  # null step counter
-        core.adam_step(
+        pyfastopt._core.adam_step(
             [0, 0, 0, 0, 0, 0],
+            None,
+            None,
             6,
             0,
             False,
@@ -79,6 +89,34 @@ def test_native_core_refuses_malformed_tables():
             1,
             1 << 15,
         )
+    assert _sgd([0, 0, 0, 0]) is True  # an empty tensor is fine
+
+
+def test_stale_plan_does_nothing():
+    import torch
+
+    p = torch.nn.Parameter(torch.ones(4))
+    p.grad = torch.ones(4)
+    opt = pyfastopt.SGD([p], lr=0.5)
+    opt.step()
+    (plan,) = opt._fastopt_plans.values()
+    source = plan.calls[0].source
+    assert isinstance(source, pyfastopt._core.Plan) and len(source) == 1
+    assert source.collect([p], opt.state)
+    q = torch.nn.Parameter(torch.ones(4))
+    assert not source.collect([q], opt.state)  # another parameter list
+    p.grad = torch.ones(4).to_sparse()
+    assert not source.collect([p], opt.state)  # a sparse gradient
+    p.grad = torch.ones(8)[::2]
+    assert not source.collect([p], opt.state)  # a gradient with another layout
+    p.grad = None
+    assert not source.collect([p], opt.state)
+    p.grad = torch.ones(4)
+    before = p.detach().clone()
+    ran = pyfastopt._core.sgd_step(
+        source, [q], opt.state, 4, 0, 0.5, 0.0, 0.0, 0.0, False, False, 1, 1 << 15
+    )
+    assert ran is False and torch.equal(p.detach(), before)
 
 
 def test_no_fast_math_in_build_files():

@@ -13,6 +13,7 @@
 #include <omp.h>
 #endif
 
+#include "plan.h"
 #include "pyfastopt/dispatch.h"
 
 namespace py = pybind11;
@@ -21,18 +22,50 @@ using pyfastopt::Table;
 
 namespace {
 
-Table make_table(const std::vector<int64_t>& v, int64_t width, bool step_f64,
-                 int64_t parallel_min) {
-  if (width < 4 || width > 7) throw std::invalid_argument("pyfastopt: invalid table row width");
-  if (v.size() % static_cast<std::size_t>(width) != 0) {
-    throw std::invalid_argument("pyfastopt: table length is not a multiple of its row width");
-  }
-  return Table{v.data(), static_cast<int64_t>(v.size()) / width, width, step_f64, parallel_min};
-}
+using pyfastopt::Plan;
+
+// Below this many elements a call is so short that releasing and re-taking the GIL costs more
+// than another Python thread could gain.
+constexpr int64_t kReleaseGilMin = 16384;
 
 DType to_dtype(int code) {
   if (code != 0 && code != 1) throw std::invalid_argument("pyfastopt: invalid dtype code");
   return static_cast<DType>(code);
+}
+
+// Runs `kernel(table)` on either a plain list table or a cached Plan (which first re-checks its
+// parameters, unless `params` is None because the caller already did). False: stale plan.
+template <class Kernel>
+bool run_on(py::handle source, py::handle params, py::handle state, int64_t width,
+            bool step_f64, int64_t parallel_min, Kernel&& kernel) {
+  std::vector<int64_t> owned;
+  const int64_t* data = nullptr;
+  std::size_t size = 0;
+  if (py::isinstance<Plan>(source)) {
+    Plan& plan = source.cast<Plan&>();
+    if (!params.is_none() && !plan.collect(params, state)) return false;
+    if (plan.width() != width) throw std::invalid_argument("pyfastopt: plan width mismatch");
+    data = plan.table().data();
+    size = plan.table().size();
+  } else {
+    owned = source.cast<std::vector<int64_t>>();
+    data = owned.data();
+    size = owned.size();
+  }
+  if (width < 4 || width > 7) throw std::invalid_argument("pyfastopt: invalid table row width");
+  if (size % static_cast<std::size_t>(width) != 0) {
+    throw std::invalid_argument("pyfastopt: table length is not a multiple of its row width");
+  }
+  const Table t{data, static_cast<int64_t>(size) / width, width, step_f64, parallel_min};
+  int64_t total = 0;
+  for (int64_t r = 0; r < t.rows; ++r) total += data[r * width];
+  if (total >= kReleaseGilMin) {
+    py::gil_scoped_release nogil;
+    kernel(t);
+  } else {
+    kernel(t);
+  }
+  return true;
 }
 
 py::dict build_info() {
@@ -64,72 +97,83 @@ int omp_threads() {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyfastopt native core: fused multi-tensor optimizer steps (CPU, OpenMP + SIMD)";
 
-  const char* table_doc =
-      "table: flat int64 rows [numel, aux, ptr_0..ptr_{K-1}]; width: row length; dtype: 0 "
-      "float32, 1 float64; step_f64: step counters are float64.";
+  py::class_<Plan>(m, "Plan", "A validated step table plus what must hold for it to stay valid.")
+      .def(py::init<py::list, py::list, std::vector<int64_t>, int64_t>(), py::arg("group_params"),
+           py::arg("entries"), py::arg("table"), py::arg("width"))
+      .def("collect", &Plan::collect, py::arg("params"), py::arg("state"),
+           "Re-check the plan and fill in gradient addresses; False if it is stale.")
+      .def_property_readonly("table", &Plan::table)
+      .def_property_readonly("width", &Plan::width)
+      .def("__len__", &Plan::rows);
+
+  const char* doc =
+      "source: a list of int64 rows [numel, aux, ptr_0..ptr_{K-1}] or a Plan; params/state: the "
+      "group's parameter list and the optimizer state to re-check a Plan against (None: already "
+      "checked); width: row length; dtype: 0 float32, 1 float64; step_f64: float64 step "
+      "counters. Returns False, doing nothing, when a Plan is stale.";
 
   m.def(
       "sgd_step",
-      [](const std::vector<int64_t>& table, int64_t width, int dtype, double lr, double momentum,
-         double dampening, double weight_decay, bool nesterov, bool maximize, int num_threads,
-         int64_t parallel_min) {
-        const Table t = make_table(table, width, false, parallel_min);
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype, double lr,
+         double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
+         int num_threads, int64_t parallel_min) {
         const pyfastopt::SgdParams hp{lr, momentum, dampening, weight_decay, nesterov, maximize};
         const DType dt = to_dtype(dtype);
-        py::gil_scoped_release nogil;
-        pyfastopt::active_kernels().sgd(t, dt, hp, num_threads);
+        return run_on(src, params, state, width, false, parallel_min, [&](const Table& t) {
+          pyfastopt::active_kernels().sgd(t, dt, hp, num_threads);
+        });
       },
-      table_doc);
+      doc);
   m.def(
       "adagrad_step",
-      [](const std::vector<int64_t>& table, int64_t width, int dtype, bool step_f64, double lr,
-         double lr_decay, double weight_decay, double eps, bool maximize, int num_threads,
-         int64_t parallel_min) {
-        const Table t = make_table(table, width, step_f64, parallel_min);
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double lr, double lr_decay, double weight_decay, double eps, bool maximize,
+         int num_threads, int64_t parallel_min) {
         const pyfastopt::AdagradParams hp{lr, lr_decay, weight_decay, eps, maximize};
         const DType dt = to_dtype(dtype);
-        py::gil_scoped_release nogil;
-        pyfastopt::active_kernels().adagrad(t, dt, hp, num_threads);
+        return run_on(src, params, state, width, step_f64, parallel_min, [&](const Table& t) {
+          pyfastopt::active_kernels().adagrad(t, dt, hp, num_threads);
+        });
       },
-      table_doc);
+      doc);
   m.def(
       "adadelta_step",
-      [](const std::vector<int64_t>& table, int64_t width, int dtype, bool step_f64, double lr,
-         double rho, double eps, double weight_decay, bool maximize, int num_threads,
-         int64_t parallel_min) {
-        const Table t = make_table(table, width, step_f64, parallel_min);
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double lr, double rho, double eps, double weight_decay, bool maximize,
+         int num_threads, int64_t parallel_min) {
         const pyfastopt::AdadeltaParams hp{lr, rho, eps, weight_decay, maximize};
         const DType dt = to_dtype(dtype);
-        py::gil_scoped_release nogil;
-        pyfastopt::active_kernels().adadelta(t, dt, hp, num_threads);
+        return run_on(src, params, state, width, step_f64, parallel_min, [&](const Table& t) {
+          pyfastopt::active_kernels().adadelta(t, dt, hp, num_threads);
+        });
       },
-      table_doc);
+      doc);
   m.def(
       "rmsprop_step",
-      [](const std::vector<int64_t>& table, int64_t width, int dtype, bool step_f64, double lr,
-         double alpha, double eps, double weight_decay, double momentum, bool centered,
-         bool maximize, int num_threads, int64_t parallel_min) {
-        const Table t = make_table(table, width, step_f64, parallel_min);
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double lr, double alpha, double eps, double weight_decay, double momentum,
+         bool centered, bool maximize, int num_threads, int64_t parallel_min) {
         const pyfastopt::RmspropParams hp{lr, alpha, eps, weight_decay, momentum, centered,
                                           maximize};
         const DType dt = to_dtype(dtype);
-        py::gil_scoped_release nogil;
-        pyfastopt::active_kernels().rmsprop(t, dt, hp, num_threads);
+        return run_on(src, params, state, width, step_f64, parallel_min, [&](const Table& t) {
+          pyfastopt::active_kernels().rmsprop(t, dt, hp, num_threads);
+        });
       },
-      table_doc);
+      doc);
   m.def(
       "adam_step",
-      [](const std::vector<int64_t>& table, int64_t width, int dtype, bool step_f64, double lr,
-         double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
-         bool decoupled, int num_threads, int64_t parallel_min) {
-        const Table t = make_table(table, width, step_f64, parallel_min);
-        const pyfastopt::AdamParams hp{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-                                       decoupled};
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double lr, double beta1, double beta2, double eps, double weight_decay,
+         bool amsgrad, bool maximize, bool decoupled, int num_threads, int64_t parallel_min) {
+        const pyfastopt::AdamParams hp{lr,      beta1,    beta2,    eps,
+                                       weight_decay, amsgrad, maximize, decoupled};
         const DType dt = to_dtype(dtype);
-        py::gil_scoped_release nogil;
-        pyfastopt::active_kernels().adam(t, dt, hp, num_threads);
+        return run_on(src, params, state, width, step_f64, parallel_min, [&](const Table& t) {
+          pyfastopt::active_kernels().adam(t, dt, hp, num_threads);
+        });
       },
-      table_doc);
+      doc);
 
   m.def(
       "simd_path", []() { return std::string(pyfastopt::active_kernels().name); },

@@ -2,6 +2,7 @@
 // its own namespace PFO_ISA_NS, with that ISA's code-generation flags; dispatch.cpp picks one at
 // run time. Here the host side of each algorithm lives: check the table, advance step counters,
 // build one rule per tensor, and hand them to the traversal.
+#include <optional>
 #include <stdexcept>
 #include <type_traits>
 #include <vector>
@@ -76,6 +77,22 @@ void check_table(const Table& t, int64_t arrays, bool has_step) {
   }
 }
 
+// Builds the rule for a step count, reusing the previous one when the count repeats (the usual
+// case: every tensor of a group is at the same step), so pow() runs once per call.
+template <class Rule, class Params>
+struct RuleForStep {
+  const Params& hp;
+  double last = -1.0;
+  std::optional<Rule> rule;
+  const Rule& operator()(double step) {
+    if (!rule || step != last) {
+      rule.emplace(hp, step);
+      last = step;
+    }
+    return *rule;
+  }
+};
+
 template <typename T, class Rule, class Make>
 void run(const Table& t, bool has_step, int num_threads, Make&& make) {
   check_table<T>(t, Rule::kArrays, has_step);
@@ -108,7 +125,8 @@ void adagrad(const Table& t, DType dtype, const AdagradParams& hp, int nt) {
     with_bool(hp.maximize, [&](auto mx) {
       with_bool(hp.weight_decay != 0.0, [&](auto l2) {
         using R = AdagradRule<T, decltype(mx)::value, decltype(l2)::value>;
-        run<T, R>(t, true, nt, [&](int64_t r) { return R(hp, cpu::advance_step(t, r)); });
+        RuleForStep<R, AdagradParams> rule{hp};
+        run<T, R>(t, true, nt, [&](int64_t r) { return rule(cpu::advance_step(t, r)); });
       });
     });
   });
@@ -174,7 +192,8 @@ void adam(const Table& t, DType dtype, const AdamParams& hp, int nt) {
       with_decay([&](auto dec) {
         with_bool(hp.amsgrad, [&](auto ams) {
           using R = AdamRule<T, decltype(mx)::value, decltype(dec)::value, decltype(ams)::value>;
-          run<T, R>(t, true, nt, [&](int64_t r) { return R(hp, cpu::advance_step(t, r)); });
+          RuleForStep<R, AdamParams> rule{hp};
+          run<T, R>(t, true, nt, [&](int64_t r) { return rule(cpu::advance_step(t, r)); });
         });
       });
     });

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 import torch.optim.optimizer as _topt
 
-from .. import _config
+from .. import _config, _core
 from ..errors import StateError, UnsupportedError
 from ._layout import LOW_PRECISION, NATIVE_DTYPES, is_dense, same_layout
 from ._state import check_buffer, check_step, describe
@@ -32,45 +32,41 @@ _GLOBAL_POST: dict = getattr(_topt, "_global_optimizer_post_hooks", {})
 _profiler = torch.autograd.profiler
 
 
-class _Entry:
-    """One parameter as the native core sees it."""
-
-    __slots__ = ("p", "pptr", "strides", "sdict", "checks", "row")
-
-    def __init__(self, p: _Tensor, sdict: dict | None, checks: tuple, row: list[int]) -> None:
-        self.p = p
-        self.pptr = p.data_ptr()
-        self.strides = None if p.is_contiguous() else tuple(p.stride())
-        self.sdict = sdict
-        self.checks = checks  # ((key, tensor), ...) the state objects the row points into
-        self.row = row  # [numel, aux, p, g, buffers...]
-
-
 class _Call:
-    """The rows of one native call: one (dtype, step dtype) of one group."""
+    """The rows of one native call: one (dtype, step dtype, wave) of one group.
 
-    __slots__ = ("dtype", "step_f64", "entries", "table", "width")
+    ``source`` is what the native step function reads: the flat row list on the general path,
+    a ``_core.Plan`` (which re-checks itself each step) on the fast path.
+    """
+
+    __slots__ = ("dtype", "step_f64", "entries", "table", "width", "source")
 
     def __init__(self, dtype: int, step_f64: bool) -> None:
         self.dtype = dtype
         self.step_f64 = step_f64
-        self.entries: list[_Entry] = []
+        self.entries: list[tuple] = []  # (param, data_ptr, state dict|None, checks, strides|None)
         self.table: list[int] = []
         self.width = 0
+        self.source: Any = self.table
 
-    def add(self, entry: _Entry) -> None:
-        self.entries.append(entry)
-        self.table.extend(entry.row)
-        self.width = len(entry.row)
+    def add(self, p: _Tensor, st: dict | None, checks: tuple, row: list[int]) -> None:
+        strides = None if p.is_contiguous() else tuple(p.stride())
+        self.entries.append((p, p.data_ptr(), st, checks, strides))
+        self.table.extend(row)
+        self.width = len(row)
+
+    def freeze(self, group_params: list) -> _Call:
+        """Turn the rows into a native Plan for the fast path."""
+        self.source = _core.Plan(list(group_params), self.entries, self.table, self.width)
+        return self
 
 
 class _Plan:
     """What the fast path needs to step a group without re-validating it."""
 
-    __slots__ = ("param_ids", "inactive", "calls")
+    __slots__ = ("inactive", "calls")
 
-    def __init__(self, param_ids: tuple, inactive: list, calls: list[_Call]) -> None:
-        self.param_ids = param_ids
+    def __init__(self, inactive: list, calls: list[_Call]) -> None:
         self.inactive = inactive
         self.calls = calls
 
@@ -93,8 +89,10 @@ class FastOptimizer(torch.optim.Optimizer):
         """Fill an empty state dict with torch's initial state for ``p``."""
         raise NotImplementedError
 
-    def _native_step(self, call: _Call, group: dict, threads: int) -> None:
-        """Run one native call."""
+    def _native_step(
+        self, call: _Call, params: list | None, state: Any, group: dict, threads: int
+    ) -> bool:
+        """Run one native call on ``call.source``; ``params``/``state`` re-check a Plan."""
         raise NotImplementedError
 
     def _uses_state(self, group: dict) -> bool:
@@ -208,39 +206,18 @@ class FastOptimizer(torch.optim.Optimizer):
 
     def _fast_step(self, plan: _Plan, group: dict, threads: int) -> bool:
         """Step ``group`` through its cached plan; False (nothing done) if the plan is stale."""
-        params = group["params"]
-        if plan.param_ids != tuple(map(id, params)):
-            return False
         for p in plan.inactive:
             if p.grad is not None:
                 return False
-        state = self.state
-        for call in plan.calls:
-            gptrs = []
-            for e in call.entries:
-                p = e.p
-                g = p.grad
-                if g is None or p.data_ptr() != e.pptr:
-                    return False
-                sd = e.sdict
-                if sd is not None:
-                    if state.get(p) is not sd:
-                        return False
-                    for key, t in e.checks:
-                        if sd.get(key) is not t:
-                            return False
-                try:
-                    if e.strides is None:
-                        if not g.is_contiguous():
-                            return False
-                    elif g.stride() != e.strides:
-                        return False
-                except RuntimeError:  # sparse gradients have no strides
-                    return False
-                gptrs.append(g.data_ptr())
-            call.table[3 :: call.width] = gptrs
-        for call in plan.calls:
-            self._native_step(call, group, threads)
+        calls = plan.calls
+        if len(calls) == 1:  # the plan re-checks itself inside the native call
+            return self._native_step(calls[0], group["params"], self.state, group, threads)
+        params, state = group["params"], self.state
+        for call in calls:
+            if not call.source.collect(params, state):
+                return False
+        for call in calls:
+            self._native_step(call, None, None, group, threads)
         return True
 
     def _general_step(self, group: dict, threads: int) -> _Plan | None:
@@ -316,21 +293,18 @@ class FastOptimizer(torch.optim.Optimizer):
             aux = self._row_aux(st, first)
             row = [p.numel() * mult, aux, pt.data_ptr(), g.data_ptr()]
             row.extend(b.data_ptr() for b in bufs)
-            checks = tuple((k, st[k]) for k in (*keys, *(("step",) if self._has_step else ())))
             wave = seen.get(id(p), 0)
             seen[id(p)] = wave + 1
             key = (code, step_f64, wave)
-            calls.setdefault(key, _Call(code, step_f64)).add(
-                _Entry(p, st, checks if st is not None else (), row)
-            )
+            step_key = ("step",) if self._has_step else ()
+            checks = () if st is None else tuple((k, st[k]) for k in (*keys, *step_key))
+            calls.setdefault(key, _Call(code, step_f64)).add(p, st, checks, row)
             if cacheable:
                 cached_row = list(row)
                 cached_row[1] = self._row_aux(st, False)
-                cached.setdefault(key, _Call(code, step_f64)).add(
-                    _Entry(p, st, checks if st is not None else (), cached_row)
-                )
+                cached.setdefault(key, _Call(code, step_f64)).add(p, st, checks, cached_row)
         for call in calls.values():
-            self._native_step(call, group, threads)
+            self._native_step(call, None, None, group, threads)
         if copy_back:
             with torch.no_grad():
                 for dst, src in copy_back:
@@ -340,7 +314,8 @@ class FastOptimizer(torch.optim.Optimizer):
             self._torch_step(group, fallback)
         if not cacheable:
             return None
-        return _Plan(tuple(map(id, group["params"])), inactive, list(cached.values()))
+        params = group["params"]
+        return _Plan(inactive, [call.freeze(params) for call in cached.values()])
 
     def _torch_step(self, group: dict, params: list[_Tensor]) -> None:
         """torch's own step for ``params`` of ``group`` (devices and layouts we do not take)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
@@ -31,9 +33,13 @@ class Adagrad(FastOptimizer, torch.optim.Adagrad):
         init_value = complex(init, init) if torch.is_complex(p) else init
         state["sum"] = torch.full_like(p, init_value, memory_format=torch.preserve_format)
 
-    def _native_step(self, call: _Call, group: dict, threads: int) -> None:
-        _core.adagrad_step(
-            call.table,
+    def _native_step(
+        self, call: _Call, params: list | None, state: Any, group: dict, threads: int
+    ) -> bool:
+        return _core.adagrad_step(
+            call.source,
+            params,
+            state,
             call.width,
             call.dtype,
             call.step_f64,

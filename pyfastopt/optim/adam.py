@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
@@ -30,10 +32,14 @@ class _AdamStep(FastOptimizer):
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _native_step(self, call: _Call, group: dict, threads: int) -> None:
+    def _native_step(
+        self, call: _Call, params: list | None, state: Any, group: dict, threads: int
+    ) -> bool:
         beta1, beta2 = group["betas"]
-        _core.adam_step(
-            call.table,
+        return _core.adam_step(
+            call.source,
+            params,
+            state,
             call.width,
             call.dtype,
             call.step_f64,

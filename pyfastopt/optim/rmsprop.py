@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
@@ -34,9 +36,13 @@ class RMSprop(FastOptimizer, torch.optim.RMSprop):
         if group["centered"]:
             state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _native_step(self, call: _Call, group: dict, threads: int) -> None:
-        _core.rmsprop_step(
-            call.table,
+    def _native_step(
+        self, call: _Call, params: list | None, state: Any, group: dict, threads: int
+    ) -> bool:
+        return _core.rmsprop_step(
+            call.source,
+            params,
+            state,
             call.width,
             call.dtype,
             call.step_f64,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .. import _core
@@ -30,9 +32,13 @@ class SGD(FastOptimizer, torch.optim.SGD):
     def _row_aux(self, state: dict | None, first: bool) -> int:
         return 1 if first else 0
 
-    def _native_step(self, call: _Call, group: dict, threads: int) -> None:
-        _core.sgd_step(
-            call.table,
+    def _native_step(
+        self, call: _Call, params: list | None, state: Any, group: dict, threads: int
+    ) -> bool:
+        return _core.sgd_step(
+            call.source,
+            params,
+            state,
             call.width,
             call.dtype,
             scalar(group["lr"]),
