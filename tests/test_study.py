@@ -1,0 +1,231 @@
+"""The optimizer study (``python -m pyfastopt.study``): both commands in quick mode, errors, table.
+
+The MNIST tests need real MNIST through ``PYFASTOPT_MNIST`` and skip visibly without it. No test
+asserts a timing: the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pyfastopt
+from pyfastopt.data import ENV_VAR, MnistFormatError, find_mnist
+from pyfastopt.study import methods as method_table
+from pyfastopt.study.cli import main
+from pyfastopt.study.surfaces import SURFACES, surface_methods
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MNIST_PNGS = ("loss_per_epoch.png", "loss_vs_time.png", "test_accuracy.png", "step_time.png")
+# small enough to keep the whole file well under a minute, big enough for every method to learn
+QUICK_MNIST = ["--quick", "--train-size", "4000", "--test-size", "1000", "--epochs", "2"]
+
+
+def _check_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path.name} is not a PNG"
+    assert len(data) > 5_000, f"{path.name} is suspiciously small ({len(data)} bytes)"
+    image = pytest.importorskip("matplotlib.image").imread(path)
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def mnist_root() -> str:
+    if not os.environ.get(ENV_VAR):
+        pytest.skip(f"real MNIST not available: set {ENV_VAR} to a directory of IDX files")
+    try:
+        return str(find_mnist())
+    except (FileNotFoundError, MnistFormatError) as exc:
+        pytest.skip(f"real MNIST not available under {ENV_VAR}: {exc}")
+
+
+@pytest.fixture(scope="module")
+def mnist_out(mnist_root: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("study") / "mnist"
+    # data through the environment variable, as a user would; progress bar on (it goes to stderr)
+    assert main(["mnist", *QUICK_MNIST, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(mnist_out: Path) -> dict:
+    return json.loads((mnist_out / "results.json").read_text(encoding="utf-8"))
+
+
+# --- the method table --------------------------------------------------------------------------
+
+
+def test_method_table_covers_the_issue():
+    names = [m.name for m in method_table.METHODS]
+    assert names == [
+        "gd", "sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw"
+    ]  # fmt: skip
+    assert [m.batch for m in method_table.METHODS].count("full") == 1
+    for m in method_table.METHODS:
+        assert m.lr > 0 and len(m.reason) > 20, m.name
+
+
+@pytest.mark.parametrize("method", method_table.METHODS, ids=lambda m: m.name)
+def test_one_table_builds_both_implementations(method):
+    p = torch.nn.Parameter(torch.zeros(3))
+    fast = method.build([p], "pyfastopt")
+    ref = method.build([p], "torch")
+    assert isinstance(fast, getattr(pyfastopt, method.optimizer))
+    assert type(ref) is getattr(torch.optim, method.optimizer)
+    assert ref.param_groups[0]["foreach"] is False
+    for key, value in {"lr": method.lr, **method.kwargs}.items():
+        assert fast.param_groups[0][key] == ref.param_groups[0][key] == value
+
+
+def test_select_rejects_unknown_names():
+    assert [m.name for m in method_table.select(["adam", "gd"])] == ["gd", "adam"]
+    with pytest.raises(ValueError, match="nope"):
+        method_table.select(["nope"])
+
+
+def test_every_surface_has_an_lr_per_method():
+    names = {m.name for m in surface_methods()}
+    assert "sgd" not in names and {"gd", "momentum", "adam", "adamw"} <= names
+    for surface in SURFACES:
+        assert set(surface.lr) == names, surface.name
+
+
+# --- mnist -------------------------------------------------------------------------------------
+
+
+def test_mnist_writes_report_json_and_pictures(mnist_out: Path, results: dict):
+    report = (mnist_out / "report.md").read_text(encoding="utf-8")
+    for m in method_table.METHODS:
+        assert m.label in report, m.label
+        assert m.reason in report, m.name
+        run = results["runs"][m.name]
+        assert set(run) == {"pyfastopt", "torch", "comparison"}
+        for impl in ("pyfastopt", "torch"):
+            r = run[impl]
+            assert len(r["train_loss"]) == len(r["test_acc"]) == len(r["train_time_s"]) == 3
+            assert all(math.isfinite(v) for v in r["train_loss"])
+            assert r["total_time_s"] > 0 and r["total_step_time_s"] > 0
+    for heading in ("## Results", "## pyfastopt against torch.optim", "## Learning rates",
+                    "## Findings", "## Machine"):  # fmt: skip
+        assert heading in report
+    assert results["settings"]["torch_extra_kwargs"] == {"foreach": False}
+    assert results["command"].startswith("python -m pyfastopt.study mnist")
+    for name in MNIST_PNGS:
+        assert f"]({name})" in report
+        _check_png(mnist_out / name)
+
+
+def test_mnist_learns(results: dict):
+    runs = results["runs"]
+    for name, run in runs.items():
+        losses = run["pyfastopt"]["train_loss"]
+        assert losses[-1] < losses[0], name
+    # mini-batch methods make ~30 steps per epoch; every one of them beats chance clearly
+    for name in ("sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw"):
+        assert runs[name]["pyfastopt"]["final_test_acc"] > 0.8, name
+
+
+def test_mnist_pyfastopt_follows_torch(results: dict):
+    runs = results["runs"]
+    for name, run in runs.items():
+        comparison = run["comparison"]
+        # the same computation: one step apart only by rounding ...
+        assert comparison["first_step_weight_diff"] < 1e-6, name
+        # ... and the same training, which may amplify rounding a little
+        assert comparison["max_epoch_loss_diff"] < 1e-2, name
+        fast, ref = run["pyfastopt"], run["torch"]
+        assert fast["steps"] == ref["steps"]
+        assert fast["final_test_acc"] == pytest.approx(ref["final_test_acc"], abs=0.02)
+
+
+def test_mnist_without_torch_runs(mnist_root: str, tmp_path: Path, capsys):
+    out = tmp_path / "solo"
+    argv = ["mnist", *QUICK_MNIST, "--epochs", "1", "--no-torch", "--no-progress",
+            "--methods", "gd,adam", "--data", mnist_root, "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert list(results["runs"]) == ["gd", "adam"]
+    assert all(set(run) == {"pyfastopt"} for run in results["runs"].values())
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "pyfastopt against torch.optim" not in report and "--no-torch" in report
+    assert not (out / "step_time.png").exists()
+    assert "adam" in capsys.readouterr().out
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_missing_data_is_a_clear_error(tmp_path: Path, capsys):
+    code = main(["mnist", "--quick", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "MNIST" in line and str(tmp_path) in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_unset_data_names_the_environment_variable(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert main(["mnist", "--quick", "--out", str(tmp_path / "o")]) == 2
+    assert ENV_VAR in _one_error_line(capsys.readouterr().err)
+
+
+def test_corrupt_data_is_a_clear_error(tmp_path: Path, capsys):
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # fmt: skip
+        (tmp_path / stem).write_bytes(b"this is not an IDX file at all")
+    code = main(["mnist", "--quick", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "IDX" in _one_error_line(capsys.readouterr().err)
+
+
+def test_missing_matplotlib_is_a_clear_error(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
+    assert main(["surfaces", "--quick", "--out", str(tmp_path / "o")]) == 2
+    assert "matplotlib" in _one_error_line(capsys.readouterr().err)
+
+
+def test_bad_arguments_exit_2(capsys):
+    assert main(["mnist", "--methods", "adam,bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert main(["surfaces", "--steps", "0"]) == 2
+    assert main([]) == 2
+
+
+# --- surfaces ----------------------------------------------------------------------------------
+
+
+def test_surfaces_quick(tmp_path: Path):
+    out = tmp_path / "surfaces"
+    assert main(["surfaces", "--quick", "--steps", "120", "--no-progress", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text(encoding="utf-8")
+    for surface in SURFACES:
+        assert surface.title in report
+        _check_png(out / f"{surface.name}.png")
+    for m in surface_methods():
+        assert (m.label if m.name != "gd" else "GD / SGD") in report
+    assert "distance to the minimum" in report and "distance to the saddle point" in report
+
+
+def test_python_m_entry_point():
+    done = subprocess.run(
+        [sys.executable, "-m", "pyfastopt.study", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0
+    assert "mnist" in done.stdout and "surfaces" in done.stdout
