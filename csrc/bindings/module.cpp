@@ -36,8 +36,8 @@ DType to_dtype(int code) {
 // Runs `kernel(table)` on either a plain list table or a cached Plan (which first re-checks its
 // parameters, unless `params` is None because the caller already did). False: stale plan.
 template <class Kernel>
-bool run_on(py::handle source, py::handle params, py::handle state, int64_t width,
-            bool step_f64, int64_t parallel_min, Kernel&& kernel) {
+bool run_on(py::handle source, py::handle params, py::handle state, int64_t width, bool step_f64,
+            int64_t parallel_min, Kernel&& kernel) {
   std::vector<int64_t> owned;
   const int64_t* data = nullptr;
   std::size_t size = 0;
@@ -153,8 +153,8 @@ PYBIND11_MODULE(_core, m) {
       [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
          bool step_f64, double lr, double alpha, double eps, double weight_decay, double momentum,
          bool centered, bool maximize, int num_threads, int64_t parallel_min) {
-        const pyfastopt::RmspropParams hp{lr, alpha, eps, weight_decay, momentum, centered,
-                                          maximize};
+        const pyfastopt::RmspropParams hp{lr,       alpha,    eps,     weight_decay,
+                                          momentum, centered, maximize};
         const DType dt = to_dtype(dtype);
         return run_on(src, params, state, width, step_f64, parallel_min, [&](const Table& t) {
           pyfastopt::active_kernels().rmsprop(t, dt, hp, num_threads);
@@ -166,7 +166,7 @@ PYBIND11_MODULE(_core, m) {
       [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
          bool step_f64, double lr, double beta1, double beta2, double eps, double weight_decay,
          bool amsgrad, bool maximize, bool decoupled, int num_threads, int64_t parallel_min) {
-        const pyfastopt::AdamParams hp{lr,      beta1,    beta2,    eps,
+        const pyfastopt::AdamParams hp{lr,           beta1,   beta2,    eps,
                                        weight_decay, amsgrad, maximize, decoupled};
         const DType dt = to_dtype(dtype);
         return run_on(src, params, state, width, step_f64, parallel_min, [&](const Table& t) {

@@ -19,8 +19,8 @@ class Plan {
   struct Entry {
     pybind11::object param;
     int64_t param_ptr;
-    pybind11::object state;   // the parameter's state dict, or None (stateless SGD)
-    pybind11::object checks;  // tuple of (key, tensor): state objects the row points into
+    pybind11::object state;    // the parameter's state dict, or None (stateless SGD)
+    pybind11::object checks;   // tuple of (key, tensor): state objects the row points into
     pybind11::object strides;  // None: the gradient must be contiguous; else a stride tuple
   };
 

@@ -1,7 +1,7 @@
 // Run-time choice of the SIMD build: AVX-512, AVX2+FMA or the x86-64 baseline, by cpuid.
-#include <cstring>
-
 #include "pyfastopt/dispatch.h"
+
+#include <cstring>
 
 namespace pyfastopt {
 namespace {

@@ -154,8 +154,8 @@ void rmsprop(const Table& t, DType dtype, const RmspropParams& hp, int nt) {
       with_bool(hp.weight_decay != 0.0, [&](auto l2) {
         with_bool(hp.centered, [&](auto cen) {
           with_bool(hp.momentum > 0.0, [&](auto mom) {
-            using R = RmspropRule<T, decltype(mx)::value, decltype(l2)::value,
-                                  decltype(cen)::value, decltype(mom)::value>;
+            using R = RmspropRule<T, decltype(mx)::value, decltype(l2)::value, decltype(cen)::value,
+                                  decltype(mom)::value>;
             run<T, R>(t, true, nt, [&](int64_t r) {
               cpu::advance_step(t, r);
               return R(hp);
@@ -206,7 +206,7 @@ void adam(const Table& t, DType dtype, const AdamParams& hp, int nt) {
 #define PFO_CAT2(a, b) a##b
 #define PFO_CAT(a, b) PFO_CAT2(a, b)
 extern const KernelSet PFO_CAT(kernels_, PFO_ISA_NAME) = {
-    PFO_STR(PFO_ISA_NAME), PFO_ISA_NS::sgd, PFO_ISA_NS::adagrad, PFO_ISA_NS::adadelta,
-    PFO_ISA_NS::rmsprop,   PFO_ISA_NS::adam};
+    PFO_STR(PFO_ISA_NAME), PFO_ISA_NS::sgd,     PFO_ISA_NS::adagrad,
+    PFO_ISA_NS::adadelta,  PFO_ISA_NS::rmsprop, PFO_ISA_NS::adam};
 
 }  // namespace pyfastopt

@@ -45,13 +45,15 @@ void multi_tensor_apply(const Table& table, const std::vector<Rule>& rules, int 
   for (int64_t r = 0; r < table.rows; ++r) {
     const int64_t n = row_numel(table, r);
     total += n;
-    for (int64_t b = 0; b < n; b += kChunk) chunks.push_back({r, b, n - b < kChunk ? n - b : kChunk});
+    for (int64_t b = 0; b < n; b += kChunk)
+      chunks.push_back({r, b, n - b < kChunk ? n - b : kChunk});
   }
   const int64_t nchunks = static_cast<int64_t>(chunks.size());
   const bool parallel = num_threads > 1 && nchunks > 1 && total >= table.parallel_min;
   auto run = [&](int64_t c) {
     const Chunk& ch = chunks[c];
-    apply_chunk<T>(rules[ch.row], row_ptrs(table, ch.row), ch.begin, ch.len, std::make_index_sequence<K>{});
+    apply_chunk<T>(rules[ch.row], row_ptrs(table, ch.row), ch.begin, ch.len,
+                   std::make_index_sequence<K>{});
   };
   if (parallel) {
 #pragma omp parallel for num_threads(num_threads) schedule(static)

@@ -224,7 +224,9 @@ struct AdamRule {
     p = p + (neg_step_size * m) / denom;
   }
 
-  PFO_HD void operator()(T& p, const T& g0, T& m, T& v) const { update(p, m, moments(p, g0, m, v)); }
+  PFO_HD void operator()(T& p, const T& g0, T& m, T& v) const {
+    update(p, m, moments(p, g0, m, v));
+  }
   PFO_HD void operator()(T& p, const T& g0, T& m, T& v, T& vmax) const {
     const T s = max_nan(vmax, moments(p, g0, m, v));
     vmax = s;
