@@ -30,6 +30,8 @@ class Impl:
     build: Builder
     applies: Callable[[OptimizerSpec], bool]
     is_torch: bool = False
+    #: may be missing here (skipped with the reason); a failure of any other is an error
+    optional: bool = False
     #: tolerance of the parity check against torch's for-loop result
     rtol: float = 1e-5
     atol: float = 1e-6
@@ -71,7 +73,12 @@ IMPLS: Mapping[str, Impl] = MappingProxyType(
             is_torch=True,
         ),
         "torch-fused": Impl(
-            "torch-fused", "torch.optim, fused=True", _torch(fused=True), _has_fused, is_torch=True
+            "torch-fused",
+            "torch.optim, fused=True",
+            _torch(fused=True),
+            _has_fused,
+            is_torch=True,
+            optional=True,
         ),
         "pyfastopt": Impl("pyfastopt", "pyfastopt", _pyfastopt, _always),
         "deepspeed": Impl(
@@ -79,6 +86,7 @@ IMPLS: Mapping[str, Impl] = MappingProxyType(
             "DeepSpeedCPUAdam / DeepSpeedCPUAdagrad",
             _deepspeed.build,
             _deepspeed.supports,
+            optional=True,
             rtol=1e-4,
             atol=1e-5,
         ),
@@ -100,7 +108,9 @@ def get_impl(name: str) -> Impl:
 def unavailable(impl_name: str, opt_name: str) -> str | None:
     """None when implementation ``impl_name`` can step optimizer ``opt_name`` here, else why not.
 
-    Probed once per pair: one step on a tiny CPU tensor.
+    Optional implementations are probed once per pair with one step on a tiny CPU tensor;
+    the others (torch's for-loop and foreach paths, pyfastopt) are never skipped, so that a
+    broken one fails loudly instead.
     """
     from .optimizers import get_optimizer
 
@@ -110,6 +120,8 @@ def unavailable(impl_name: str, opt_name: str) -> str | None:
         return reason
     if not impl.applies(spec):
         return f"{impl.name} has no {spec.cls_name}"
+    if not impl.optional:
+        return None
     param = torch.nn.Parameter(torch.ones(8))
     param.grad = torch.full((8,), 0.5)
     try:

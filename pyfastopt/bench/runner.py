@@ -10,16 +10,15 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import torch
-
+from .candidates import Candidate, build_candidate
 from .harness import Timing, interleaved
-from .impls import IMPLS, REFERENCE, Impl, unavailable
+from .impls import IMPLS, REFERENCE, unavailable
 from .optimizers import OptimizerSpec
-from .parity import Parity, compare, snapshot
+from .parity import Parity, snapshot
 from .results import FWD_BWD_ONLY, Record, Skipped, derive
 from .roofline import streaming_kernel
-from .training import Batches, TrainStep, make_mlp, train_step
-from .workloads import Workload, as_parameters, make_tensors
+from .training import Batches, make_mlp, train_step
+from .workloads import Workload
 
 ROOFLINE = "roofline"
 
@@ -47,41 +46,12 @@ class Group:
         return [r for r in self.records if r.parity_ok is False]
 
 
-@dataclass
-class _Candidate:
-    impl: Impl
-    step: Callable[[], object]
-    params: Sequence[torch.Tensor]
-    train: TrainStep | None = None
-
-
-def _build(
-    spec: OptimizerSpec,
-    workload: Workload,
-    impl: Impl,
-    seed: int,
-    batches: Batches | None,
-) -> _Candidate:
-    if workload.train:
-        assert batches is not None
-        model = make_mlp(workload.hidden, seed)
-        ts = train_step(model, batches.items, lambda ps: impl.build(spec, ps))
-        return _Candidate(impl, ts, ts.parameters(), ts)
-    params = as_parameters(*make_tensors(workload, seed))
-    opt = impl.build(spec, params)
-    return _Candidate(impl, opt.step, params)
-
-
-def _check(cands: dict[str, _Candidate], steps: int) -> dict[str, Parity]:
+def _check(cands: dict[str, Candidate], steps: int) -> dict[str, Parity]:
     """Step every candidate ``steps`` times from the same start; compare with the reference."""
     for c in cands.values():
-        for _ in range(steps):
-            c.step()
+        c.advance(steps)
     ref = snapshot(cands[REFERENCE].params)
-    return {
-        name: compare(ref, c.params, steps=steps, rtol=c.impl.rtol, atol=c.impl.atol)
-        for name, c in cands.items()
-    }
+    return {name: c.check(ref, steps) for name, c in cands.items()}
 
 
 def run_group(
@@ -94,13 +64,15 @@ def run_group(
     """Measure ``spec`` on ``workload`` for each available implementation (torch's always)."""
     group = Group()
     names = [REFERENCE] + [n for n in impl_names if n != REFERENCE]
-    cands: dict[str, _Candidate] = {}
+    cands: dict[str, Candidate] = {}
     for name in names:
         reason = unavailable(name, spec.name)
         if reason:
             group.skipped.append(Skipped(spec.name, workload.name, name, reason))
         else:
-            cands[name] = _build(spec, workload, IMPLS[name], settings.seed, batches)
+            cands[name] = build_candidate(
+                spec, workload, IMPLS[name], seed=settings.seed, batches=batches
+            )
     parity = _check(cands, workload.parity_steps) if settings.check else {}
 
     timed: dict[str, Callable[[], object]] = {n: c.step for n, c in cands.items()}

@@ -8,6 +8,7 @@ elements). Sizes take a K (×1024) or M (×1024²) suffix: ``flat-32M`` is 33,55
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ class Workload:
     #: steps taken before comparing with torch's result: fewer on huge tensors (each step
     #: costs), one when training (the next gradients then differ by the rounding of the step,
     #: which e.g. RMSprop amplifies where gradients are tiny, so later steps prove little)
-    parity_steps: int = 3
+    parity_steps: int = 2
 
     @property
     def numel(self) -> int:
@@ -84,14 +85,14 @@ def parse_workload(name: str) -> Workload:
         if kind in ("mlp", "train") and rest:
             hidden = tuple(_size(h) for h in rest.split("-"))
             train = kind == "train"
-            steps = 1 if train else 3
+            steps = 1 if train else 2
             return Workload(key, mlp_shapes(hidden), train, hidden, parity_steps=steps)
         if kind in ("small", "fixed") and "x" in rest:
             count, size = (_size(t) for t in rest.split("x", 1))
             return Workload(key, ((size,),) * count)
         if kind == "flat" and rest:
             size = _size(rest)
-            return Workload(key, ((size,),), parity_steps=1 if size >= 1 << 24 else 3)
+            return Workload(key, ((size,),), parity_steps=1 if size >= 1 << 24 else 2)
     except ValueError:
         pass
     raise ValueError(
@@ -100,13 +101,18 @@ def parse_workload(name: str) -> Workload:
     )
 
 
+@functools.lru_cache(maxsize=1)
 def make_tensors(
     workload: Workload, seed: int = 0
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Deterministic float32 start values and fixed gradients for a step-only workload."""
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Deterministic float32 start values and fixed gradients for a step-only workload.
+
+    The latest result is cached (every candidate of a group starts from it): never modify the
+    tensors in place; :func:`as_parameters` copies them.
+    """
     gen = torch.Generator().manual_seed(seed)
-    params = [torch.randn(s, generator=gen).mul_(0.05) for s in workload.shapes]
-    grads = [torch.randn(s, generator=gen).mul_(0.01) for s in workload.shapes]
+    params = tuple(torch.randn(s, generator=gen).mul_(0.05) for s in workload.shapes)
+    grads = tuple(torch.randn(s, generator=gen).mul_(0.01) for s in workload.shapes)
     return params, grads
 
 
