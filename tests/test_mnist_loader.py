@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import struct
 from pathlib import Path
 
+import idx_files
 import numpy as np
 import pytest
 import torch
+from idx_files import idx_bytes, images_for, labels_for, write
 
 from pyfastopt.data import (
     ENV_VAR,
@@ -19,44 +20,11 @@ from pyfastopt.data import (
     synthetic_mnist,
 )
 
-STEMS = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
 SIZES = {"train": 12, "test": 5}
 
 
-def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
-    header = struct.pack(">HBB", 0, type_code, array.ndim)
-    header += struct.pack(">" + "I" * array.ndim, *array.shape)
-    return header + array.tobytes()
-
-
-def images_for(n: int) -> np.ndarray:
-    return (np.arange(n * 28 * 28) % 256).astype(np.uint8).reshape(n, 28, 28)
-
-
-def labels_for(n: int) -> np.ndarray:
-    return (np.arange(n) % 10).astype(np.uint8)
-
-
-def write(path: Path, data: bytes, gz: bool) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(data))
-    else:
-        path.write_bytes(data)
-    return path
-
-
 def make_mnist(directory: Path, gz: bool = True, splits: tuple[str, ...] = ("train", "test")):
-    for split in splits:
-        n = SIZES[split]
-        img, lbl = STEMS[split]
-        write(directory / img, idx_bytes(images_for(n)), gz)
-        write(directory / lbl, idx_bytes(labels_for(n)), gz)
-    return directory
+    return idx_files.make_mnist(directory, {s: SIZES[s] for s in splits}, gz)
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
@@ -221,13 +189,9 @@ def test_synthetic_is_mnist_shaped_and_deterministic():
     assert torch.equal(x, x2) and torch.equal(y, y2)
 
 
-def test_real_mnist_when_available():
-    try:
-        directory = find_mnist()
-    except FileNotFoundError:
-        pytest.skip(f"real MNIST not available: set {ENV_VAR} to its directory")
-    x, y = load_mnist(directory, "train")
+def test_real_mnist(mnist_dir):
+    x, y = load_mnist(mnist_dir, "train")
     assert x.shape == (60000, 784) and y.shape == (60000,)
     assert y[:5].tolist() == [5, 0, 4, 1, 9]
-    xt, yt = load_mnist(directory, "test")
+    xt, yt = load_mnist(mnist_dir, "test")
     assert xt.shape == (10000, 784) and yt[:3].tolist() == [7, 2, 1]

@@ -47,7 +47,7 @@ def load_batches(
     """
     n = batch_size * n_batches
     try:
-        directory = find_mnist(data)
+        directory = find_mnist(data, "train")
     except FileNotFoundError as exc:
         if data is not None or not fallback:
             raise

@@ -1,0 +1,95 @@
+"""The tables behind the benchmarks: bytes per step, workload names, interleaving, parity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyfastopt.bench.harness import interleaved
+from pyfastopt.bench.optimizers import OPTIMIZERS, state_buffers, streams
+from pyfastopt.bench.parity import compare
+from pyfastopt.bench.roofline import STREAMS, stream_elements
+from pyfastopt.bench.workloads import DEFAULT_WORKLOADS, parse_workload
+
+OPTION_CASES = [
+    ("SGD", {"lr": 0.1}),
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+    ("Adagrad", {}),
+    ("Adadelta", {}),
+    ("RMSprop", {}),
+    ("RMSprop", {"momentum": 0.9, "centered": True}),
+    ("Adam", {}),
+    ("Adam", {"amsgrad": True}),
+    ("AdamW", {"amsgrad": True, "weight_decay": 0.1}),
+]
+
+
+@pytest.mark.parametrize("cls_name, hparams", OPTION_CASES)
+def test_traffic_table_matches_torch_state(cls_name, hparams):
+    p = torch.nn.Parameter(torch.randn(10))
+    p.grad = torch.randn(10)
+    opt = getattr(torch.optim, cls_name)([p], **hparams)
+    opt.step()
+    buffers = {k for k, v in opt.state[p].items() if torch.is_tensor(v) and v.shape == p.shape}
+    assert set(state_buffers(cls_name, hparams)) == buffers
+    assert streams(cls_name, hparams) == 3 + 2 * len(buffers)
+
+
+def test_adam_moves_seven_arrays():
+    assert OPTIMIZERS["adam"].bytes_per_step(1000) == 7 * 1000 * 4
+    assert OPTIMIZERS["sgd"].bytes_per_step(1000) == 5 * 1000 * 4  # momentum 0.9
+
+
+@pytest.mark.parametrize(
+    "name, numel, tensors, train",
+    [
+        ("mlp-128", 101_770, 4, False),
+        ("mlp-512-256", 535_818, 6, False),
+        ("mlp-2048-2048", 5_824_522, 6, False),
+        ("small-500x1k", 512_000, 500, False),
+        ("flat-32M", 1 << 25, 1, False),
+        ("fixed-6x16", 96, 6, False),
+        ("train-512-256", 535_818, 6, True),
+    ],
+)
+def test_workload_names(name, numel, tensors, train):
+    w = parse_workload(name)
+    assert (w.numel, w.tensors, w.train) == (numel, tensors, train)
+    assert w.parity_steps >= 1
+
+
+def test_defaults_parse():
+    assert all(parse_workload(n).name == n for n in DEFAULT_WORKLOADS)
+
+
+@pytest.mark.parametrize("name", ["", "mlp", "mlp-", "flat-", "small-10", "cnn-3", "flat-2G"])
+def test_bad_workload_names(name):
+    with pytest.raises(ValueError, match="unknown model"):
+        parse_workload(name)
+
+
+def test_interleaved_is_round_robin():
+    calls: list[str] = []
+    cands = {name: (lambda n=name: calls.append(n)) for name in "ABC"}
+    timings = interleaved(cands, rounds=4, warmup=1, min_sample_ns=0)
+    assert calls == list("ABC") * 5  # one warm-up round, then four timed rounds
+    for t in timings.values():
+        assert len(t.samples_ns) == 4 and t.calls_per_sample == 1
+        assert t.min_ns <= t.median_ns and t.iqr_ns >= 0
+
+
+def test_roofline_moves_the_same_bytes():
+    assert STREAMS * stream_elements(7 * 4 * 999) * 4 == 7 * 4 * 999
+
+
+def test_parity_follows_assert_close():
+    ref = [torch.ones(5), torch.zeros(3)]
+    assert compare(ref, [torch.ones(5) + 5e-6, torch.zeros(3) + 5e-7], steps=1).ok
+    bad = compare(ref, [torch.ones(5) + 5e-5, torch.zeros(3)], steps=1)
+    assert not bad.ok and "not close" in bad.message and bad.max_abs == pytest.approx(5e-5, 0.1)
+    nan = torch.ones(5)
+    nan[2] = float("nan")
+    assert not compare(ref, [nan, torch.zeros(3)], steps=1).ok
+    inf = [torch.full((5,), float("inf")), torch.zeros(3)]
+    assert compare(inf, [t.clone() for t in inf], steps=1).ok
+    assert not compare(ref, [torch.ones(4), torch.zeros(3)], steps=1).ok
