@@ -21,6 +21,7 @@ from pyfastopt.data import ENV_VAR, MnistFormatError, find_mnist
 from pyfastopt.study import methods as method_table
 from pyfastopt.study.cli import main
 from pyfastopt.study.surfaces import SURFACES, surface_methods
+from pyfastopt.study.sweep import half_decades
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MNIST_PNGS = ("loss_per_epoch.png", "loss_vs_time.png", "test_accuracy.png", "step_time.png")
@@ -113,7 +114,7 @@ def test_mnist_writes_report_json_and_pictures(mnist_out: Path, results: dict):
         assert m.label in report, m.label
         assert m.reason in report, m.name
         run = results["runs"][m.name]
-        assert set(run) == {"pyfastopt", "torch", "comparison"}
+        assert set(run) == {"pyfastopt", "torch", "comparison", "torch_nudged_control"}
         for impl in ("pyfastopt", "torch"):
             r = run[impl]
             assert len(r["train_loss"]) == len(r["test_acc"]) == len(r["train_time_s"]) == 3
@@ -145,8 +146,10 @@ def test_mnist_pyfastopt_follows_torch(results: dict):
         comparison = run["comparison"]
         # the same computation: one step apart only by rounding ...
         assert comparison["first_step_weight_diff"] < 1e-6, name
-        # ... and the same training, which may amplify rounding a little
+        # ... and the same training, which may amplify rounding a little (as the control shows:
+        # torch.optim against itself from weights one ulp apart)
         assert comparison["max_epoch_loss_diff"] < 1e-2, name
+        assert 0 <= comparison["control_epoch_loss_diff"] < 1e-2, name
         fast, ref = run["pyfastopt"], run["torch"]
         assert fast["steps"] == ref["steps"]
         assert fast["final_test_acc"] == pytest.approx(ref["final_test_acc"], abs=0.02)
@@ -164,6 +167,24 @@ def test_mnist_without_torch_runs(mnist_root: str, tmp_path: Path, capsys):
     assert "pyfastopt against torch.optim" not in report and "--no-torch" in report
     assert not (out / "step_time.png").exists()
     assert "adam" in capsys.readouterr().out
+
+
+def test_half_decade_grid():
+    assert half_decades(0.3) == [0.03, 0.1, 0.3, 1.0, 3.0]
+    assert half_decades(1e-3, k=1) == [3e-4, 1e-3, 3e-3]
+    assert half_decades(0.2, k=1) == [0.1, 0.2, 0.3, 1.0]  # off-grid lrs keep themselves
+
+
+def test_lr_sweep(mnist_root: str, tmp_path: Path):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--methods", "sgd", "--epochs", "1", "--train-size", "2000",
+            "--no-progress", "--data", mnist_root, "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    table = (out / "sweep.md").read_text(encoding="utf-8")
+    for lr in half_decades(method_table.BY_NAME["sgd"].lr):
+        assert f"| SGD | {lr:.4g}" in table
+    assert table.count("**") == 2  # one best lr, in bold
+    assert len(json.loads((out / "sweep.json").read_text(encoding="utf-8"))["sgd"]) == 5
 
 
 # --- errors ------------------------------------------------------------------------------------

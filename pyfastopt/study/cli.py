@@ -1,7 +1,8 @@
 """``pyfastopt-study`` / ``python -m pyfastopt.study``: the command line of the optimizer study.
 
 ``mnist`` trains the MNIST MLP with every method (pyfastopt and torch.optim); ``surfaces`` draws
-the methods' paths on 2-D test functions. Expected failures (no or corrupt MNIST files, missing
+the methods' paths on 2-D test functions; ``sweep`` re-runs the learning-rate sweep behind the
+method table. Expected failures (no or corrupt MNIST files, missing
 matplotlib, an unwritable output folder) end with a one-line message on stderr and exit code 2.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from ..data import ENV_VAR, MnistFormatError
 from . import methods as method_table
-from . import mnist_study, surface_study
+from . import mnist_study, surface_study, sweep
 from .machine import command_line
 from .plots import MissingDependencyError, require_matplotlib
 from .surfaces import BY_NAME as SURFACES_BY_NAME
@@ -49,19 +50,44 @@ def _positive(text: str) -> int:
     return value
 
 
+def _training_options() -> argparse.ArgumentParser:
+    """Options shared by ``mnist`` and ``sweep``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", metavar="DIR", help=f"MNIST IDX folder (default: ${ENV_VAR})")
+    common.add_argument("--seed", type=int, default=0, help="weights and batch order (default 0)")
+    common.add_argument("--batch-size", type=_positive, default=128)
+    common.add_argument("--hidden", type=_positive, default=128, help="hidden units (default 128)")
+    common.add_argument("--train-size", type=_positive, help="use the first N training images")
+    common.add_argument(
+        "--methods",
+        type=_names(list(method_table.BY_NAME)),
+        help="comma-separated subset of " + ",".join(method_table.BY_NAME),
+    )
+    common.add_argument(
+        "--threads",
+        type=_positive,
+        default=1,
+        help="torch (and so pyfastopt) threads during training (default 1: steadier timings "
+        "on a shared machine)",
+    )
+    common.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Compare gradient-based optimizers (pyfastopt and torch.optim)."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{mnist,surfaces}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{mnist,surfaces,sweep}")
+    common = _training_options()
 
     mn = sub.add_parser(
         "mnist",
+        parents=[common],
         help="train an MNIST MLP with every method; loss, accuracy, time, pictures",
         description="Train the same MNIST MLP with GD, SGD, momentum, Nesterov, Adagrad, "
         "Adadelta, RMSprop, Adam and AdamW (pyfastopt and torch.optim) and report.",
     )
-    mn.add_argument("--data", metavar="DIR", help=f"MNIST IDX folder (default: ${ENV_VAR})")
     mn.add_argument("--out", metavar="DIR", type=Path, default=Path("study-out/mnist"))
     mn.add_argument("--epochs", type=_positive, help="epochs (default 10; --quick: 3)")
     mn.add_argument(
@@ -69,30 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="small run: 10000 training and 2000 test images, 3 epochs, target loss 0.3",
     )
-    mn.add_argument("--seed", type=int, default=0, help="weights and batch order (default 0)")
     mn.add_argument("--no-torch", action="store_true", help="skip the torch.optim comparison runs")
+    mn.add_argument(
+        "--no-control",
+        action="store_true",
+        help="skip the control run (torch.optim from weights one ulp away) that measures how "
+        "far rounding alone moves a trajectory",
+    )
     mn.add_argument(
         "--target-loss",
         type=float,
         help="report when each run reaches this training loss (default 0.1; --quick: 0.3)",
     )
-    mn.add_argument("--batch-size", type=_positive, default=128)
-    mn.add_argument("--hidden", type=_positive, default=128, help="hidden units (default 128)")
-    mn.add_argument("--train-size", type=_positive, help="use the first N training images")
     mn.add_argument("--test-size", type=_positive, help="use the first N test images")
-    mn.add_argument(
-        "--methods",
-        type=_names(list(method_table.BY_NAME)),
-        help="comma-separated subset of " + ",".join(method_table.BY_NAME),
-    )
-    mn.add_argument(
-        "--threads",
-        type=_positive,
-        default=1,
-        help="torch (and so pyfastopt) threads during training (default 1: steadier timings "
-        "on a shared machine)",
-    )
-    mn.add_argument("--no-progress", action="store_true", help="no progress bar")
     mn.set_defaults(func=_mnist)
 
     sf = sub.add_parser(
@@ -115,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sf.add_argument("--no-progress", action="store_true", help="no progress bar")
     sf.set_defaults(func=_surfaces)
+
+    sw = sub.add_parser(
+        "sweep",
+        parents=[common],
+        help="re-run the learning-rate sweep behind the method table (pyfastopt only)",
+        description="Train each method at its table lr and two half-decade neighbours on "
+        "each side; sweep.md lists the training loss per epoch.",
+    )
+    sw.add_argument("--out", metavar="DIR", type=Path, default=Path("study-out/sweep"))
+    sw.add_argument("--epochs", type=_positive, default=5, help="epochs per trial (default 5)")
+    sw.set_defaults(func=_sweep)
     return parser
 
 
@@ -138,6 +164,7 @@ def _mnist(args: argparse.Namespace, argv: Sequence[str]) -> list[Path]:
         train_size=_pick(args.train_size, args.quick, "train_size"),  # type: ignore[arg-type]
         test_size=_pick(args.test_size, args.quick, "test_size"),  # type: ignore[arg-type]
         torch_runs=not args.no_torch,
+        control=not args.no_control,
         threads=args.threads,
         show_progress=not args.no_progress,
         command=command_line(argv),
@@ -156,6 +183,23 @@ def _surfaces(args: argparse.Namespace, argv: Sequence[str]) -> list[Path]:
         command=command_line(argv),
     )
     return surface_study.write(surface_study.run(options), options)
+
+
+def _sweep(args: argparse.Namespace, argv: Sequence[str]) -> list[Path]:
+    options = sweep.SweepOptions(
+        methods=method_table.select(args.methods),
+        out=args.out,
+        data=args.data,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        hidden=args.hidden,
+        seed=args.seed,
+        train_size=args.train_size,
+        threads=args.threads,
+        show_progress=not args.no_progress,
+        command=command_line(argv),
+    )
+    return sweep.write(sweep.run(options), options)
 
 
 def main(argv: list[str] | None = None) -> int:

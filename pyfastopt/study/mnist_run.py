@@ -60,6 +60,11 @@ def initial_weights(hidden: int, seed: int) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in make_model(hidden).state_dict().items()}
 
 
+def nudge(weights: StateDict) -> dict[str, torch.Tensor]:
+    """``weights`` with every element moved one float step (ulp) up: a rounding-size change."""
+    return {k: torch.nextafter(v, torch.full_like(v, math.inf)) for k, v in weights.items()}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     epochs: int
@@ -104,6 +109,9 @@ class MethodRuns:
     """A method's runs, one per implementation, trained in lockstep."""
 
     runs: dict[Impl, RunResult]
+    #: torch.optim started from weights one ulp away (:func:`nudge`): how far rounding alone
+    #: moves a trajectory, the yardstick for the pyfastopt/torch difference
+    control: RunResult | None = None
     #: max |weight difference| between the implementations after their first step, and after
     #: every epoch; empty with a single implementation
     first_step_weight_diff: float | None = None
@@ -183,30 +191,35 @@ def train(
     config: RunConfig,
     impls: Sequence[Impl] = IMPLS,
     wrap: Callable[[Iterable[int]], Iterable[int]] = lambda it: it,
+    control: bool = False,
 ) -> MethodRuns:
     """Train ``method`` with each of ``impls`` in lockstep for ``config.epochs`` epochs.
 
-    ``wrap`` wraps the epoch loop (a progress bar). A run whose batch loss turns non-finite
-    stops there, marked ``diverged``; the others go on.
+    With ``control``, a torch.optim run from :func:`nudge`-ed weights goes along (after the
+    timed runs of each step). ``wrap`` wraps the epoch loop (a progress bar). A run whose batch
+    loss turns non-finite stops there, marked ``diverged``; the others go on.
     """
     trainees = [_Trainee(method, impl, init, config.hidden) for impl in impls]
-    out = MethodRuns({t.result.impl: t.result for t in trainees})
+    extra = [_Trainee(method, "torch", nudge(init), config.hidden)] if control else []
+    out = MethodRuns(
+        {t.result.impl: t.result for t in trainees}, extra[0].result if extra else None
+    )
     gen = torch.Generator().manual_seed(config.seed)
-    for t in trainees:
+    for t in trainees + extra:
         t.record(data)
     step = 0
     for _epoch in wrap(range(config.epochs)):
         for xb, yb in batches(method, data, config.batch_size, gen):
-            for t in trainees if step % 2 == 0 else trainees[::-1]:
+            for t in (trainees if step % 2 == 0 else trainees[::-1]) + extra:
                 t.step(xb, yb)
             if step == 0 and len(trainees) > 1:
                 out.first_step_weight_diff = _weight_diff(trainees)
             step += 1
-        for t in trainees:
+        for t in trainees + extra:
             t.record(data)
         if len(trainees) > 1:
             out.epoch_weight_diff.append(_weight_diff(trainees))
-        if all(t.result.diverged for t in trainees):
+        if all(t.result.diverged for t in trainees + extra):
             break
     return out
 

@@ -42,6 +42,7 @@ class MnistOptions:
     train_size: int | None = None  # None: all 60000
     test_size: int | None = None  # None: all 10000
     torch_runs: bool = True
+    control: bool = True  # also run torch.optim from weights nudged by one ulp (untimed)
     threads: int = 1
     show_progress: bool = True
     command: str = ""
@@ -55,6 +56,9 @@ class Comparison:
     final_weight_diff: float  # ... after the last epoch
     max_epoch_loss_diff: float  # max |loss difference| over the epoch-end training losses
     max_batch_loss_diff: float  # ... over every step's batch loss
+    #: max |loss difference| at epoch ends between torch.optim and torch.optim started one ulp
+    #: away: what rounding alone does to this training (None: no control run)
+    control_epoch_loss_diff: float | None
     time_ratio: float  # torch total training time / pyfastopt's (> 1: pyfastopt faster)
     step_time_ratio: float  # the same for the time inside optimizer.step()
 
@@ -66,6 +70,7 @@ class MnistStudy:
     data_sizes: dict[str, int]
     runs: dict[str, dict[Impl, RunResult]] = field(default_factory=dict)
     comparisons: dict[str, Comparison] = field(default_factory=dict)
+    controls: dict[str, RunResult] = field(default_factory=dict)  # torch.optim, nudged start
 
 
 def _max_diff(a: Sequence[float], b: Sequence[float]) -> float:
@@ -84,6 +89,9 @@ def compare(pair: MethodRuns) -> Comparison:
         final_weight_diff=pair.epoch_weight_diff[-1] if pair.epoch_weight_diff else 0.0,
         max_epoch_loss_diff=_max_diff(fast.train_loss, ref.train_loss),
         max_batch_loss_diff=_max_diff(fast.batch_loss, ref.batch_loss),
+        control_epoch_loss_diff=(
+            _max_diff(ref.train_loss, pair.control.train_loss) if pair.control else None
+        ),
         time_ratio=_ratio(ref.total_time, fast.total_time),
         step_time_ratio=_ratio(ref.total_step_time, fast.total_step_time),
     )
@@ -113,11 +121,14 @@ def run(options: MnistOptions) -> MnistStudy:
                 init,
                 config,
                 impls,
+                control=options.control and options.torch_runs,
                 wrap=lambda epochs, d=desc: progress(
                     epochs, total=config.epochs, desc=d, enabled=options.show_progress
                 ),
             )
             study.runs[method.name] = pair.runs
+            if pair.control is not None:
+                study.controls[method.name] = pair.control
             if len(impls) > 1:
                 study.comparisons[method.name] = compare(pair)
             for result in pair.runs.values():
@@ -152,6 +163,12 @@ def to_json(study: MnistStudy) -> dict[str, Any]:
             }
         if method.name in study.comparisons:
             entry["comparison"] = asdict(study.comparisons[method.name])
+        if method.name in study.controls:
+            control = study.controls[method.name]
+            entry["torch_nudged_control"] = {
+                "train_loss": control.train_loss,
+                "test_acc": control.test_acc,
+            }
         runs[method.name] = entry
     return {
         "command": opts.command,
@@ -166,6 +183,7 @@ def to_json(study: MnistStudy) -> dict[str, Any]:
             "test_examples": study.data_sizes["test"],
             "torch_runs": opts.torch_runs,
             "torch_extra_kwargs": dict(TORCH_EXTRA),
+            "control": opts.control and opts.torch_runs,
         },
         "methods": [
             {

@@ -98,8 +98,8 @@ SURFACES: tuple[Surface, ...] = (
             "adamw": 1e-2,
         },
         lr_reason="one lr, 0.01, for every method, so the paths differ only by the update "
-        "rule: small enough that GD visibly slides towards the saddle before it escapes "
-        "along y, large enough that every method leaves the plot within 2000 steps.",
+        "rule; small enough that GD's slide towards the saddle, before it escapes along y, "
+        "stays visible. *Left at step* is then the step at which a method escaped.",
         log_contours=False,
     ),
     Surface(
