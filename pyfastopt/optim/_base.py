@@ -384,17 +384,6 @@ def _group_index(opt: torch.optim.Optimizer, group: dict) -> int:
     return -1
 
 
-def scalar(v: Any) -> float:
-    """A hyper-parameter as a float: schedulers and users may store 1-element tensors."""
-    if isinstance(v, _Tensor):
-        if v.numel() != 1:
-            raise ValueError(
-                f"hyper-parameter tensors must hold one value, got shape {tuple(v.shape)}"
-            )
-        return float(v.item())
-    return float(v)
-
-
 def _step_with_hooks(opt: FastOptimizer, closure: Callable[[], Any] | None) -> Any:
     """torch's ``profile_hook_step`` around our step, without its cost when nothing listens."""
     args: tuple = (closure,) if closure is not None else ()

@@ -9,7 +9,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from .. import _core
 from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
-from ._base import FastOptimizer, _Call, scalar
+from ._base import FastOptimizer, _Call
 
 
 class Adadelta(FastOptimizer, torch.optim.Adadelta):
@@ -27,6 +27,8 @@ class Adadelta(FastOptimizer, torch.optim.Adadelta):
         state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["acc_delta"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
+    # hyper-parameters go to the core as they are: pybind11 converts floats, ints, bools and
+    # 1-element tensors (a scheduler's tensor lr) itself, and rejects anything else.
     def _native_step(
         self, call: _Call, params: list | None, state: Any, group: dict, threads: int
     ) -> bool:
@@ -37,11 +39,11 @@ class Adadelta(FastOptimizer, torch.optim.Adadelta):
             call.width,
             call.dtype,
             call.step_f64,
-            scalar(group["lr"]),
-            scalar(group["rho"]),
-            scalar(group["eps"]),
-            scalar(group["weight_decay"]),
-            bool(group["maximize"]),
+            group["lr"],
+            group["rho"],
+            group["eps"],
+            group["weight_decay"],
+            group["maximize"],
             threads,
             _PMIN,
         )

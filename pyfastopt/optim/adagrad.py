@@ -9,7 +9,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from .. import _core
 from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
-from ._base import FastOptimizer, _Call, scalar
+from ._base import FastOptimizer, _Call
 
 
 class Adagrad(FastOptimizer, torch.optim.Adagrad):
@@ -33,6 +33,8 @@ class Adagrad(FastOptimizer, torch.optim.Adagrad):
         init_value = complex(init, init) if torch.is_complex(p) else init
         state["sum"] = torch.full_like(p, init_value, memory_format=torch.preserve_format)
 
+    # hyper-parameters go to the core as they are: pybind11 converts floats, ints, bools and
+    # 1-element tensors (a scheduler's tensor lr) itself, and rejects anything else.
     def _native_step(
         self, call: _Call, params: list | None, state: Any, group: dict, threads: int
     ) -> bool:
@@ -43,11 +45,11 @@ class Adagrad(FastOptimizer, torch.optim.Adagrad):
             call.width,
             call.dtype,
             call.step_f64,
-            scalar(group["lr"]),
-            scalar(group["lr_decay"]),
-            scalar(group["weight_decay"]),
-            scalar(group["eps"]),
-            bool(group["maximize"]),
+            group["lr"],
+            group["lr_decay"],
+            group["weight_decay"],
+            group["eps"],
+            group["maximize"],
             threads,
             _PMIN,
         )

@@ -9,7 +9,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from .. import _core
 from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
-from ._base import FastOptimizer, _Call, scalar
+from ._base import FastOptimizer, _Call
 
 
 class _AdamStep(FastOptimizer):
@@ -32,6 +32,8 @@ class _AdamStep(FastOptimizer):
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
+    # hyper-parameters go to the core as they are: pybind11 converts floats, ints, bools and
+    # 1-element tensors (a scheduler's tensor lr) itself, and rejects anything else.
     def _native_step(
         self, call: _Call, params: list | None, state: Any, group: dict, threads: int
     ) -> bool:
@@ -43,14 +45,14 @@ class _AdamStep(FastOptimizer):
             call.width,
             call.dtype,
             call.step_f64,
-            scalar(group["lr"]),
-            scalar(beta1),
-            scalar(beta2),
-            scalar(group["eps"]),
-            scalar(group["weight_decay"]),
-            bool(group["amsgrad"]),
-            bool(group["maximize"]),
-            bool(group.get("decoupled_weight_decay", False)),
+            group["lr"],
+            beta1,
+            beta2,
+            group["eps"],
+            group["weight_decay"],
+            group["amsgrad"],
+            group["maximize"],
+            group.get("decoupled_weight_decay", False),
             threads,
             _PMIN,
         )

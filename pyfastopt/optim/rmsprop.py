@@ -9,7 +9,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from .. import _core
 from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
-from ._base import FastOptimizer, _Call, scalar
+from ._base import FastOptimizer, _Call
 
 
 class RMSprop(FastOptimizer, torch.optim.RMSprop):
@@ -36,6 +36,8 @@ class RMSprop(FastOptimizer, torch.optim.RMSprop):
         if group["centered"]:
             state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
+    # hyper-parameters go to the core as they are: pybind11 converts floats, ints, bools and
+    # 1-element tensors (a scheduler's tensor lr) itself, and rejects anything else.
     def _native_step(
         self, call: _Call, params: list | None, state: Any, group: dict, threads: int
     ) -> bool:
@@ -46,13 +48,13 @@ class RMSprop(FastOptimizer, torch.optim.RMSprop):
             call.width,
             call.dtype,
             call.step_f64,
-            scalar(group["lr"]),
-            scalar(group["alpha"]),
-            scalar(group["eps"]),
-            scalar(group["weight_decay"]),
-            scalar(group["momentum"]),
-            bool(group["centered"]),
-            bool(group["maximize"]),
+            group["lr"],
+            group["alpha"],
+            group["eps"],
+            group["weight_decay"],
+            group["momentum"],
+            group["centered"],
+            group["maximize"],
             threads,
             _PMIN,
         )

@@ -8,7 +8,7 @@ import torch
 
 from .. import _core
 from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
-from ._base import FastOptimizer, _Call, scalar
+from ._base import FastOptimizer, _Call
 
 
 class SGD(FastOptimizer, torch.optim.SGD):
@@ -32,6 +32,8 @@ class SGD(FastOptimizer, torch.optim.SGD):
     def _row_aux(self, state: dict | None, first: bool) -> int:
         return 1 if first else 0
 
+    # hyper-parameters go to the core as they are: pybind11 converts floats, ints, bools and
+    # 1-element tensors (a scheduler's tensor lr) itself, and rejects anything else.
     def _native_step(
         self, call: _Call, params: list | None, state: Any, group: dict, threads: int
     ) -> bool:
@@ -41,12 +43,12 @@ class SGD(FastOptimizer, torch.optim.SGD):
             state,
             call.width,
             call.dtype,
-            scalar(group["lr"]),
-            scalar(group["momentum"]),
-            scalar(group["dampening"]),
-            scalar(group["weight_decay"]),
-            bool(group["nesterov"]),
-            bool(group["maximize"]),
+            group["lr"],
+            group["momentum"],
+            group["dampening"],
+            group["weight_decay"],
+            group["nesterov"],
+            group["maximize"],
             threads,
             _PMIN,
         )
