@@ -26,7 +26,13 @@ class Candidate:
     train: TrainStep | None = None
 
     def advance(self, steps: int) -> None:
+        """Take ``steps`` steps on the workload's gradients (restored first where the
+        implementation overwrites them; a training step computes its own)."""
+        keep = self.impl.clobbers_grads and self.train is None
+        saved = [p.grad.clone() for p in self.params if p.grad is not None] if keep else []
         for _ in range(steps):
+            for p, g in zip(self.params, saved):
+                p.grad.copy_(g)
             self.step()
 
     def check(self, reference: Sequence[torch.Tensor], steps: int) -> Parity:
