@@ -25,7 +25,7 @@ PROG = "pyfastopt-study"
 
 #: What ``--quick`` changes, unless the option is given explicitly.
 QUICK_MNIST = {"epochs": 3, "train_size": 10000, "test_size": 2000, "target_loss": 0.3}
-FULL_MNIST = {"epochs": 10, "train_size": None, "test_size": None, "target_loss": 0.1}
+FULL_MNIST = {"epochs": 10, "train_size": None, "test_size": None, "target_loss": 0.05}
 QUICK_STEPS, FULL_STEPS = 300, 2000
 
 
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     mn.add_argument(
         "--target-loss",
         type=float,
-        help="report when each run reaches this training loss (default 0.1; --quick: 0.3)",
+        help="report when each run reaches this training loss (default 0.05; --quick: 0.3)",
     )
     mn.add_argument("--test-size", type=_positive, help="use the first N test images")
     mn.set_defaults(func=_mnist)

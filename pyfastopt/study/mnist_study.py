@@ -38,7 +38,7 @@ class MnistOptions:
     batch_size: int = 128
     hidden: int = 128
     seed: int = 0
-    target_loss: float = 0.1
+    target_loss: float = 0.05
     train_size: int | None = None  # None: all 60000
     test_size: int | None = None  # None: all 10000
     torch_runs: bool = True
