@@ -88,7 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the same MNIST MLP with GD, SGD, momentum, Nesterov, Adagrad, "
         "Adadelta, RMSprop, Adam and AdamW (pyfastopt and torch.optim) and report.",
     )
-    mn.add_argument("--out", metavar="DIR", type=Path, default=Path("study-out/mnist"))
+    mn.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        default=Path("study-out/mnist"),
+        help="output folder (default study-out/mnist)",
+    )
     mn.add_argument("--epochs", type=_positive, help="epochs (default 10; --quick: 3)")
     mn.add_argument(
         "--quick",
@@ -116,7 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Trace GD, momentum, Nesterov, Adagrad, Adadelta, RMSprop, Adam and AdamW "
         "on Rosenbrock, a saddle and Beale's function; contour plots and a report.",
     )
-    sf.add_argument("--out", metavar="DIR", type=Path, default=Path("study-out/surfaces"))
+    sf.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        default=Path("study-out/surfaces"),
+        help="output folder (default study-out/surfaces)",
+    )
     sf.add_argument(
         "--steps",
         type=_positive,
@@ -138,7 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train each method at its table lr and two half-decade neighbours on "
         "each side; sweep.md lists the training loss per epoch.",
     )
-    sw.add_argument("--out", metavar="DIR", type=Path, default=Path("study-out/sweep"))
+    sw.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        default=Path("study-out/sweep"),
+        help="output folder (default study-out/sweep)",
+    )
     sw.add_argument("--epochs", type=_positive, default=5, help="epochs per trial (default 5)")
     sw.set_defaults(func=_sweep)
     return parser
