@@ -41,10 +41,6 @@ class Group:
     records: list[Record] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
-    @property
-    def parity_failures(self) -> list[Record]:
-        return [r for r in self.records if r.parity_ok is False]
-
 
 def _check(cands: dict[str, Candidate], steps: int) -> dict[str, Parity]:
     """Step every candidate ``steps`` times from the same start; compare with the reference."""
