@@ -80,7 +80,7 @@ py::dict build_info() {
 #endif
   d["cuda"] = false;
   d["fp_contract"] = "off (explicit fma where ATen fuses)";
-  d["chunk_elements"] = 16384;
+  d["traversal"] = "one OpenMP region, one contiguous span of all elements per thread";
   return d;
 }
 

@@ -1,12 +1,16 @@
-// The one CPU multi-tensor traversal: every tensor of a call is cut into fixed-size chunks, one
-// OpenMP region runs over all chunks of all tensors, and each chunk is an `omp simd` loop that
-// applies a rule element by element. A chunk never changes the arithmetic, so results do not
-// depend on the thread count or on where chunks begin.
+// The one CPU multi-tensor traversal: the elements of all tensors of a call, laid end to end,
+// are split between the threads of one OpenMP region, and each thread runs `omp simd` loops that
+// apply a rule element by element. Where a span starts never changes the arithmetic, so results
+// do not depend on the thread count.
 #pragma once
 
 #include <cstdint>
 #include <utility>
 #include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include "pyfastopt/dispatch.h"
 
@@ -18,48 +22,60 @@ inline int64_t row_numel(const Table& t, int64_t r) { return t.data[r * t.width]
 inline int64_t row_aux(const Table& t, int64_t r) { return t.data[r * t.width + 1]; }
 inline const int64_t* row_ptrs(const Table& t, int64_t r) { return t.data + r * t.width + 2; }
 
-// Elements per chunk: 64 KiB of float32 per array, small enough to balance two threads on MNIST
-// models, large enough that the per-chunk cost vanishes.
-constexpr int64_t kChunk = 16384;
-
-struct Chunk {
-  int64_t row;
-  int64_t begin;
-  int64_t len;
-};
+// Thread boundaries fall on multiples of this many elements, so two threads never write the
+// same cache line (tensors themselves start 64-byte aligned in torch's allocator).
+constexpr int64_t kAlign = 64;
 
 template <typename T, class Rule, std::size_t... I>
-inline void apply_chunk(const Rule& rule, const int64_t* ptrs, int64_t begin, int64_t n,
-                        std::index_sequence<I...>) {
+inline void apply_span(const Rule& rule, const int64_t* ptrs, int64_t begin, int64_t n,
+                       std::index_sequence<I...>) {
   T* a[sizeof...(I)] = {(reinterpret_cast<T*>(ptrs[I]) + begin)...};
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) rule(a[I][i]...);
 }
 
-// Runs `rules[r]` over every element of row r of `table`. Rows with numel 0 have no chunks.
+// Applies each row's rule to elements [begin, end) of the rows laid end to end.
+template <typename T, class Rule>
+void apply_range(const Table& table, const Rule* rules, int64_t begin, int64_t end) {
+  int64_t offset = 0;
+  for (int64_t r = 0; r < table.rows && offset < end; ++r) {
+    const int64_t n = row_numel(table, r);
+    const int64_t lo = begin > offset ? begin : offset;
+    const int64_t hi = end < offset + n ? end : offset + n;
+    if (lo < hi) {
+      apply_span<T>(rules[r], row_ptrs(table, r), lo - offset, hi - lo,
+                    std::make_index_sequence<Rule::kArrays>{});
+    }
+    offset += n;
+  }
+}
+
+// Runs `rules[r]` over every element of row r. The elements of all rows form one range that a
+// single OpenMP region splits evenly between its threads (each thread one contiguous span, so
+// the hardware prefetchers see long streams); small calls stay on the calling thread.
 template <typename T, class Rule>
 void multi_tensor_apply(const Table& table, const std::vector<Rule>& rules, int num_threads) {
-  constexpr int K = Rule::kArrays;
-  std::vector<Chunk> chunks;
   int64_t total = 0;
-  for (int64_t r = 0; r < table.rows; ++r) {
-    const int64_t n = row_numel(table, r);
-    total += n;
-    for (int64_t b = 0; b < n; b += kChunk)
-      chunks.push_back({r, b, n - b < kChunk ? n - b : kChunk});
-  }
-  const int64_t nchunks = static_cast<int64_t>(chunks.size());
-  const bool parallel = num_threads > 1 && nchunks > 1 && total >= table.parallel_min;
-  auto run = [&](int64_t c) {
-    const Chunk& ch = chunks[c];
-    apply_chunk<T>(rules[ch.row], row_ptrs(table, ch.row), ch.begin, ch.len,
-                   std::make_index_sequence<K>{});
-  };
-  if (parallel) {
-#pragma omp parallel for num_threads(num_threads) schedule(static)
-    for (int64_t c = 0; c < nchunks; ++c) run(c);
+  for (int64_t r = 0; r < table.rows; ++r) total += row_numel(table, r);
+  if (total == 0) return;
+  const Rule* rs = rules.data();
+  if (num_threads > 1 && total >= table.parallel_min) {
+#pragma omp parallel num_threads(num_threads)
+    {
+#if defined(_OPENMP)
+      const int64_t t = omp_get_thread_num();
+      const int64_t nt = omp_get_num_threads();
+#else
+      const int64_t t = 0, nt = 1;
+#endif
+      const int64_t per = (total + nt - 1) / nt;
+      const int64_t step = (per + kAlign - 1) / kAlign * kAlign;
+      const int64_t begin = t * step < total ? t * step : total;
+      const int64_t end = begin + step < total ? begin + step : total;
+      apply_range<T>(table, rs, begin, end);
+    }
   } else {
-    for (int64_t c = 0; c < nchunks; ++c) run(c);
+    apply_range<T>(table, rs, 0, total);
   }
 }
 
