@@ -160,7 +160,7 @@ class Path:
 
 
 def _inside(surface: Surface, point: Point) -> bool:
-    # paths may wander a little past the plotted area; beyond 2x its span they are gone
+    # paths may wander a little past the plotted area; half its width past an edge, they are gone
     (x0, x1), (y0, y1) = surface.xlim, surface.ylim
     dx, dy = x1 - x0, y1 - y0
     x, y = point
@@ -191,7 +191,3 @@ def trace(surface: Surface, method: Method, steps: int, lr: float | None = None)
             break
     path.values.append(float(surface.f(*path.end)))
     return path
-
-
-def trace_all(surface: Surface, methods: list[Method], steps: int) -> list[Path]:
-    return [trace(surface, m, steps) for m in methods]
