@@ -152,3 +152,13 @@ def test_integer_parameters_can_not_be_optimized():
     opt = pyfastopt.SGD([p], lr=0.1)
     run_steps([opt], [[p]], 0)  # nothing to do without a gradient
     assert opt.state == {}
+
+
+def test_refused_sparse_gradient_leaves_other_params_untouched():
+    p, q = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
+    p.grad = torch.ones(4)
+    q.grad = torch.ones(4).to_sparse()
+    opt = pyfastopt.Adam([p, q], lr=0.1)
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.ones(4))

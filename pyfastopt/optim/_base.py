@@ -303,6 +303,8 @@ class FastOptimizer(torch.optim.Optimizer):
                 cached_row = list(row)
                 cached_row[1] = self._row_aux(st, False)
                 cached.setdefault(key, _Call(code, step_f64)).add(p, st, checks, cached_row)
+        if fallback:  # first: torch raises here for what it refuses (sparse Adam gradients)
+            self._torch_step(group, fallback)
         for call in calls.values():
             self._native_step(call, None, None, group, threads)
         if copy_back:
@@ -310,8 +312,6 @@ class FastOptimizer(torch.optim.Optimizer):
                 for dst, src in copy_back:
                     dst.copy_(src)
         del keep_alive
-        if fallback:
-            self._torch_step(group, fallback)
         if not cacheable:
             return None
         params = group["params"]
