@@ -241,12 +241,13 @@ def test_surfaces_quick(tmp_path: Path):
     assert "distance to the minimum" in report and "distance to the saddle point" in report
 
 
-def test_python_m_entry_point():
-    done = subprocess.run(
+def test_python_m_entry_point(tmp_path):
+    done = subprocess.run(  # from outside the source tree: the installed package must answer
         [sys.executable, "-m", "pyfastopt.study", "--help"],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=tmp_path,
     )
     assert done.returncode == 0
     assert "mnist" in done.stdout and "surfaces" in done.stdout

@@ -89,8 +89,10 @@ print(len(libs))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
-def test_import_changes_nothing_in_torch_and_shares_one_openmp_runtime():
-    out = subprocess.run([sys.executable, "-c", _SIDE_EFFECTS], capture_output=True, text=True)
+def test_import_changes_nothing_in_torch_and_shares_one_openmp_runtime(tmp_path):
+    out = subprocess.run(  # cwd outside the source tree, so the installed package is imported
+        [sys.executable, "-c", _SIDE_EFFECTS], capture_output=True, text=True, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1", "a second OpenMP runtime was loaded"
 
