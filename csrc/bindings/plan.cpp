@@ -84,7 +84,9 @@ Plan::Plan(py::list group_params, py::list entries, std::vector<int64_t> table, 
     if (t.size() != 5) throw std::invalid_argument("pyfastopt: plan entries are 5-tuples");
     Entry entry{py::reinterpret_borrow<py::object>(t[0]), t[1].cast<int64_t>(),
                 py::reinterpret_borrow<py::object>(t[2]), py::reinterpret_borrow<py::object>(t[3]),
-                py::reinterpret_borrow<py::object>(t[4])};
+                py::reinterpret_borrow<py::object>(t[4]), -1};
+    entry.hash = PyObject_Hash(entry.param.ptr());
+    if (entry.hash == -1) throw py::error_already_set();
     if (!py::isinstance<py::tuple>(entry.checks)) {
       throw std::invalid_argument("pyfastopt: plan checks must be a tuple");
     }
@@ -109,7 +111,12 @@ bool Plan::collect(py::handle current_params, py::handle state) {
     int64_t ptr = 0;
     if (!data_ptr(p, &ptr) || ptr != e.param_ptr) return false;
     if (!e.state.is_none()) {
-      PyObject* sd = PyDict_GetItemWithError(state.ptr(), p);  // borrowed
+      // borrowed; a tensor's hash is computed in Python, so reuse the one taken at build time
+#if PY_VERSION_HEX < 0x030D0000
+      PyObject* sd = _PyDict_GetItem_KnownHash(state.ptr(), p, e.hash);
+#else
+      PyObject* sd = PyDict_GetItemWithError(state.ptr(), p);
+#endif
       if (sd == nullptr) {
         PyErr_Clear();
         return false;

@@ -64,11 +64,13 @@ class _Call:
 class _Plan:
     """What the fast path needs to step a group without re-validating it."""
 
-    __slots__ = ("inactive", "calls")
+    __slots__ = ("inactive", "calls", "single")
 
     def __init__(self, inactive: list, calls: list[_Call]) -> None:
         self.inactive = inactive
         self.calls = calls
+        # the common case, stepped inline by _step: one native call, every parameter active
+        self.single = calls[0] if len(calls) == 1 and not inactive else None
 
 
 class FastOptimizer(torch.optim.Optimizer):
@@ -180,10 +182,17 @@ class FastOptimizer(torch.optim.Optimizer):
         if plans is None:
             plans = self._fastopt_plans = {}
         threads = _config.get_num_threads()
+        state = self.state
         for group in self.param_groups:
             plan = plans.get(id(group))
-            if plan is None or not self._fast_step(plan, group, threads):
-                plans[id(group)] = self._general_step(group, threads)
+            if plan is not None:
+                call = plan.single
+                if call is not None:  # the plan re-checks itself inside the native call
+                    if self._native_step(call, group["params"], state, group, threads):
+                        continue
+                elif self._fast_step(plan, group, threads):
+                    continue
+            plans[id(group)] = self._general_step(group, threads)
         return loss
 
     def _amp_step(self, loss: Any) -> Any:
@@ -210,8 +219,6 @@ class FastOptimizer(torch.optim.Optimizer):
             if p.grad is not None:
                 return False
         calls = plan.calls
-        if len(calls) == 1:  # the plan re-checks itself inside the native call
-            return self._native_step(calls[0], group["params"], self.state, group, threads)
         params, state = group["params"], self.state
         for call in calls:
             if not call.source.collect(params, state):
