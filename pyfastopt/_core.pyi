@@ -1,0 +1,105 @@
+"""Type stubs of the native core (csrc/bindings/module.cpp)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+class Plan:
+    """A validated step table plus what must hold for it to stay valid."""
+
+    def __init__(
+        self, group_params: list[Any], entries: list[tuple], table: Sequence[int], width: int
+    ) -> None: ...
+    def collect(self, params: list[Any], state: dict) -> bool: ...
+    @property
+    def table(self) -> list[int]: ...
+    @property
+    def width(self) -> int: ...
+    def __len__(self) -> int: ...
+
+_Source = Sequence[int] | Plan
+
+def sgd_step(
+    source: _Source,
+    params: list[Any] | None,
+    state: dict | None,
+    width: int,
+    dtype: int,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+    num_threads: int,
+    parallel_min: int,
+) -> bool: ...
+def adagrad_step(
+    source: _Source,
+    params: list[Any] | None,
+    state: dict | None,
+    width: int,
+    dtype: int,
+    step_f64: bool,
+    lr: float,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+    num_threads: int,
+    parallel_min: int,
+) -> bool: ...
+def adadelta_step(
+    source: _Source,
+    params: list[Any] | None,
+    state: dict | None,
+    width: int,
+    dtype: int,
+    step_f64: bool,
+    lr: float,
+    rho: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+    num_threads: int,
+    parallel_min: int,
+) -> bool: ...
+def rmsprop_step(
+    source: _Source,
+    params: list[Any] | None,
+    state: dict | None,
+    width: int,
+    dtype: int,
+    step_f64: bool,
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+    maximize: bool,
+    num_threads: int,
+    parallel_min: int,
+) -> bool: ...
+def adam_step(
+    source: _Source,
+    params: list[Any] | None,
+    state: dict | None,
+    width: int,
+    dtype: int,
+    step_f64: bool,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled: bool,
+    num_threads: int,
+    parallel_min: int,
+) -> bool: ...
+def simd_path() -> str: ...
+def select_simd(name: str) -> str: ...
+def supported_simd() -> list[str]: ...
+def build_info() -> dict[str, Any]: ...
+def openmp_max_threads() -> int: ...
