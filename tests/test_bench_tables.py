@@ -93,3 +93,11 @@ def test_parity_follows_assert_close():
     inf = [torch.full((5,), float("inf")), torch.zeros(3)]
     assert compare(inf, [t.clone() for t in inf], steps=1).ok
     assert not compare(ref, [torch.ones(4), torch.zeros(3)], steps=1).ok
+
+
+def test_fixed_cost_breakdown_adds_up():
+    from pyfastopt.bench.breakdown import breakdown
+
+    r = breakdown(tensors=3, numel=8, calls=200, repeats=2)
+    assert r["step_us"] > 0 and r["collect_us"] > 0 and r["native_us"] > 0
+    assert abs(r["step_us"] - (r["collect_us"] + r["native_us"] + r["python_us"])) < 1e-9

@@ -27,7 +27,9 @@ def _best_us(fn: Callable[[], object], calls: int = 20000, repeats: int = 9) -> 
     return best / 1000
 
 
-def breakdown(tensors: int = 6, numel: int = 16) -> dict[str, float]:
+def breakdown(
+    tensors: int = 6, numel: int = 16, calls: int = 20000, repeats: int = 9
+) -> dict[str, float]:
     params = [torch.nn.Parameter(torch.randn(numel)) for _ in range(tensors)]
     for p in params:
         p.grad = torch.randn_like(p)
@@ -36,13 +38,15 @@ def breakdown(tensors: int = 6, numel: int = 16) -> dict[str, float]:
     (plan,) = opt._fastopt_plans.values()
     call = plan.single
     group = opt.param_groups[0]
-    total = _best_us(opt.step)
-    collect = _best_us(lambda: call.source.collect(group["params"], opt.state))
+    total = _best_us(opt.step, calls, repeats)
+    collect = _best_us(lambda: call.source.collect(group["params"], opt.state), calls, repeats)
     native = _best_us(
         lambda: _core.adam_step(
             call.source, None, None, call.width, 0, False,
             1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False, 1, 1 << 15,
-        )
+        ),
+        calls,
+        repeats,
     )  # fmt: skip
     return {
         "step_us": total,
