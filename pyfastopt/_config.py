@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import warnings
 from typing import Any, TextIO
 
 import torch
@@ -82,4 +83,7 @@ def show_config(file: TextIO | None = None) -> None:
 
 _env_simd = os.environ.get("PYFASTOPT_SIMD")
 if _env_simd:
-    set_simd(_env_simd)
+    try:
+        set_simd(_env_simd)
+    except ValueError as exc:  # a bad setting must not make the package unimportable
+        warnings.warn(f"PYFASTOPT_SIMD ignored: {exc}", RuntimeWarning, stacklevel=2)

@@ -128,3 +128,21 @@ def test_no_fast_math_in_build_files():
     flags = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     joined = "\n".join(flags)
     assert "-ffast-math" not in joined and "-Ofast" not in joined and "-march=native" not in joined
+
+
+@pytest.mark.parametrize("value,expect", [("baseline", "baseline"), ("sse1", None)])
+def test_simd_environment_variable(tmp_path, value, expect):
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYFASTOPT_SIMD=value)
+    out = subprocess.run(
+        [sys.executable, "-c", "import pyfastopt; print(pyfastopt._core.simd_path())"],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    if expect is None:
+        assert "PYFASTOPT_SIMD ignored" in out.stderr
+        assert out.stdout.strip() == pyfastopt._core.supported_simd()[0]
+    else:
+        assert out.stdout.strip() == expect
