@@ -7,7 +7,7 @@ namespace pyfastopt {
 namespace {
 
 bool cpu_has_avx512() {
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(PFO_HAVE_X86_ISAS)
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
 #else
@@ -16,16 +16,24 @@ bool cpu_has_avx512() {
 }
 
 bool cpu_has_avx2() {
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(PFO_HAVE_X86_ISAS)
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
   return false;
 #endif
 }
 
+#if defined(PFO_HAVE_X86_ISAS)
+const KernelSet* const k_avx512 = &kernels_avx512;
+const KernelSet* const k_avx2 = &kernels_avx2;
+#else  // not built on this architecture; never selected because the cpu_has_* are false
+const KernelSet* const k_avx512 = &kernels_baseline;
+const KernelSet* const k_avx2 = &kernels_baseline;
+#endif
+
 const KernelSet* best() {
-  if (cpu_has_avx512()) return &kernels_avx512;
-  if (cpu_has_avx2()) return &kernels_avx2;
+  if (cpu_has_avx512()) return k_avx512;
+  if (cpu_has_avx2()) return k_avx2;
   return &kernels_baseline;
 }
 
@@ -43,10 +51,10 @@ bool select_kernels(const char* name) {
     g_active = best();
   } else if (std::strcmp(name, "avx512") == 0) {
     if (!cpu_has_avx512()) return false;
-    g_active = &kernels_avx512;
+    g_active = k_avx512;
   } else if (std::strcmp(name, "avx2") == 0) {
     if (!cpu_has_avx2()) return false;
-    g_active = &kernels_avx2;
+    g_active = k_avx2;
   } else if (std::strcmp(name, "baseline") == 0) {
     g_active = &kernels_baseline;
   } else {
