@@ -160,3 +160,24 @@ def test_closure_is_evaluated_with_grad_enabled():
             loss = opt.step(closure)
         assert loss is not None and loss.requires_grad
     torch.testing.assert_close(b[0], a[0])
+
+
+@pytest.mark.parametrize(
+    "name,changes",
+    [
+        ("SGD", [{"momentum": 0.9}, {"momentum": 0.0}, {"momentum": 0.5, "nesterov": True}]),
+        ("RMSprop", [{"alpha": 0.9}, {"eps": 1e-3}]),
+        ("Adam", [{"betas": (0.5, 0.9)}, {"weight_decay": 0.1}]),
+    ],
+)
+def test_options_changed_between_steps(name, changes):
+    a, b = make_params(torch.float32, shapes=((5, 4), (7,)))
+    ref, fast = make_pair(name, {"lr": 0.01}, a, b)
+    run_steps([ref, fast], [a, b], steps=3)
+    for i, change in enumerate(changes):
+        ref.param_groups[0].update(change)
+        fast.param_groups[0].update(change)
+        run_steps([ref, fast], [a, b], steps=3, seed=10 + i)
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pb, pa, **TOL[torch.float32])
+    assert_same_state(ref, fast, **TOL[torch.float32])

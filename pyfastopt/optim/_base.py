@@ -188,8 +188,13 @@ class FastOptimizer(torch.optim.Optimizer):
             if plan is not None:
                 call = plan.single
                 if call is not None:  # the plan re-checks itself inside the native call
-                    if self._native_step(call, group["params"], state, group, threads):
-                        continue
+                    try:
+                        if self._native_step(call, group["params"], state, group, threads):
+                            continue
+                    except ValueError:
+                        # the group's options now need another table shape (momentum switched
+                        # on or off, ...): the core refused before touching anything; rebuild
+                        pass
                 elif self._fast_step(plan, group, threads):
                     continue
             plans[id(group)] = self._general_step(group, threads)
@@ -223,8 +228,13 @@ class FastOptimizer(torch.optim.Optimizer):
         for call in calls:
             if not call.source.collect(params, state):
                 return False
-        for call in calls:
-            self._native_step(call, None, None, group, threads)
+        try:
+            for call in calls:
+                self._native_step(call, None, None, group, threads)
+        except ValueError:
+            # a table shape the group's options no longer fit, refused before any update;
+            # only possible for the first call, since all calls of a plan share the options
+            return False
         return True
 
     def _general_step(self, group: dict, threads: int) -> _Plan | None:
