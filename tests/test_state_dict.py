@@ -115,6 +115,26 @@ CORRUPTIONS = {
 }
 
 
+WHOLE_STATE = {
+    "int_state": 0,
+    "list_state": [1.0, 2.0],
+    "string_state": "exp_avg",
+    "none_state": None,
+}
+
+
+@pytest.mark.parametrize("bad", WHOLE_STATE)
+def test_state_that_is_not_a_dict_raises(bad):
+    params, opt, sd = _adam_checkpoint()
+    sd = copy.deepcopy(sd)
+    sd["state"][0] = WHOLE_STATE[bad]
+    with pytest.raises(StateError):
+        opt.load_state_dict(sd)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+
+
 @pytest.mark.parametrize("corruption", CORRUPTIONS)
 def test_corrupt_checkpoint_raises_and_changes_nothing(corruption):
     params, opt, sd = _adam_checkpoint()

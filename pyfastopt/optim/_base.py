@@ -144,9 +144,11 @@ class FastOptimizer(torch.optim.Optimizer):
         keys = self._buffer_keys(group)
         for i, p in enumerate(group["params"]):
             st = self.state.get(p)
+            where = f"param {i} of group {gi}"
+            if st is not None and not isinstance(st, dict):
+                raise StateError(f"{where}: state must be a dict, got {describe(st)}")
             if not st or not _native_tensor(p):
                 continue
-            where = f"param {i} of group {gi}"
             for key in keys:
                 # SGD's buffer may legitimately be absent until the first step with a gradient.
                 if key == "momentum_buffer" and st.get(key) is None:
@@ -269,6 +271,8 @@ class FastOptimizer(torch.optim.Optimizer):
             st: dict | None = None
             if uses_state:
                 st = self.state[p]
+                if not isinstance(st, dict):
+                    raise StateError(f"{where}: state must be a dict, got {describe(st)}")
                 if len(st) == 0:
                     self._init_state(p, st, group)
                     first = True
