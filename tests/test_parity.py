@@ -181,3 +181,14 @@ def test_options_changed_between_steps(name, changes):
     for pa, pb in zip(a, b):
         torch.testing.assert_close(pb, pa, **TOL[torch.float32])
     assert_same_state(ref, fast, **TOL[torch.float32])
+
+
+def test_removed_param_group_releases_its_plan():
+    a, b = make_params(torch.float32, shapes=((3,), (4,)))
+    fast = pyfastopt.SGD([{"params": [b[0]]}, {"params": [b[1]]}], lr=0.1, momentum=0.9)
+    run_steps([fast], [b], steps=2)
+    assert len(fast._fastopt_plans) == 2
+    fast.param_groups.pop()
+    b[1].grad = None
+    run_steps([fast], [b[:1]], steps=1)
+    assert len(fast._fastopt_plans) == 1

@@ -185,7 +185,12 @@ class FastOptimizer(torch.optim.Optimizer):
             plans = self._fastopt_plans = {}
         threads = _config.get_num_threads()
         state = self.state
-        for group in self.param_groups:
+        groups = self.param_groups
+        if len(plans) > len(groups):  # groups were removed: drop their plans (and references)
+            live = {id(g) for g in groups}
+            for key in [k for k in plans if k not in live]:
+                del plans[key]
+        for group in groups:
             plan = plans.get(id(group))
             if plan is not None:
                 call = plan.single
