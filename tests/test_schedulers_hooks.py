@@ -189,3 +189,15 @@ def test_state_dict_after_scheduler_roundtrip():
     ref, fast = make_pair("SGD", {"lr": 0.1, "momentum": 0.9}, a, b)
     run_steps([ref, fast], [a, b], 3)
     assert_same_state(ref, fast, **TOL[torch.float32])
+
+
+def test_step_under_torch_compile():
+    a, b = make_params(torch.float32, shapes=((4, 2),))
+    ref, fast = make_pair("Adam", {"lr": 0.1}, a, b)
+    compiled = torch.compile(fast.step)
+    for i in range(3):
+        g = torch.full((4, 2), 0.1 * (i + 1))
+        a[0].grad, b[0].grad = g.clone(), g.clone()
+        ref.step()
+        compiled()
+    torch.testing.assert_close(b[0], a[0])

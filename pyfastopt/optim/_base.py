@@ -30,6 +30,8 @@ _Parameter = torch.nn.Parameter
 _GLOBAL_PRE: dict = getattr(_topt, "_global_optimizer_pre_hooks", {})
 _GLOBAL_POST: dict = getattr(_topt, "_global_optimizer_post_hooks", {})
 _profiler = torch.autograd.profiler
+_disable_dynamo: Callable[[Callable], Callable] = getattr(torch, "_disable_dynamo", lambda f: f)
+_is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
 class _Call:
@@ -160,6 +162,8 @@ class FastOptimizer(torch.optim.Optimizer):
     # ---- step -----------------------------------------------------------------------------
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform a single optimization step (see the torch.optim class of the same name)."""
+        if _is_compiling():  # under torch.compile: run eagerly, the native call is opaque to it
+            return _eager_step(self, closure)
         if (
             self._optimizer_step_pre_hooks
             or self._optimizer_step_post_hooks
@@ -408,6 +412,12 @@ def _group_index(opt: torch.optim.Optimizer, group: dict) -> int:
         if g is group:
             return i
     return -1
+
+
+@_disable_dynamo
+def _eager_step(opt: FastOptimizer, closure: Callable[[], Any] | None) -> Any:
+    """The step as torch.compile sees it: one call it does not trace into."""
+    return _step_with_hooks(opt, closure)
 
 
 def _step_with_hooks(opt: FastOptimizer, closure: Callable[[], Any] | None) -> Any:
