@@ -212,3 +212,15 @@ def test_step_as_python_number_is_converted():
     opt.step()
     assert isinstance(opt.state[params[0]]["step"], torch.Tensor)
     assert float(opt.state[params[0]]["step"]) == 4.0
+
+
+def test_param_reviewed_with_fewer_elements_is_revalidated():
+    """Same storage, same data_ptr, fewer elements: the cached extent must not be reused."""
+    p = torch.nn.Parameter(torch.ones(1000))
+    opt = pyfastopt.Adam([p], lr=0.1)
+    p.grad = torch.ones(1000)
+    opt.step()
+    p.data = p.data[:10]  # same address, 10 elements
+    p.grad = torch.ones(10)
+    with pytest.raises(StateError):  # the 1000-element state no longer fits
+        opt.step()

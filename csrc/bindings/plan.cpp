@@ -27,6 +27,10 @@ PyObject* str_is_contiguous() {
   static PyObject* s = interned("is_contiguous");
   return s;
 }
+PyObject* str_numel() {
+  static PyObject* s = interned("numel");
+  return s;
+}
 PyObject* str_stride() {
   static PyObject* s = interned("stride");
   return s;
@@ -41,8 +45,9 @@ PyObject* call0(PyObject* obj, PyObject* name) {
   return r;
 }
 
-bool data_ptr(PyObject* t, int64_t* out) {
-  PyObject* r = call0(t, str_data_ptr());
+// t.name() as an int64, false on any error.
+bool int_method(PyObject* t, PyObject* name, int64_t* out) {
+  PyObject* r = call0(t, name);
   if (r == nullptr) return false;
   const long long v = PyLong_AsLongLong(r);
   Py_DECREF(r);
@@ -53,6 +58,8 @@ bool data_ptr(PyObject* t, int64_t* out) {
   *out = static_cast<int64_t>(v);
   return true;
 }
+
+bool data_ptr(PyObject* t, int64_t* out) { return int_method(t, str_data_ptr(), out); }
 
 // The gradient's layout is the one the table was built for.
 bool layout_ok(PyObject* g, PyObject* strides) {
@@ -82,9 +89,16 @@ Plan::Plan(py::list group_params, py::list entries, std::vector<int64_t> table, 
   for (py::handle e : entries) {
     py::tuple t = py::reinterpret_borrow<py::tuple>(e);
     if (t.size() != 5) throw std::invalid_argument("pyfastopt: plan entries are 5-tuples");
-    Entry entry{py::reinterpret_borrow<py::object>(t[0]), t[1].cast<int64_t>(),
-                py::reinterpret_borrow<py::object>(t[2]), py::reinterpret_borrow<py::object>(t[3]),
-                py::reinterpret_borrow<py::object>(t[4]), -1};
+    Entry entry{py::reinterpret_borrow<py::object>(t[0]),
+                t[1].cast<int64_t>(),
+                py::reinterpret_borrow<py::object>(t[2]),
+                py::reinterpret_borrow<py::object>(t[3]),
+                py::reinterpret_borrow<py::object>(t[4]),
+                -1,
+                0};
+    if (!int_method(entry.param.ptr(), str_numel(), &entry.param_numel)) {
+      throw std::invalid_argument("pyfastopt: plan parameter has no numel()");
+    }
     entry.hash = PyObject_Hash(entry.param.ptr());
     if (entry.hash == -1) throw py::error_already_set();
     if (!py::isinstance<py::tuple>(entry.checks)) {
@@ -110,6 +124,10 @@ bool Plan::collect(py::handle current_params, py::handle state) {
     PyObject* p = e.param.ptr();
     int64_t ptr = 0;
     if (!data_ptr(p, &ptr) || ptr != e.param_ptr) return false;
+    // the same storage can be re-viewed with fewer elements (p.data = p.data[:k]); the row's
+    // extent must still be the parameter's (its gradient has the parameter's shape)
+    int64_t numel = 0;
+    if (!int_method(p, str_numel(), &numel) || numel != e.param_numel) return false;
     if (!e.state.is_none()) {
       // borrowed; a tensor's hash is computed in Python, so reuse the one taken at build time
 #if PY_VERSION_HEX < 0x030D0000

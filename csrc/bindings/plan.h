@@ -23,6 +23,7 @@ class Plan {
     pybind11::object checks;   // tuple of (key, tensor): state objects the row points into
     pybind11::object strides;  // None: the gradient must be contiguous; else a stride tuple
     Py_hash_t hash;            // hash(param), for the state-dict lookup
+    int64_t param_numel;       // param.numel() when the plan was built
   };
 
   Plan(pybind11::list group_params, pybind11::list entries, std::vector<int64_t> table,
