@@ -162,3 +162,14 @@ def test_refused_sparse_gradient_leaves_other_params_untouched():
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
     assert torch.equal(p.detach(), torch.ones(4))
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop"])
+def test_gradient_resized_through_data_raises_on_the_fast_path(name):
+    p = torch.nn.Parameter(torch.ones(1000))
+    opt = getattr(pyfastopt, name)([p], lr=0.1)
+    p.grad = torch.ones(1000)
+    opt.step()  # builds the cached plan
+    p.grad.data = torch.zeros(3)  # torch allows this; the gradient no longer fits the parameter
+    with pytest.raises(UnsupportedError, match="does not match"):
+        opt.step()

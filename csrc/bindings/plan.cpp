@@ -156,8 +156,11 @@ bool Plan::collect(py::handle current_params, py::handle state) {
       PyErr_Clear();
       return false;
     }
-    int64_t gptr = 0;
-    const bool ok = g != Py_None && layout_ok(g, e.strides.ptr()) && data_ptr(g, &gptr);
+    int64_t gptr = 0, gnumel = 0;
+    // torch lets `p.grad.data = t` give a gradient any shape: its extent is checked every step
+    const bool ok = g != Py_None && layout_ok(g, e.strides.ptr()) &&
+                    int_method(g, str_numel(), &gnumel) && gnumel == e.param_numel &&
+                    data_ptr(g, &gptr);
     Py_DECREF(g);
     if (!ok) return false;
     table_[i * static_cast<std::size_t>(width_) + 3] = gptr;
