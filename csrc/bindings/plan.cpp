@@ -15,25 +15,18 @@ PyObject* interned(const char* s) {
   return o;  // immortal for our purposes: never released
 }
 
-PyObject* str_grad() {
-  static PyObject* s = interned("grad");
-  return s;
-}
-PyObject* str_data_ptr() {
-  static PyObject* s = interned("data_ptr");
-  return s;
-}
-PyObject* str_is_contiguous() {
-  static PyObject* s = interned("is_contiguous");
-  return s;
-}
-PyObject* str_numel() {
-  static PyObject* s = interned("numel");
-  return s;
-}
-PyObject* str_stride() {
-  static PyObject* s = interned("stride");
-  return s;
+// The attribute and method names the checks use, interned once.
+struct Names {
+  PyObject* grad = interned("grad");
+  PyObject* data_ptr = interned("data_ptr");
+  PyObject* is_contiguous = interned("is_contiguous");
+  PyObject* numel = interned("numel");
+  PyObject* stride = interned("stride");
+};
+
+const Names& names() {
+  static const Names n;
+  return n;
 }
 
 // obj.name() as a new reference, or nullptr with the Python error cleared. Vectorcall avoids
@@ -59,18 +52,18 @@ bool int_method(PyObject* t, PyObject* name, int64_t* out) {
   return true;
 }
 
-bool data_ptr(PyObject* t, int64_t* out) { return int_method(t, str_data_ptr(), out); }
+bool data_ptr(PyObject* t, int64_t* out) { return int_method(t, names().data_ptr, out); }
 
 // The gradient's layout is the one the table was built for.
 bool layout_ok(PyObject* g, PyObject* strides) {
   if (strides == Py_None) {
-    PyObject* r = call0(g, str_is_contiguous());  // raises for sparse gradients -> false
+    PyObject* r = call0(g, names().is_contiguous);  // raises for sparse gradients -> false
     if (r == nullptr) return false;
     const bool ok = r == Py_True;
     Py_DECREF(r);
     return ok;
   }
-  PyObject* r = call0(g, str_stride());
+  PyObject* r = call0(g, names().stride);
   if (r == nullptr) return false;
   const int eq = PyObject_RichCompareBool(r, strides, Py_EQ);
   Py_DECREF(r);
@@ -96,7 +89,7 @@ Plan::Plan(py::list group_params, py::list entries, std::vector<int64_t> table, 
                 py::reinterpret_borrow<py::object>(t[4]),
                 -1,
                 0};
-    if (!int_method(entry.param.ptr(), str_numel(), &entry.param_numel)) {
+    if (!int_method(entry.param.ptr(), names().numel, &entry.param_numel)) {
       throw std::invalid_argument("pyfastopt: plan parameter has no numel()");
     }
     entry.hash = PyObject_Hash(entry.param.ptr());
@@ -127,7 +120,7 @@ bool Plan::collect(py::handle current_params, py::handle state) {
     // the same storage can be re-viewed with fewer elements (p.data = p.data[:k]); the row's
     // extent must still be the parameter's (its gradient has the parameter's shape)
     int64_t numel = 0;
-    if (!int_method(p, str_numel(), &numel) || numel != e.param_numel) return false;
+    if (!int_method(p, names().numel, &numel) || numel != e.param_numel) return false;
     if (!e.state.is_none()) {
       // borrowed; a tensor's hash is computed in Python, so reuse the one taken at build time
 #if PY_VERSION_HEX < 0x030D0000
@@ -151,7 +144,7 @@ bool Plan::collect(py::handle current_params, py::handle state) {
         if (now != PyTuple_GET_ITEM(pair, 1)) return false;
       }
     }
-    PyObject* g = PyObject_GetAttr(p, str_grad());
+    PyObject* g = PyObject_GetAttr(p, names().grad);
     if (g == nullptr) {
       PyErr_Clear();
       return false;
@@ -159,7 +152,7 @@ bool Plan::collect(py::handle current_params, py::handle state) {
     int64_t gptr = 0, gnumel = 0;
     // torch lets `p.grad.data = t` give a gradient any shape: its extent is checked every step
     const bool ok = g != Py_None && layout_ok(g, e.strides.ptr()) &&
-                    int_method(g, str_numel(), &gnumel) && gnumel == e.param_numel &&
+                    int_method(g, names().numel, &gnumel) && gnumel == e.param_numel &&
                     data_ptr(g, &gptr);
     Py_DECREF(g);
     if (!ok) return false;
