@@ -100,11 +100,24 @@ def case_id(case: tuple[str, dict[str, Any]]) -> str:
     return f"{name}[{opts}]"
 
 
+def require_torch_options(name: str, kw: dict[str, Any]) -> None:
+    """Skip (visibly) a configuration whose options this torch version does not have."""
+    import inspect
+
+    import pytest
+
+    accepted = inspect.signature(getattr(torch.optim, name).__init__).parameters
+    missing = [k for k in kw if k not in accepted]
+    if missing:
+        pytest.skip(f"torch {torch.__version__} {name} has no {', '.join(missing)}")
+
+
 def make_pair(
     name: str, kw: dict[str, Any], torch_params: list, fast_params: list
 ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     import pyfastopt
 
+    require_torch_options(name, kw)
     ref = getattr(torch.optim, name)(torch_params, foreach=False, **kw)
     fast = getattr(pyfastopt, name)(fast_params, **kw)
     return ref, fast

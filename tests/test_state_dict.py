@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 from helpers import assert_same_state, make_params, run_steps
-from optim_db import TOL, case_id, cases
+from optim_db import TOL, case_id, cases, require_torch_options
 
 import pyfastopt
 from pyfastopt import StateError
@@ -26,6 +26,7 @@ def _train(name, kw, params, steps, seed, cls):
 def test_handover_mid_training(case, direction):
     """Train 30 steps with one library, hand over, train 30 more: same as 60 with torch."""
     name, kw = case
+    require_torch_options(name, kw)
     tcls, fcls = getattr(torch.optim, name), getattr(pyfastopt, name)
     first, second = (tcls, fcls) if direction == "torch_to_fast" else (fcls, tcls)
     a, b = make_params(torch.float64, shapes=((6, 5), (9,)))

@@ -13,6 +13,9 @@ from ._base import FastOptimizer, _Call
 
 
 class _AdamStep(FastOptimizer):
+    #: AdamW decays decoupled whatever its groups say (before torch 2.6 it had no such group key)
+    _always_decoupled = False
+
     def _buffer_keys(self, group: dict) -> tuple[str, ...]:
         if group["amsgrad"]:
             return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -52,7 +55,7 @@ class _AdamStep(FastOptimizer):
             group["weight_decay"],
             group["amsgrad"],
             group["maximize"],
-            group.get("decoupled_weight_decay", False),
+            self._always_decoupled or group.get("decoupled_weight_decay", False),
             threads,
             _PMIN,
         )
@@ -70,3 +73,4 @@ class AdamW(_AdamStep, torch.optim.AdamW):
         torch.optim.AdamW.__doc__ or ""
     )
     _torch_cls = torch.optim.AdamW
+    _always_decoupled = True
