@@ -41,7 +41,7 @@ class _Call:
     a ``_core.Plan`` (which re-checks itself each step) on the fast path.
     """
 
-    __slots__ = ("dtype", "step_f64", "entries", "table", "width", "source")
+    __slots__ = ("dtype", "step_f64", "entries", "table", "width", "source", "steady_aux")
 
     def __init__(self, dtype: int, step_f64: bool) -> None:
         self.dtype = dtype
@@ -50,16 +50,22 @@ class _Call:
         self.table: list[int] = []
         self.width = 0
         self.source: Any = self.table
+        self.steady_aux: list[int] = []  # each row's aux word after this step (SGD: not first)
 
-    def add(self, p: _Tensor, st: dict | None, checks: tuple, row: list[int]) -> None:
+    def add(
+        self, p: _Tensor, st: dict | None, checks: tuple, row: list[int], steady_aux: int
+    ) -> None:
         strides = None if p.is_contiguous() else tuple(p.stride())
         self.entries.append((p, p.data_ptr(), st, checks, strides))
         self.table.extend(row)
         self.width = len(row)
+        self.steady_aux.append(steady_aux)
 
     def freeze(self, group_params: list) -> _Call:
-        """Turn the rows into a native Plan for the fast path."""
-        self.source = _core.Plan(list(group_params), self.entries, self.table, self.width)
+        """Turn the rows, as later steps see them, into a native Plan for the fast path."""
+        table = list(self.table)
+        table[1 :: self.width] = self.steady_aux
+        self.source = _core.Plan(list(group_params), self.entries, table, self.width)
         return self
 
 
@@ -254,7 +260,6 @@ class FastOptimizer(torch.optim.Optimizer):
         keys = self._buffer_keys(group)
         uses_state = self._uses_state(group)
         calls: dict[tuple[int, bool, int], _Call] = {}
-        cached: dict[tuple[int, bool, int], _Call] = {}
         fallback: list[_Tensor] = []
         copy_back: list[tuple[_Tensor, _Tensor]] = []
         keep_alive: list[_Tensor] = []
@@ -328,11 +333,9 @@ class FastOptimizer(torch.optim.Optimizer):
             key = (code, step_f64, wave)
             step_key = ("step",) if self._has_step else ()
             checks = () if st is None else tuple((k, st[k]) for k in (*keys, *step_key))
-            calls.setdefault(key, _Call(code, step_f64)).add(p, st, checks, row)
-            if cacheable:
-                cached_row = list(row)
-                cached_row[1] = self._row_aux(st, False)
-                cached.setdefault(key, _Call(code, step_f64)).add(p, st, checks, cached_row)
+            calls.setdefault(key, _Call(code, step_f64)).add(
+                p, st, checks, row, self._row_aux(st, False)
+            )
         if fallback:  # first: torch raises here for what it refuses (sparse Adam gradients)
             self._torch_step(group, fallback)
         for call in calls.values():
@@ -345,7 +348,7 @@ class FastOptimizer(torch.optim.Optimizer):
         if not cacheable:
             return None
         params = group["params"]
-        return _Plan(inactive, [call.freeze(params) for call in cached.values()])
+        return _Plan(inactive, [call.freeze(params) for call in calls.values()])
 
     def _torch_step(self, group: dict, params: list[_Tensor]) -> None:
         """torch's own step for ``params`` of ``group`` (devices and layouts we do not take)."""
