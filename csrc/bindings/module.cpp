@@ -41,12 +41,13 @@ bool run_on(py::handle source, py::handle params, py::handle state, int64_t widt
   std::vector<int64_t> owned;
   const int64_t* data = nullptr;
   std::size_t size = 0;
+  Plan* plan = nullptr;
   if (py::isinstance<Plan>(source)) {
-    Plan& plan = source.cast<Plan&>();
-    if (!params.is_none() && !plan.collect(params, state)) return false;
-    if (plan.width() != width) throw std::invalid_argument("pyfastopt: plan width mismatch");
-    data = plan.table().data();
-    size = plan.table().size();
+    plan = &source.cast<Plan&>();
+    if (!params.is_none() && !plan->collect(params, state)) return false;
+    if (plan->width() != width) throw std::invalid_argument("pyfastopt: plan width mismatch");
+    data = plan->table().data();
+    size = plan->table().size();
   } else {
     owned = source.cast<std::vector<int64_t>>();
     data = owned.data();
@@ -59,12 +60,15 @@ bool run_on(py::handle source, py::handle params, py::handle state, int64_t widt
   const Table t{data, static_cast<int64_t>(size) / width, width, step_f64, parallel_min};
   int64_t total = 0;
   for (int64_t r = 0; r < t.rows; ++r) total += data[r * width];
+  // Every tensor whose address is in the table is held while the kernel runs: by the Plan (its
+  // tensors, their aliases and the gradients collect() read) or by the caller's frame (a list).
   if (total >= kReleaseGilMin) {
     py::gil_scoped_release nogil;
     kernel(t);
   } else {
     kernel(t);
   }
+  if (plan != nullptr) plan->finish();  // version counters, as torch's in-place step bumps them
   return true;
 }
 
@@ -97,11 +101,21 @@ int omp_threads() {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyfastopt native core: fused multi-tensor optimizer steps (CPU, OpenMP + SIMD)";
 
+  py::register_exception_translator([](std::exception_ptr e) {
+    try {
+      if (e) std::rethrow_exception(e);
+    } catch (const pyfastopt::ZeroDivision& z) {
+      PyErr_SetString(PyExc_ZeroDivisionError, z.what());
+    }
+  });
+
   py::class_<Plan>(m, "Plan", "A validated step table plus what must hold for it to stay valid.")
-      .def(py::init<py::list, py::list, std::vector<int64_t>, int64_t>(), py::arg("group_params"),
-           py::arg("entries"), py::arg("table"), py::arg("width"))
+      .def(py::init<py::list, py::list, std::vector<int64_t>, int64_t, py::list, py::object>(),
+           py::arg("group_params"), py::arg("rows"), py::arg("table"), py::arg("width"),
+           py::arg("written"), py::arg("bump"))
       .def("collect", &Plan::collect, py::arg("params"), py::arg("state"),
            "Re-check the plan and fill in gradient addresses; False if it is stale.")
+      .def("set_aux", &Plan::set_aux, py::arg("aux"), "Replace each row's aux word.")
       .def_property_readonly("table", &Plan::table)
       .def_property_readonly("width", &Plan::width)
       .def("__len__", &Plan::rows);

@@ -1,10 +1,14 @@
-// A cached step plan: the table of one native call plus what must still hold for it to be valid.
+// A step plan: the table of one native call plus everything it was built from.
 //
-// The Python layer validates a param group once (the general path) and hands the result here.
-// On later steps `collect()` re-checks, per parameter, that nothing the table depends on has
-// changed (the group's parameter list, each parameter's storage address, the identity of its
-// state dict and state tensors, a gradient with the parameter's layout), and writes the fresh
-// gradient addresses into the table. Any mismatch returns false and the Python layer re-validates.
+// The Python layer validates a param group (the general path) and builds a Plan for each native
+// call. The Plan takes the signature (tensor_sig.h) of every tensor whose address is in the table
+// apart from gradients, and holds an alias of each, so the memory stays valid while the Plan
+// lives, also during a call that runs without the GIL. A Plan kept for the next steps is the
+// fast path: `collect()` re-reads every signature, the identity of the group's parameter list, of
+// each state dict and of each state entry, reads each gradient (which must fit its parameter's
+// signature), writes the gradient addresses into the table and holds the gradients until the
+// call is over. Anything else returns false and the Python layer takes the general path again.
+// After each call the Plan bumps the autograd version counter of every tensor it wrote.
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -12,36 +16,48 @@
 #include <cstdint>
 #include <vector>
 
+#include "tensor_sig.h"
+
 namespace pyfastopt {
 
 class Plan {
  public:
-  struct Entry {
-    pybind11::object param;
-    int64_t param_ptr;
-    pybind11::object state;    // the parameter's state dict, or None (stateless SGD)
-    pybind11::object checks;   // tuple of (key, tensor): state objects the row points into
-    pybind11::object strides;  // None: the gradient must be contiguous; else a stride tuple
-    Py_hash_t hash;            // hash(param), for the state-dict lookup
-    int64_t param_numel;       // param.numel() when the plan was built
+  struct Row {
+    pybind11::object param;   // the group's parameter (state key, gradient owner)
+    Py_hash_t hash = -1;      // hash(param), for the state-dict lookup
+    pybind11::object state;   // the parameter's state dict, or None (stateless SGD)
+    pybind11::object checks;  // tuple of (key, tensor): what the state dict must still map
+    std::vector<TensorSig> sigs;          // of the row's tensors other than the gradient
+    std::vector<pybind11::object> held;   // those tensors; [0] is the parameter or its staging
+    std::vector<pybind11::object> alias;  // a detached alias of each: keeps the memory alive
   };
 
-  Plan(pybind11::list group_params, pybind11::list entries, std::vector<int64_t> table,
-       int64_t width);
+  // rows: per table row, (param, state or None, checks, held): see Row. The table's parameter
+  // address must be held[0]'s. written: tensors whose version counters `bump(written)` advances
+  // after each call.
+  Plan(pybind11::list group_params, pybind11::list rows, std::vector<int64_t> table,
+       int64_t width, pybind11::list written, pybind11::object bump);
 
   // GIL held. True when the table is valid for this step (gradient addresses filled in).
   bool collect(pybind11::handle current_params, pybind11::handle state);
+  // Replaces each row's aux word (SGD: the first-step flag is cleared for the next steps).
+  void set_aux(const std::vector<int64_t>& aux);
+  // GIL held, after the native call: bump version counters, release the gradients.
+  void finish();
 
   const std::vector<int64_t>& table() const { return table_; }
   int64_t width() const { return width_; }
-  std::size_t rows() const { return entries_.size(); }
+  std::size_t rows() const { return rows_.size(); }
 
  private:
   std::vector<PyObject*> group_params_;  // borrowed; kept alive by group_params_list_
   pybind11::list group_params_list_;
-  std::vector<Entry> entries_;
+  std::vector<Row> rows_;
   std::vector<int64_t> table_;
   int64_t width_;
+  pybind11::list written_;
+  pybind11::object bump_;
+  std::vector<pybind11::object> grads_;  // held from collect() until finish()
 };
 
 }  // namespace pyfastopt

@@ -2,6 +2,7 @@
 // its own namespace PFO_ISA_NS, with that ISA's code-generation flags; dispatch.cpp picks one at
 // run time. Here the host side of each algorithm lives: check the table, advance step counters,
 // build one rule per tensor, and hand them to the traversal.
+#include <cmath>
 #include <optional>
 #include <stdexcept>
 #include <type_traits>
@@ -52,21 +53,25 @@ void with_type(DType dtype, F&& f) {
 
 // Defence in depth: the Python layer validated every extent; here we still refuse a table whose
 // shape does not fit the chosen rule, and null or misaligned addresses.
+void check_steps(const Table& t) {
+  const std::size_t step_align = t.step_f64 ? alignof(double) : alignof(float);
+  for (int64_t r = 0; r < t.rows; ++r) {
+    const int64_t s = row_aux(t, r);
+    if (s == 0 || s % static_cast<int64_t>(step_align) != 0) {
+      throw std::invalid_argument("pyfastopt: invalid step counter address");
+    }
+  }
+}
+
 template <typename T>
 void check_table(const Table& t, int64_t arrays, bool has_step) {
   if (t.width != 2 + arrays) {
     throw std::invalid_argument("pyfastopt: table row width does not match the update rule");
   }
-  const std::size_t step_align = t.step_f64 ? alignof(double) : alignof(float);
+  if (has_step) check_steps(t);
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t n = row_numel(t, r);
     if (n < 0) throw std::invalid_argument("pyfastopt: negative element count");
-    if (has_step) {
-      const int64_t s = row_aux(t, r);
-      if (s == 0 || s % static_cast<int64_t>(step_align) != 0) {
-        throw std::invalid_argument("pyfastopt: invalid step counter address");
-      }
-    }
     if (n == 0) continue;
     for (int64_t k = 0; k < arrays; ++k) {
       const int64_t a = row_ptrs(t, r)[k];
@@ -92,6 +97,17 @@ struct RuleForStep {
     return *rule;
   }
 };
+
+// Where torch's step divides a Python float by zero it raises ZeroDivisionError; so does this
+// step, before any counter or tensor is written. `divisor(step)` is the host scalar torch divides
+// by at the step a row is about to take.
+template <class Divisor>
+void refuse_zero_division(const Table& t, Divisor&& divisor) {
+  check_steps(t);
+  for (int64_t r = 0; r < t.rows; ++r) {
+    if (divisor(cpu::next_step(t, r)) == 0.0) throw ZeroDivision("float division by zero");
+  }
+}
 
 template <typename T, class Rule, class Make>
 void run(const Table& t, bool has_step, int num_threads, Make&& make) {
@@ -120,6 +136,7 @@ void sgd(const Table& t, DType dtype, const SgdParams& hp, int nt) {
 }
 
 void adagrad(const Table& t, DType dtype, const AdagradParams& hp, int nt) {
+  refuse_zero_division(t, [&](double step) { return 1.0 + (step - 1.0) * hp.lr_decay; });
   with_type(dtype, [&](auto tv) {
     using T = decltype(tv);
     with_bool(hp.maximize, [&](auto mx) {
@@ -171,6 +188,9 @@ template <Decay D>
 using DecayTag = std::integral_constant<Decay, D>;
 
 void adam(const Table& t, DType dtype, const AdamParams& hp, int nt) {
+  if (hp.beta1 == 1.0 || hp.beta1 == -1.0) {  // the only betas whose powers can reach 1 exactly
+    refuse_zero_division(t, [&](double step) { return 1.0 - std::pow(hp.beta1, step); });
+  }
   const Decay decay =
       hp.weight_decay == 0.0 ? Decay::kNone : (hp.decoupled ? Decay::kDecoupled : Decay::kL2);
   auto with_decay = [&](auto&& f) {

@@ -79,6 +79,13 @@ void multi_tensor_apply(const Table& table, const std::vector<Rule>& rules, int 
   }
 }
 
+// The value a step counter will have after this step, without advancing it.
+inline double next_step(const Table& table, int64_t row) {
+  const int64_t addr = row_aux(table, row);
+  if (table.step_f64) return *reinterpret_cast<const double*>(addr) + 1.0;
+  return static_cast<double>(*reinterpret_cast<const float*>(addr) + 1.0f);
+}
+
 // Advances a step counter stored in a 0-d float32 or float64 tensor and returns its new value,
 // exactly as torch's `step_t += 1; step = step_t.item()`.
 inline double advance_step(const Table& table, int64_t row) {

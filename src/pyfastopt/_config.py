@@ -81,6 +81,17 @@ def show_config(file: TextIO | None = None) -> None:
         print(f"{key:>22}: {value}", file=out)
 
 
+def _reset_after_fork() -> None:
+    # A forked child (DataLoader workers, multiprocessing) must never enter an OpenMP region
+    # sized for the parent: GNU OpenMP's pool does not survive fork() and the region would hang.
+    # Forget the override; the child then follows torch, which uses one thread after a fork.
+    global _num_threads
+    _num_threads = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
 _env_simd = os.environ.get("PYFASTOPT_SIMD")
 if _env_simd:
     try:

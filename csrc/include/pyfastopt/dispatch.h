@@ -9,10 +9,17 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 
 #include "pyfastopt/params.h"
 
 namespace pyfastopt {
+
+// Thrown before anything is written where torch's step divides a Python float by zero (Adam with
+// beta1 == 1, Adagrad with 1 + (step - 1) * lr_decay == 0); the bindings raise ZeroDivisionError.
+struct ZeroDivision : std::domain_error {
+  using std::domain_error::domain_error;
+};
 
 enum class DType : int { kFloat32 = 0, kFloat64 = 1 };
 

@@ -35,50 +35,61 @@ _is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", lamb
 
 
 class _Call:
-    """The rows of one native call: one (dtype, step dtype, wave) of one group.
+    """One native call: the rows of one (dtype, step dtype) of one wave of a group.
 
-    ``source`` is what the native step function reads: the flat row list on the general path,
-    a ``_core.Plan`` (which re-checks itself each step) on the fast path.
+    ``source`` is the ``_core.Plan`` the native step function reads. The general path builds it
+    (taking every tensor's signature) and runs it; a plan kept for later steps re-checks itself
+    in ``collect`` and is the fast path.
     """
 
-    __slots__ = ("dtype", "step_f64", "entries", "table", "width", "source", "steady_aux")
+    __slots__ = ("dtype", "step_f64", "rows", "table", "width", "written", "steady_aux", "source")
 
     def __init__(self, dtype: int, step_f64: bool) -> None:
         self.dtype = dtype
         self.step_f64 = step_f64
-        self.entries: list[tuple] = []  # (param, data_ptr, state dict|None, checks, strides|None)
+        self.rows: list[tuple] = []  # (param, state dict|None, checks, held tensors)
         self.table: list[int] = []
         self.width = 0
-        self.source: Any = self.table
+        self.written: list[_Tensor] = []  # tensors the step writes: their versions are bumped
         self.steady_aux: list[int] = []  # each row's aux word after this step (SGD: not first)
+        self.source: Any = None
 
     def add(
-        self, p: _Tensor, st: dict | None, checks: tuple, row: list[int], steady_aux: int
+        self, p: _Tensor, st: dict | None, checks: tuple, held: tuple, row: list[int], aux: int
     ) -> None:
-        strides = None if p.is_contiguous() else tuple(p.stride())
-        self.entries.append((p, p.data_ptr(), st, checks, strides))
+        self.rows.append((p, st, checks, held))
         self.table.extend(row)
         self.width = len(row)
-        self.steady_aux.append(steady_aux)
+        self.written.extend(held)
+        self.steady_aux.append(aux)
 
-    def freeze(self, group_params: list) -> _Call:
-        """Turn the rows, as later steps see them, into a native Plan for the fast path."""
-        table = list(self.table)
-        table[1 :: self.width] = self.steady_aux
-        self.source = _core.Plan(list(group_params), self.entries, table, self.width)
+    def build(self, group_params: list) -> _Call:
+        self.source = _core.Plan(
+            list(group_params), self.rows, self.table, self.width, self.written, _bump_versions
+        )
         return self
 
 
 class _Plan:
     """What the fast path needs to step a group without re-validating it."""
 
-    __slots__ = ("inactive", "calls", "single")
+    __slots__ = ("inactive", "calls", "single", "keys")
 
-    def __init__(self, inactive: list, calls: list[_Call]) -> None:
+    def __init__(self, inactive: list, calls: list[_Call], keys: tuple[str, ...]) -> None:
         self.inactive = inactive
         self.calls = calls
+        self.keys = keys  # the buffer names the tables were built for
         # the common case, stepped inline by _step: one native call, every parameter active
         self.single = calls[0] if len(calls) == 1 and not inactive else None
+
+
+class _Item:
+    """A validated parameter of the general path, before its row is laid out."""
+
+    __slots__ = ("p", "g", "st", "first")
+
+    def __init__(self, p: _Tensor, g: _Tensor, st: dict | None, first: bool) -> None:
+        self.p, self.g, self.st, self.first = p, g, st, first
 
 
 class FastOptimizer(torch.optim.Optimizer):
@@ -202,16 +213,13 @@ class FastOptimizer(torch.optim.Optimizer):
                 del plans[key]
         for group in groups:
             plan = plans.get(id(group))
-            if plan is not None:
+            # a plan is keyed by the buffer names its tables hold: options that change them
+            # (momentum or centered switched on or off, amsgrad) take the general path
+            if plan is not None and plan.keys == self._buffer_keys(group):
                 call = plan.single
                 if call is not None:  # the plan re-checks itself inside the native call
-                    try:
-                        if self._native_step(call, group["params"], state, group, threads):
-                            continue
-                    except ValueError:
-                        # the group's options now need another table shape (momentum switched
-                        # on or off, ...): the core refused before touching anything; rebuild
-                        pass
+                    if self._native_step(call, group["params"], state, group, threads):
+                        continue
                 elif self._fast_step(plan, group, threads):
                     continue
             plans[id(group)] = self._general_step(group, threads)
@@ -245,28 +253,22 @@ class FastOptimizer(torch.optim.Optimizer):
         for call in calls:
             if not call.source.collect(params, state):
                 return False
-        try:
-            for call in calls:
-                self._native_step(call, None, None, group, threads)
-        except ValueError:
-            # a table shape the group's options no longer fit, refused before any update;
-            # only possible for the first call, since all calls of a plan share the options
-            return False
+        for call in calls:  # waves in order: later waves overlap earlier ones
+            self._native_step(call, None, None, group, threads)
         return True
 
     def _general_step(self, group: dict, threads: int) -> _Plan | None:
         """Validate everything, step the group, and return a plan for the next steps (or None)."""
         gi = _group_index(self, group)
         keys = self._buffer_keys(group)
+        step_key = ("step",) if self._has_step else ()
         uses_state = self._uses_state(group)
-        calls: dict[tuple[int, bool, int], _Call] = {}
+        params = group["params"]
+        items: list[_Item] = []
         fallback: list[_Tensor] = []
-        copy_back: list[tuple[_Tensor, _Tensor]] = []
-        keep_alive: list[_Tensor] = []
         inactive: list[_Tensor] = []
-        cacheable = True
-        seen: dict[int, int] = {}  # a parameter listed twice is updated twice, in two waves
-        for i, p in enumerate(group["params"]):
+        firsts: dict[int, bool] = {}  # a duplicate takes the first-step semantics of its first
+        for i, p in enumerate(params):
             g = p.grad
             if g is None:
                 inactive.append(p)
@@ -274,81 +276,94 @@ class FastOptimizer(torch.optim.Optimizer):
             where = f"param {i} of group {gi}"
             if not _native_tensor(p) or not _native_tensor(g):
                 _refuse_low_precision(p, where)
-                fallback.append(p)
-                cacheable = False
+                fallback.append(p)  # torch's own step: other devices, subclasses, neg/conj views
                 continue
             if g.dtype != p.dtype or g.shape != p.shape:
                 raise UnsupportedError(
                     f"{where}: gradient {describe(g)} does not match parameter {describe(p)}"
                 )
-            first = False
             st: dict | None = None
+            first = firsts.get(id(p))
             if uses_state:
                 st = self.state[p]
                 if not isinstance(st, dict):
                     raise StateError(f"{where}: state must be a dict, got {describe(st)}")
-                if len(st) == 0:
-                    self._init_state(p, st, group)
-                    first = True
-                elif "momentum_buffer" in keys and st.get("momentum_buffer") is None:
-                    st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    first = True
-                bufs = [check_buffer(p, st, k, where) for k in keys]
+                if first is None:
+                    first = False
+                    if len(st) == 0:
+                        self._init_state(p, st, group)
+                        first = True
+                    elif "momentum_buffer" in keys and st.get("momentum_buffer") is None:
+                        st["momentum_buffer"] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format
+                        )
+                        first = True
+                for k in keys:
+                    b = check_buffer(p, st, k, where)
+                    if not _native_tensor(b):  # a neg/conj view or a subclass: a plain copy
+                        st[k] = torch.empty_like(b).copy_(b)
                 if self._has_step:
                     check_step(st, where)
-            else:
-                bufs = []
-            dense = is_dense(p)
-            if dense:
-                for k, b in zip(keys, bufs):
-                    if not same_layout(b, p):  # re-lay the buffer out like the parameter, once
-                        assert st is not None
-                        st[k] = torch.empty_like(p).copy_(b)
-                bufs = [st[k] for k in keys] if st is not None else []
-                pt = p
-                if not same_layout(g, p):
-                    g = torch.empty_like(p).copy_(g)
-                    keep_alive.append(g)
-                    cacheable = False
-            else:  # a parameter with gaps: update contiguous copies, then copy back
-                cacheable = False
-                pt = p.detach().contiguous()
-                copy_back.append((p, pt))
-                g = g.contiguous()
-                keep_alive.append(g)
-                staged = []
-                for b in bufs:
-                    bc = b.contiguous()
-                    if bc is not b:
-                        copy_back.append((b, bc))
-                    staged.append(bc)
-                bufs = staged
-            code, mult = NATIVE_DTYPES[p.dtype]
-            step_f64 = bool(st is not None and self._has_step and st["step"].dtype == torch.float64)
-            aux = self._row_aux(st, first)
-            row = [p.numel() * mult, aux, pt.data_ptr(), g.data_ptr()]
-            row.extend(b.data_ptr() for b in bufs)
-            wave = seen.get(id(p), 0)
-            seen[id(p)] = wave + 1
-            key = (code, step_f64, wave)
-            step_key = ("step",) if self._has_step else ()
-            checks = () if st is None else tuple((k, st[k]) for k in (*keys, *step_key))
-            calls.setdefault(key, _Call(code, step_f64)).add(
-                p, st, checks, row, self._row_aux(st, False)
-            )
+            firsts[id(p)] = bool(first)
+            items.append(_Item(p, g, st, bool(first)))
         if fallback:  # first: torch raises here for what it refuses (sparse Adam gradients)
             self._torch_step(group, fallback)
-        for call in calls.values():
-            self._native_step(call, None, None, group, threads)
-        if copy_back:
-            with torch.no_grad():
-                for dst, src in copy_back:
-                    dst.copy_(src)
-        del keep_alive
+        calls: list[_Call] = []
+        cacheable = not fallback
+        for wave in _waves([it.p for it in items]):
+            wave_calls: dict[tuple[int, bool], _Call] = {}
+            copy_back: list[tuple[_Tensor, _Tensor]] = []
+            keep_alive: list[_Tensor] = []  # gradients and copies the calls read
+            for it in (items[j] for j in wave):
+                p, g, st = it.p, it.g, it.st
+                bufs = [st[k] for k in keys] if st is not None else []
+                if is_dense(p):
+                    for k, b in zip(keys, bufs):
+                        if not same_layout(b, p):  # re-lay the buffer out like the parameter
+                            assert st is not None
+                            st[k] = torch.empty_like(p).copy_(b)
+                    bufs = [st[k] for k in keys] if st is not None else []
+                    pt = p
+                    if not same_layout(g, p):
+                        g = torch.empty_like(p).copy_(g)
+                        cacheable = False
+                else:  # a parameter with gaps: update contiguous copies, then copy back
+                    cacheable = False
+                    pt = p.detach().contiguous()
+                    copy_back.append((p, pt))
+                    g = g.contiguous()
+                    staged = []
+                    for b in bufs:
+                        bc = b.contiguous()
+                        if bc is not b:
+                            copy_back.append((b, bc))
+                        staged.append(bc)
+                    bufs = staged
+                keep_alive.append(g)
+                code, mult = NATIVE_DTYPES[p.dtype]
+                step_f64 = bool(
+                    st is not None and self._has_step and st["step"].dtype == torch.float64
+                )
+                row = [p.numel() * mult, self._row_aux(st, it.first), pt.data_ptr(), g.data_ptr()]
+                row.extend(b.data_ptr() for b in bufs)
+                checks = () if st is None else tuple((k, st[k]) for k in (*keys, *step_key))
+                held = (pt, *bufs, *((st["step"],) if st is not None and step_key else ()))
+                wave_calls.setdefault((code, step_f64), _Call(code, step_f64)).add(
+                    p, st, checks, held, row, self._row_aux(st, False)
+                )
+            for call in wave_calls.values():
+                call.build(params)
+                self._native_step(call, None, None, group, threads)
+                call.source.set_aux(call.steady_aux)
+                calls.append(call)
+            if copy_back:
+                with torch.no_grad():
+                    for dst, src in copy_back:
+                        dst.copy_(src)
+            del keep_alive
         if not cacheable:
             return None
-        params = group["params"]
-        return _Plan(inactive, [call.freeze(params) for call in calls.values()])
+        return _Plan(inactive, calls, keys)
 
     def _torch_step(self, group: dict, params: list[_Tensor]) -> None:
         """torch's own step for ``params`` of ``group`` (devices and layouts we do not take)."""
@@ -371,13 +386,78 @@ def _unwrap(fn: Callable) -> Callable:
 
 
 def _native_tensor(t: _Tensor) -> bool:
+    """A plain CPU-strided tensor whose memory holds its values as they read (no neg/conj bit)."""
     tp = type(t)
     return (
         (tp is _Tensor or tp is _Parameter)
         and t.device.type == "cpu"
         and t.layout == torch.strided
         and t.dtype in NATIVE_DTYPES
+        and not t.is_neg()
+        and not t.is_conj()
     )
+
+
+def _make_bump() -> Callable[[list], None]:
+    """torch's own version-counter bump for a list of tensors (older torch takes one at a time)."""
+    inc = torch._C._increment_version
+    try:
+        inc([])
+        return inc
+    except TypeError:  # torch < 2.6 takes a single tensor
+
+        def bump_each(tensors: list) -> None:
+            for t in tensors:
+                inc(t)
+
+        return bump_each
+
+
+#: Advances the autograd version counter of every tensor a step wrote, as an in-place op does, so
+#: a backward through a graph that saved them raises torch's "modified by an inplace operation".
+_bump_versions = _make_bump()
+
+
+def _extent(t: _Tensor) -> tuple[int, int]:
+    """The byte range ``[lo, hi)`` that a strided tensor's elements lie in."""
+    lo = t.data_ptr()
+    last = sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return lo, lo + (last + 1) * t.element_size()
+
+
+def _waves(params: list[_Tensor]) -> list[list[int]]:
+    """Split parameter positions into waves that are stepped one after another.
+
+    A parameter whose memory overlaps an earlier one's (a duplicate, or two views of one weight)
+    goes one wave after it, so shared elements see torch's order of updates; all others stay in
+    wave 0, fused and parallel. Overlap is judged on byte ranges, so interleaved views that share
+    no element are serialised too: harmless, and still torch's order.
+    """
+    wave = [0] * len(params)
+    spans = sorted((*_extent(p), i) for i, p in enumerate(params) if p.numel() > 0)
+    cluster: list[tuple[int, int, int]] = []
+    end = -1
+
+    def settle() -> None:
+        if len(cluster) < 2:
+            return
+        ordered = sorted(cluster, key=lambda c: c[2])  # torch's order: position in the group
+        for a, (lo_a, hi_a, i) in enumerate(ordered):
+            for lo_b, hi_b, j in ordered[:a]:
+                if lo_a < hi_b and lo_b < hi_a:
+                    wave[i] = max(wave[i], wave[j] + 1)
+
+    for span in spans:
+        if span[0] >= end:
+            settle()
+            cluster = []
+        cluster.append(span)
+        end = max(end, span[1])
+    settle()
+    out: list[list[int]] = [[] for _ in range(max(wave, default=0) + 1)]
+    for i, w in enumerate(wave):
+        out[w].append(i)
+    return out
 
 
 def _refuse_low_precision(p: _Tensor, where: str) -> None:

@@ -29,7 +29,9 @@ class Adagrad(FastOptimizer, torch.optim.Adagrad):
             if fused
             else torch.tensor(0.0, dtype=_get_scalar_dtype())
         )
-        init = group["initial_accumulator_value"]
+        # torch starts every lazily created sum (add_param_group included) from the
+        # constructor's value, not from the group's own key
+        init = self.defaults["initial_accumulator_value"]
         init_value = complex(init, init) if torch.is_complex(p) else init
         state["sum"] = torch.full_like(p, init_value, memory_format=torch.preserve_format)
 

@@ -1,0 +1,42 @@
+// The signature of a tensor: everything the native core relies on when it is handed the tensor's
+// address. A Plan records one per tensor when the general path has validated it and re-reads it on
+// every fast-path step through the same reader, so the fast path checks exactly what the general
+// path checked.
+//
+// What is read, through torch's public Python accessors (no libtorch link, no struct layouts):
+//   type (exact torch.Tensor or torch.nn.Parameter), data_ptr(), dtype, shape, the layout
+//   (is_contiguous(), or stride() for a dense non-contiguous tensor), is_neg(), and is_conj() for
+//   complex dtypes (torch sets the conjugate bit on no other dtype).
+// What is implied rather than read, for tensors a Plan holds across steps: the Plan keeps an alias
+// of each such tensor's storage, so while it lives no other allocation, host or device, can have
+// the same address; equal addresses then mean the same storage at the same storage offset on the
+// CPU. Gradients are not held across steps, so their device is read (is_cpu).
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+namespace pyfastopt {
+
+struct TensorSig {
+  PyTypeObject* type = nullptr;
+  int64_t ptr = 0;
+  PyObject* dtype = nullptr;  // borrowed: torch's dtype objects are singletons that outlive us
+  pybind11::object shape;     // the torch.Size read when the signature was taken
+  pybind11::object strides;   // None when contiguous, else the stride tuple
+  bool complex = false;       // whether the conjugate bit must be read too
+};
+
+// Reads `t`'s signature. False (Python error cleared) when `t` is not a plain CPU-strided tensor
+// the core can take: another type, a read that fails, or a neg/conj bit set.
+bool read_sig(PyObject* t, TensorSig* out);
+
+// True when `t` still has signature `s`, address included.
+bool same_sig(PyObject* t, const TensorSig& s);
+
+// True when `g` can serve as the gradient of a parameter with signature `p`: a plain CPU tensor of
+// p's dtype, shape and layout, no neg/conj bit. Its address goes to *ptr.
+bool grad_fits(PyObject* g, const TensorSig& p, int64_t* ptr);
+
+}  // namespace pyfastopt
