@@ -10,7 +10,14 @@ from __future__ import annotations
 # pyfastopt and torch share one thread pool.
 import torch  # noqa: F401
 
-from . import _core  # noqa: E402
+try:
+    from . import _core  # noqa: E402
+except ImportError as _exc:  # one clear ImportError instead of "partially initialized module"
+    from pathlib import Path as _Path
+
+    from ._core_error import core_import_error as _core_import_error
+
+    raise _core_import_error(_exc, __name__, _Path(__file__).parent) from None
 from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
 from .errors import PyfastoptError, StateError, UnsupportedError  # noqa: E402
 from .optim import SGD, Adadelta, Adagrad, Adam, AdamW, RMSprop  # noqa: E402
