@@ -42,7 +42,7 @@ def test_piped_output_is_one_line_per_phase_start_and_end(monkeypatch, no_ci):
     assert got == [0, 1, 2, 3, 4]
     assert "\r" not in text
     lines = text.splitlines()
-    assert lines[0] == "paths: started (5 steps)"
+    assert lines[0] == "paths: started (0/5)"
     assert lines[1].startswith("paths: done, 5/5 in ") and lines[1].endswith(" s")
     assert len(lines) == 2
 

@@ -63,7 +63,7 @@ def progress(
 def _plain(items: Iterable[T], total: int | None, desc: str, stream: TextIO) -> Iterator[T]:
     """One line at the start of the phase and one at its end."""
     name = desc or "progress"
-    size = f" ({total} steps)" if total is not None else ""
+    size = f" (0/{total})" if total is not None else ""
     stream.write(f"{name}: started{size}\n")
     stream.flush()
     start = time.perf_counter()
