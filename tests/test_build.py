@@ -42,6 +42,42 @@ def test_core_does_not_link_torch():
     assert not bad, f"the core links {bad}"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF only")
+def test_core_links_no_openmp_runtime_of_its_own():
+    # CMakeLists.txt (PFO_LINK_OPENMP=OFF on Linux): the OpenMP calls bind at load time to the
+    # runtime torch has loaded, so a wheel needs no libgomp, vendored or from the system
+    needed = _needed(Path(pyfastopt._core.__file__))
+    omp = [n for n in needed if "gomp" in n or "omp.so" in n or "iomp" in n]
+    assert not omp, f"the core links an OpenMP runtime itself: {omp}"
+
+
+_OMP_MAPS = """
+import torch, pyfastopt
+p = torch.nn.Parameter(torch.randn(1 << 17)); p.grad = torch.randn(1 << 17)
+pyfastopt.set_num_threads(2)
+pyfastopt.Adam([p]).step()  # large enough for a parallel region
+maps = open("/proc/self/maps").read().splitlines()
+print("\\n".join(sorted({line.split()[-1] for line in maps if "omp" in line.rsplit("/", 1)[-1]})))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_core_runs_on_torchs_own_openmp_runtime(tmp_path):
+    import subprocess
+
+    import torch
+
+    out = subprocess.run(
+        [sys.executable, "-c", _OMP_MAPS], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    loaded = [Path(line) for line in out.stdout.split("\n") if line.strip()]
+    assert len(loaded) == 1, f"expected one OpenMP runtime in the process, got {loaded}"
+    shipped = sorted((Path(torch.__file__).parent / "lib").glob("libgomp*.so*"))
+    if shipped:  # torch's wheel ships its own: that is the one in use
+        assert loaded[0].resolve() == shipped[0].resolve(), (loaded, shipped)
+
+
 def test_supported_simd_paths_and_selection():
     paths = pyfastopt._core.supported_simd()
     assert paths[-1] == "baseline"
