@@ -13,6 +13,7 @@ import torch
 from . import _core
 
 _num_threads: int | None = None
+_source = "torch"
 
 #: Calls that update fewer elements than this run on the calling thread only: waking a second
 #: thread costs more than it saves on small steps.
@@ -21,13 +22,13 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 
 def set_num_threads(n: int | None) -> None:
     """Set the threads pyfastopt's kernels use; ``None`` follows ``torch.get_num_threads()``."""
-    global _num_threads
+    global _num_threads, _source
     if n is None:
-        _num_threads = None
+        _num_threads, _source = None, "torch"
         return
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"num_threads must be a positive int or None, got {n!r}")
-    _num_threads = n
+    _num_threads, _source = n, "set_num_threads"
 
 
 def get_num_threads() -> int:
@@ -65,7 +66,7 @@ def config() -> dict[str, Any]:
         "simd_path": _core.simd_path(),
         "simd_supported": list(_core.supported_simd()),
         "num_threads": get_num_threads(),
-        "num_threads_source": "set_num_threads" if _num_threads is not None else "torch",
+        "num_threads_source": _source,
         "parallel_min_elements": PARALLEL_MIN_ELEMENTS,
         "openmp": info.get("openmp"),
         "compiler": info.get("compiler"),
@@ -82,11 +83,12 @@ def show_config(file: TextIO | None = None) -> None:
 
 
 def _reset_after_fork() -> None:
-    # A forked child (DataLoader workers, multiprocessing) must never enter an OpenMP region
-    # sized for the parent: GNU OpenMP's pool does not survive fork() and the region would hang.
-    # Forget the override; the child then follows torch, which uses one thread after a fork.
-    global _num_threads
-    _num_threads = None
+    # GNU OpenMP's thread pool does not survive fork(): in a child (DataLoader workers,
+    # multiprocessing), a parallel region sized for the parent's pool waits forever for threads
+    # that do not exist. So a forked child steps on its own thread until it calls
+    # set_num_threads() itself, whatever the parent chose and whatever torch says there.
+    global _num_threads, _source
+    _num_threads, _source = 1, "fork (one thread after fork; set_num_threads to change)"
 
 
 if hasattr(os, "register_at_fork"):

@@ -11,8 +11,14 @@ class PyfastoptError(RuntimeError):
     """Base class of pyfastopt's own errors."""
 
 
-class StateError(PyfastoptError, ValueError):
-    """Optimizer state (from a checkpoint or set by hand) does not fit its parameter."""
+class StateError(PyfastoptError, ValueError, KeyError):
+    """Optimizer state (from a checkpoint or set by hand) does not fit its parameter.
+
+    Also a ``KeyError``: where torch's own step finds a state entry missing, it raises that.
+    """
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
 
 class UnsupportedError(PyfastoptError, TypeError):

@@ -100,6 +100,8 @@ class FastOptimizer(torch.optim.Optimizer):
     _torch_cls: ClassVar[type[torch.optim.Optimizer]]
     #: whether state holds a 'step' counter the kernel advances
     _has_step: ClassVar[bool] = True
+    #: buffers torch creates at their first use rather than with the rest of the state
+    _lazy_buffers: ClassVar[tuple[str, ...]] = ()
 
     # ---- per-algorithm hooks -------------------------------------------------------------
     def _buffer_keys(self, group: dict) -> tuple[str, ...]:
@@ -170,7 +172,7 @@ class FastOptimizer(torch.optim.Optimizer):
                 continue
             for key in keys:
                 # SGD's buffer may legitimately be absent until the first step with a gradient.
-                if key == "momentum_buffer" and st.get(key) is None:
+                if key in self._lazy_buffers and st.get(key) is None:
                     continue
                 check_buffer(p, st, key, where)
             if self._has_step:
@@ -274,14 +276,17 @@ class FastOptimizer(torch.optim.Optimizer):
                 inactive.append(p)
                 continue
             where = f"param {i} of group {gi}"
-            if not _native_tensor(p) or not _native_tensor(g):
+            if (
+                not _native_tensor(p)
+                or not _native_tensor(g)
+                or g.dtype != p.dtype
+                or g.shape != p.shape
+            ):
+                # torch's own step, which computes or raises exactly as torch does: other
+                # devices, subclasses, neg/conj views, a gradient of another dtype or shape
                 _refuse_low_precision(p, where)
-                fallback.append(p)  # torch's own step: other devices, subclasses, neg/conj views
+                fallback.append(p)
                 continue
-            if g.dtype != p.dtype or g.shape != p.shape:
-                raise UnsupportedError(
-                    f"{where}: gradient {describe(g)} does not match parameter {describe(p)}"
-                )
             st: dict | None = None
             first = firsts.get(id(p))
             if uses_state:
@@ -293,10 +298,9 @@ class FastOptimizer(torch.optim.Optimizer):
                     if len(st) == 0:
                         self._init_state(p, st, group)
                         first = True
-                    elif "momentum_buffer" in keys and st.get("momentum_buffer") is None:
-                        st["momentum_buffer"] = torch.zeros_like(
-                            p, memory_format=torch.preserve_format
-                        )
+                    elif any(st.get(k) is None for k in self._lazy_buffers):
+                        for k in self._lazy_buffers:  # SGD's buffer: made at its first use
+                            st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
                         first = True
                 for k in keys:
                     b = check_buffer(p, st, k, where)

@@ -17,6 +17,7 @@ class SGD(FastOptimizer, torch.optim.SGD):
     )
     _torch_cls = torch.optim.SGD
     _has_step = False
+    _lazy_buffers = ("momentum_buffer",)
 
     def _uses_state(self, group: dict) -> bool:
         # torch keeps no state at all without momentum
