@@ -19,7 +19,7 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, event, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule  # noqa: E402
 
@@ -110,12 +110,14 @@ class TrustMachine(RuleBasedStateMachine):
             return
         ref_err, fast_err = errors
         if early is not None and ref_err is None and isinstance(fast_err, early):
+            event(f"diverged: pyfastopt refused early ({type(fast_err).__name__})")
             self.diverged = True
             return
         assert (ref_err is None) == (fast_err is None), (
             f"torch: {ref_err!r}; pyfastopt: {fast_err!r}"
         )
         if ref_err is not None:
+            event(f"diverged: both raised {type(ref_err).__name__}")
             self.diverged = True
 
     # ---- steps and gradients ---------------------------------------------------------------

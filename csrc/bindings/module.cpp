@@ -190,6 +190,11 @@ PYBIND11_MODULE(_core, m) {
       doc);
 
   m.def(
+      "time_signature_reads",
+      [](py::handle t, int reps) { return pyfastopt::time_reads(t.ptr(), reps); },
+      py::arg("tensor"), py::arg("reps") = 100000,
+      "Diagnostics: ns per read of each signature field of `tensor` (the breakdown tool).");
+  m.def(
       "simd_path", []() { return std::string(pyfastopt::active_kernels().name); },
       "The SIMD build in use: avx512, avx2 or baseline.");
   m.def(

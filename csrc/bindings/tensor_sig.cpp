@@ -5,6 +5,7 @@
 #include "tensor_sig.h"
 
 #include <array>
+#include <chrono>
 
 namespace py = pybind11;
 
@@ -209,6 +210,37 @@ bool grad_fits(PyObject* g, const TensorSig& p, int64_t* ptr) {
   const Accessors* a = accessors_for(Py_TYPE(g));
   return a != nullptr && read_int(a->data_ptr(g), ptr) && same_meta(g, *a, p) &&
          is_true(a->is_cpu(g));
+}
+
+std::vector<std::pair<std::string, double>> time_reads(PyObject* t, int reps) {
+  const Accessors* a = accessors_for(Py_TYPE(t));
+  if (a == nullptr) throw std::invalid_argument("pyfastopt: not a torch.Tensor or Parameter");
+  std::vector<std::pair<std::string, double>> out;
+  auto time = [&](const char* name, const Accessor& acc) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) Py_XDECREF(acc(t));
+    const auto t1 = std::chrono::steady_clock::now();
+    out.emplace_back(name, std::chrono::duration<double, std::nano>(t1 - t0).count() / reps);
+  };
+  time("data_ptr", a->data_ptr);
+  time("dtype", a->dtype);
+  time("shape", a->shape);
+  time("is_contiguous", a->is_contiguous);
+  time("stride", a->stride);
+  time("is_neg", a->is_neg);
+  time("is_conj", a->is_conj);
+  time("is_cpu", a->is_cpu);
+  TensorSig s;
+  if (read_sig(t, &s)) {
+    const auto t0 = std::chrono::steady_clock::now();
+    bool ok = true;
+    for (int i = 0; i < reps; ++i) ok &= same_sig(t, s);
+    const auto t1 = std::chrono::steady_clock::now();
+    if (!ok) throw std::runtime_error("pyfastopt: a tensor's signature changed while timing");
+    out.emplace_back("same_sig (all of a held tensor)",
+                     std::chrono::duration<double, std::nano>(t1 - t0).count() / reps);
+  }
+  return out;
 }
 
 }  // namespace pyfastopt

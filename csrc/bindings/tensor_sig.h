@@ -16,6 +16,9 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace pyfastopt {
 
@@ -38,5 +41,9 @@ bool same_sig(PyObject* t, const TensorSig& s);
 // True when `g` can serve as the gradient of a parameter with signature `p`: a plain CPU tensor of
 // p's dtype, shape and layout, no neg/conj bit. Its address goes to *ptr.
 bool grad_fits(PyObject* g, const TensorSig& p, int64_t* ptr);
+
+// Diagnostics for the breakdown tool: nanoseconds per read of each accessor on `t`, and of a
+// whole same_sig(), averaged over `reps` reads.
+std::vector<std::pair<std::string, double>> time_reads(PyObject* t, int reps);
 
 }  // namespace pyfastopt
