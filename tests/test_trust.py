@@ -465,6 +465,17 @@ def test_invalid_options_after_construction_raise_like_torch(name, key, value):
     assert torch.equal(b[0].detach(), before)  # nothing written
 
 
+@pytest.mark.parametrize("flag", ["differentiable", "capturable"])
+def test_flags_set_by_hand_after_caching_are_refused(flag):
+    a, ref, b, fast = pair("Adam", torch.randn(5))
+    both(a, ref, b, fast, step_with([torch.randn(5)]))
+    fast.param_groups[0][flag] = True
+    before = b[0].detach().clone()
+    with pytest.raises(pyfastopt.UnsupportedError, match=flag):
+        step_with([torch.randn(5)])(b, fast)
+    assert torch.equal(b[0].detach(), before)
+
+
 # ---- also: Adagrad's lazily created state, fork safety ------------------------------------------
 
 

@@ -157,7 +157,8 @@ bool same_meta(PyObject* t, const Accessors& a, const TensorSig& s) {
   Py_DECREF(dt);  // dtype objects are singletons: identity is equality
   if (dt != s.dtype) return false;
   if (!equal(a.shape(t), s.shape.ptr())) return false;
-  if (s.strides.is_none() ? !is_true(a.is_contiguous(t)) : !equal(a.stride(t), s.strides.ptr())) {
+  if (!s.single &&
+      (s.strides.is_none() ? !is_true(a.is_contiguous(t)) : !equal(a.stride(t), s.strides.ptr()))) {
     return false;
   }
   if (!is_false(a.is_neg(t))) return false;
@@ -178,6 +179,16 @@ bool read_sig(PyObject* t, TensorSig* out) {
   PyObject* shape = a->shape(t);
   if (shape == nullptr) return false;
   s.shape = py::reinterpret_steal<py::object>(shape);
+  Py_ssize_t numel = 1;
+  for (py::handle n : s.shape) {
+    const Py_ssize_t size = PyLong_AsSsize_t(n.ptr());
+    if (size < 0) {
+      PyErr_Clear();
+      return false;
+    }
+    numel *= size;
+  }
+  s.single = numel <= 1;
   PyObject* contiguous = a->is_contiguous(t);
   if (contiguous == nullptr) return false;
   const bool is_contig = contiguous == Py_True;

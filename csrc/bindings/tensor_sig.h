@@ -28,6 +28,7 @@ struct TensorSig {
   PyObject* dtype = nullptr;  // borrowed: torch's dtype objects are singletons that outlive us
   pybind11::object shape;     // the torch.Size read when the signature was taken
   pybind11::object strides;   // None when contiguous, else the stride tuple
+  bool single = false;        // at most one element: any strides lay it out alike
   bool complex = false;       // whether the conjugate bit must be read too
 };
 

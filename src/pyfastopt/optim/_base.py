@@ -73,12 +73,12 @@ class _Call:
 class _Plan:
     """What the fast path needs to step a group without re-validating it."""
 
-    __slots__ = ("inactive", "calls", "single", "keys")
+    __slots__ = ("inactive", "calls", "single", "key")
 
-    def __init__(self, inactive: list, calls: list[_Call], keys: tuple[str, ...]) -> None:
+    def __init__(self, inactive: list, calls: list[_Call], key: tuple) -> None:
         self.inactive = inactive
         self.calls = calls
-        self.keys = keys  # the buffer names the tables were built for
+        self.key = key  # FastOptimizer._plan_key of the group when the plan was built
         # the common case, stepped inline by _step: one native call, every parameter active
         self.single = calls[0] if len(calls) == 1 and not inactive else None
 
@@ -117,6 +117,11 @@ class FastOptimizer(torch.optim.Optimizer):
     ) -> bool:
         """Run one native call on ``call.source``; ``params``/``state`` re-check a Plan."""
         raise NotImplementedError
+
+    def _plan_key(self, group: dict) -> tuple:
+        """What a cached plan is valid for: the buffer names its rows hold, and the flags that
+        ``_check_group_options`` refuses (so setting them by hand is caught at the next step)."""
+        return (self._buffer_keys(group), group.get("capturable"), group.get("differentiable"))
 
     def _uses_state(self, group: dict) -> bool:
         return True
@@ -215,9 +220,9 @@ class FastOptimizer(torch.optim.Optimizer):
                 del plans[key]
         for group in groups:
             plan = plans.get(id(group))
-            # a plan is keyed by the buffer names its tables hold: options that change them
-            # (momentum or centered switched on or off, amsgrad) take the general path
-            if plan is not None and plan.keys == self._buffer_keys(group):
+            # a plan is keyed by the options that decide what its tables mean (the buffer
+            # names) or whether a step is allowed: any change takes the general path
+            if plan is not None and plan.key == self._plan_key(group):
                 call = plan.single
                 if call is not None:  # the plan re-checks itself inside the native call
                     if self._native_step(call, group["params"], state, group, threads):
@@ -262,6 +267,7 @@ class FastOptimizer(torch.optim.Optimizer):
     def _general_step(self, group: dict, threads: int) -> _Plan | None:
         """Validate everything, step the group, and return a plan for the next steps (or None)."""
         gi = _group_index(self, group)
+        _check_group_options(self, group)  # flags set by hand since the last general step
         keys = self._buffer_keys(group)
         step_key = ("step",) if self._has_step else ()
         uses_state = self._uses_state(group)
@@ -367,7 +373,7 @@ class FastOptimizer(torch.optim.Optimizer):
             del keep_alive
         if not cacheable:
             return None
-        return _Plan(inactive, calls, keys)
+        return _Plan(inactive, calls, self._plan_key(group))
 
     def _torch_step(self, group: dict, params: list[_Tensor]) -> None:
         """torch's own step for ``params`` of ``group`` (devices and layouts we do not take)."""
