@@ -325,41 +325,17 @@ class FastOptimizer(torch.optim.Optimizer):
             copy_back: list[tuple[_Tensor, _Tensor]] = []
             keep_alive: list[_Tensor] = []  # gradients and copies the calls read
             for it in (items[j] for j in wave):
-                p, g, st = it.p, it.g, it.st
-                bufs = [st[k] for k in keys] if st is not None else []
-                if is_dense(p):
-                    for k, b in zip(keys, bufs):
-                        if not same_layout(b, p):  # re-lay the buffer out like the parameter
-                            assert st is not None
-                            st[k] = torch.empty_like(p).copy_(b)
-                    bufs = [st[k] for k in keys] if st is not None else []
-                    pt = p
-                    if not same_layout(g, p):
-                        g = torch.empty_like(p).copy_(g)
-                        cacheable = False
-                else:  # a parameter with gaps: update contiguous copies, then copy back
-                    cacheable = False
-                    pt = p.detach().contiguous()
-                    copy_back.append((p, pt))
-                    g = g.contiguous()
-                    staged = []
-                    for b in bufs:
-                        bc = b.contiguous()
-                        if bc is not b:
-                            copy_back.append((b, bc))
-                        staged.append(bc)
-                    bufs = staged
+                row, held, g, dense_ok = self._lay_out(it, keys, copy_back)
                 keep_alive.append(g)
-                code, mult = NATIVE_DTYPES[p.dtype]
+                cacheable &= dense_ok
+                st = it.st
+                code = NATIVE_DTYPES[it.p.dtype][0]
                 step_f64 = bool(
                     st is not None and self._has_step and st["step"].dtype == torch.float64
                 )
-                row = [p.numel() * mult, self._row_aux(st, it.first), pt.data_ptr(), g.data_ptr()]
-                row.extend(b.data_ptr() for b in bufs)
                 checks = () if st is None else tuple((k, st[k]) for k in (*keys, *step_key))
-                held = (pt, *bufs, *((st["step"],) if st is not None and step_key else ()))
                 wave_calls.setdefault((code, step_f64), _Call(code, step_f64)).add(
-                    p, st, checks, held, row, self._row_aux(st, False)
+                    it.p, st, checks, held, row, self._row_aux(st, False)
                 )
             for call in wave_calls.values():
                 call.build(params)
@@ -374,6 +350,46 @@ class FastOptimizer(torch.optim.Optimizer):
         if not cacheable:
             return None
         return _Plan(inactive, calls, self._plan_key(group))
+
+    def _lay_out(
+        self, it: _Item, keys: tuple[str, ...], copy_back: list[tuple[_Tensor, _Tensor]]
+    ) -> tuple[list[int], tuple, _Tensor, bool]:
+        """One table row for a validated parameter: ``(row, held, gradient, cacheable)``.
+
+        A dense parameter is updated in place, its buffers re-laid out like it once, a gradient
+        of another layout copied into its layout (not cacheable: a copy per step). A parameter
+        with gaps is updated through contiguous copies, recorded in ``copy_back``.
+        """
+        p, g, st = it.p, it.g, it.st
+        cacheable = True
+        if is_dense(p):
+            if st is not None:
+                for k in keys:
+                    if not same_layout(st[k], p):
+                        st[k] = torch.empty_like(p).copy_(st[k])
+            bufs = [st[k] for k in keys] if st is not None else []
+            pt = p
+            if not same_layout(g, p):
+                g = torch.empty_like(p).copy_(g)
+                cacheable = False
+        else:
+            cacheable = False
+            pt = p.detach().contiguous()
+            copy_back.append((p, pt))
+            g = g.contiguous()
+            bufs = []
+            for k in keys:
+                assert st is not None
+                b = st[k]
+                bc = b.contiguous()
+                if bc is not b:
+                    copy_back.append((b, bc))
+                bufs.append(bc)
+        mult = NATIVE_DTYPES[p.dtype][1]
+        row = [p.numel() * mult, self._row_aux(st, it.first), pt.data_ptr(), g.data_ptr()]
+        row.extend(b.data_ptr() for b in bufs)
+        step = (st["step"],) if st is not None and self._has_step else ()
+        return row, (pt, *bufs, *step), g, cacheable
 
     def _torch_step(self, group: dict, params: list[_Tensor]) -> None:
         """torch's own step for ``params`` of ``group`` (devices and layouts we do not take)."""
