@@ -1,6 +1,7 @@
 // Run-time choice of the SIMD build: AVX-512, AVX2+FMA or the x86-64 baseline, by cpuid.
 #include "pyfastopt/dispatch.h"
 
+#include <atomic>
 #include <cstring>
 
 namespace pyfastopt {
@@ -37,29 +38,38 @@ const KernelSet* best() {
   return &kernels_baseline;
 }
 
-const KernelSet* g_active = nullptr;
+// Read by kernels running without the GIL, possibly on several Python threads at once, while
+// set_simd() may write it: atomic (ThreadSanitizer found the plain pointer racing).
+std::atomic<const KernelSet*> g_active{nullptr};
 
 }  // namespace
 
 const KernelSet& active_kernels() {
-  if (g_active == nullptr) g_active = best();
-  return *g_active;
+  const KernelSet* k = g_active.load(std::memory_order_acquire);
+  if (k == nullptr) {
+    const KernelSet* expected = nullptr;
+    k = best();
+    if (!g_active.compare_exchange_strong(expected, k, std::memory_order_acq_rel)) k = expected;
+  }
+  return *k;
 }
 
 bool select_kernels(const char* name) {
+  const KernelSet* k = nullptr;
   if (std::strcmp(name, "auto") == 0) {
-    g_active = best();
+    k = best();
   } else if (std::strcmp(name, "avx512") == 0) {
     if (!cpu_has_avx512()) return false;
-    g_active = k_avx512;
+    k = k_avx512;
   } else if (std::strcmp(name, "avx2") == 0) {
     if (!cpu_has_avx2()) return false;
-    g_active = k_avx2;
+    k = k_avx2;
   } else if (std::strcmp(name, "baseline") == 0) {
-    g_active = &kernels_baseline;
+    k = &kernels_baseline;
   } else {
     return false;
   }
+  g_active.store(k, std::memory_order_release);
   return true;
 }
 
