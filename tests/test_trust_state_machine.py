@@ -6,8 +6,8 @@ weight). Hypothesis interleaves steps, option changes, group edits, ``p.data`` /
 state reassignments, re-views, ``load_state_dict`` both ways and thread-count changes, and after
 every rule both worlds must hold the same numbers, or both must have raised.
 
-CI runs a bounded budget. A longer hunt: ``PYFASTOPT_FUZZ_EXAMPLES=2000 pytest
-tests/test_trust_state_machine.py`` (about 10 minutes on two cores).
+CI runs a bounded budget. A longer hunt: ``PYFASTOPT_FUZZ_EXAMPLES=3000 pytest
+tests/test_trust_state_machine.py`` (about 2 minutes on two cores).
 """
 
 from __future__ import annotations
