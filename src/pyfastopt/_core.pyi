@@ -1,15 +1,22 @@
 """Type stubs of the native core (csrc/bindings/module.cpp)."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 class Plan:
     """A validated step table plus what must hold for it to stay valid."""
 
     def __init__(
-        self, group_params: list[Any], entries: list[tuple], table: Sequence[int], width: int
+        self,
+        group_params: list[Any],
+        rows: list[tuple],
+        table: Sequence[int],
+        width: int,
+        written: list[Any],
+        bump: Callable[[list[Any]], None],
     ) -> None: ...
     def collect(self, params: list[Any], state: dict) -> bool: ...
+    def set_aux(self, aux: Sequence[int]) -> None: ...
     @property
     def table(self) -> list[int]: ...
     @property
@@ -103,3 +110,4 @@ def select_simd(name: str) -> str: ...
 def supported_simd() -> list[str]: ...
 def build_info() -> dict[str, Any]: ...
 def openmp_max_threads() -> int: ...
+def time_signature_reads(tensor: Any, reps: int = 100000) -> list[tuple[str, float]]: ...
