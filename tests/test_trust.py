@@ -537,3 +537,19 @@ def test_other_thread_can_step_meanwhile():
     for t in ts:
         t.join()
     assert outs == [True, True]
+
+
+def test_plan_refuses_malformed_rows():
+    core = pyfastopt._core
+    p = torch.nn.Parameter(torch.zeros(4))
+    row = [4, 0, p.data_ptr(), 0]
+    bump = torch._C._increment_version
+    for bad in (
+        (p, None, (1,), (p,)),  # a check that is not a (key, value) pair
+        (p, [], (), (p,)),  # a state that is not a dict
+        (p, None, (), ()),  # no parameter held
+        (p, None, (), (torch._neg_view(torch.zeros(4)),)),  # a tensor the core may not read
+        (p, None, (), (torch.zeros(4),)),  # the table's address is not the held tensor's
+    ):
+        with pytest.raises(ValueError):
+            core.Plan([p], [bad], row, 4, [], bump)

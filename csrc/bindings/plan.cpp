@@ -50,6 +50,14 @@ Plan::Plan(py::list group_params, py::list rows, std::vector<int64_t> table, int
     if (row.hash == -1) throw py::error_already_set();
     row.state = py::reinterpret_borrow<py::object>(t[1]);
     row.checks = py::reinterpret_borrow<py::object>(t[2]);
+    for (py::handle pair : row.checks) {  // collect() reads them without further checks
+      if (!PyTuple_Check(pair.ptr()) || PyTuple_GET_SIZE(pair.ptr()) != 2) {
+        throw std::invalid_argument("pyfastopt: plan checks are (key, value) pairs");
+      }
+    }
+    if (!row.state.is_none() && !PyDict_Check(row.state.ptr())) {
+      throw std::invalid_argument("pyfastopt: a plan row's state must be a dict or None");
+    }
     for (py::handle h : py::reinterpret_borrow<py::tuple>(t[3])) {
       TensorSig sig;
       if (!read_sig(h.ptr(), &sig)) {
