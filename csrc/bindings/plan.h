@@ -23,11 +23,11 @@ namespace pyfastopt {
 class Plan {
  public:
   struct Row {
-    pybind11::object param;   // the group's parameter (state key, gradient owner)
-    Py_hash_t hash = -1;      // hash(param), for the state-dict lookup
-    pybind11::object state;   // the parameter's state dict, or None (stateless SGD)
-    pybind11::object checks;  // tuple of (key, tensor): what the state dict must still map
-    std::vector<TensorSig> sigs;          // of the row's tensors other than the gradient
+    pybind11::object param;       // the group's parameter (state key, gradient owner)
+    Py_hash_t hash = -1;          // hash(param), for the state-dict lookup
+    pybind11::object state;       // the parameter's state dict, or None (stateless SGD)
+    pybind11::object checks;      // tuple of (key, tensor): what the state dict must still map
+    std::vector<TensorSig> sigs;  // of the row's tensors other than the gradient
     std::vector<pybind11::object> held;   // those tensors; [0] is the parameter or its staging
     std::vector<pybind11::object> alias;  // a detached alias of each: keeps the memory alive
   };
@@ -35,8 +35,8 @@ class Plan {
   // rows: per table row, (param, state or None, checks, held): see Row. The table's parameter
   // address must be held[0]'s. written: tensors whose version counters `bump(written)` advances
   // after each call.
-  Plan(pybind11::list group_params, pybind11::list rows, std::vector<int64_t> table,
-       int64_t width, pybind11::list written, pybind11::object bump);
+  Plan(pybind11::list group_params, pybind11::list rows, std::vector<int64_t> table, int64_t width,
+       pybind11::list written, pybind11::object bump);
 
   // GIL held. True when the table is valid for this step (gradient addresses filled in).
   bool collect(pybind11::handle current_params, pybind11::handle state);

@@ -49,8 +49,8 @@ class Accessor {
           r = def_->ml_meth(self, nullptr);
           break;
         case METH_VARARGS | METH_KEYWORDS:
-          r = reinterpret_cast<PyCFunctionWithKeywords>(reinterpret_cast<void (*)()>(
-              def_->ml_meth))(self, empty_tuple(), nullptr);
+          r = reinterpret_cast<PyCFunctionWithKeywords>(
+              reinterpret_cast<void (*)()>(def_->ml_meth))(self, empty_tuple(), nullptr);
           break;
         case METH_FASTCALL:
           r = reinterpret_cast<_PyCFunctionFast>(reinterpret_cast<void (*)()>(def_->ml_meth))(
