@@ -6,9 +6,11 @@ this mixin replaces ``step``. A step groups a param group's tensors by dtype, va
 address and extent (``_state.py``), and makes one native call per (group, dtype).
 
 The first step of a group, and any step after something changed, takes the *general path*,
-which validates everything and caches a *plan*. Later steps take the *fast path*: they only
-confirm, per parameter, that the plan still describes it (same parameter storage, same state
-objects, a gradient with the parameter's layout) and fill in the gradient addresses.
+which validates everything and builds a native ``Plan`` per call; the Plan records the signature
+of every tensor it points at (``csrc/bindings/tensor_sig.h``). Later steps take the *fast path*:
+the Plan re-reads every signature with the same reader, re-checks the identity of the parameter
+list, state dicts and state entries, requires each gradient to fit its parameter, and fills in the
+gradient addresses; any difference goes back to the general path (docs/trust.md).
 """
 
 from __future__ import annotations
