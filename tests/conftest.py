@@ -31,3 +31,19 @@ def mnist_dir() -> Path:
 def _restore_threads():
     yield
     pyfastopt.set_num_threads(None)
+
+
+@pytest.fixture(params=["c-reader", "python-reader"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Runs a test once per metadata reader (``pyfastopt._reader``), in this process and in any
+    subprocess it starts."""
+    from pyfastopt import _reader
+
+    default = os.environ.get("PYFASTOPT_TORCH_ABI", "1") != "0"
+    on = request.param == "c-reader"
+    if on and not default:
+        pytest.skip("the C reader is switched off (PYFASTOPT_TORCH_ABI=0)")
+    monkeypatch.setenv("PYFASTOPT_TORCH_ABI", "1" if on else "0")
+    assert _reader.use_torch_abi(on) == on, "the C reader's probe failed in this torch"
+    yield request.param
+    _reader.use_torch_abi(default)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -60,3 +61,13 @@ def assert_same_state(ref: torch.optim.Optimizer, fast: torch.optim.Optimizer, *
         assert {k: v for k, v in gr.items() if k != "foreach"} == {
             k: v for k, v in gf.items() if k != "foreach"
         }
+
+
+@functools.cache
+def torch_inits_added_adagrad_groups() -> bool:
+    """Whether this torch's Adagrad gives a group added with ``add_param_group`` its state (torch
+    2.5 does not: its step then raises KeyError('sum'), which pyfastopt does not copy)."""
+    p, q = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adagrad([p])
+    opt.add_param_group({"params": [q]})
+    return q in opt.state

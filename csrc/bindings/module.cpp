@@ -15,6 +15,7 @@
 
 #include "plan.h"
 #include "pyfastopt/dispatch.h"
+#include "torch_abi.h"
 
 namespace py = pybind11;
 using pyfastopt::DType;
@@ -189,6 +190,14 @@ PYBIND11_MODULE(_core, m) {
       },
       doc);
 
+  m.def(
+      "use_torch_abi",
+      [](py::list samples, bool on) { return pyfastopt::abi::enable(samples.ptr(), on); },
+      py::arg("samples"), py::arg("on") = true,
+      "Read tensor metadata through torch's C entry points if a probe on `samples` agrees with "
+      "the Python accessors (else, or with on=False, through the accessors). Returns whether "
+      "the C reader is on. Plans taken with the other reader go back to the general path.");
+  m.def("torch_abi_enabled", &pyfastopt::abi::enabled, "Whether the C reader is on.");
   m.def(
       "time_signature_reads",
       [](py::handle t, int reps) { return pyfastopt::time_reads(t.ptr(), reps); },

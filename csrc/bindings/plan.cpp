@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "torch_abi.h"
+
 namespace py = pybind11;
 
 namespace pyfastopt {
@@ -13,11 +15,6 @@ PyObject* interned(const char* s) {
   PyObject* o = PyUnicode_InternFromString(s);
   if (o == nullptr) throw py::error_already_set();
   return o;  // never released
-}
-
-PyObject* grad_name() {
-  static PyObject* n = interned("grad");
-  return n;
 }
 
 PyObject* detach_name() {
@@ -120,11 +117,8 @@ bool Plan::collect(py::handle current_params, py::handle state) {
     for (std::size_t k = 0; k < row.sigs.size(); ++k) {
       if (!same_sig(row.held[k].ptr(), row.sigs[k])) return false;
     }
-    PyObject* g = PyObject_GetAttr(p, grad_name());
-    if (g == nullptr) {
-      PyErr_Clear();
-      return false;
-    }
+    PyObject* g = grad_of(p);
+    if (g == nullptr) return false;
     grads_.push_back(py::reinterpret_steal<py::object>(g));  // held until finish()
     int64_t gptr = 0;
     if (g == Py_None || !grad_fits(g, row.sigs[0], &gptr)) return false;
@@ -142,8 +136,18 @@ void Plan::set_aux(const std::vector<int64_t>& aux) {
 
 void Plan::finish() {
   grads_.clear();
-  if (PyList_GET_SIZE(written_.ptr()) == 0) return;
-  PyObject* r = PyObject_CallOneArg(bump_.ptr(), written_.ptr());
+  PyObject* written = written_.ptr();
+  Py_ssize_t done = 0;
+  if (abi::enabled()) {  // torch's own bump, called directly
+    while (done < PyList_GET_SIZE(written) && abi::bump_version(PyList_GET_ITEM(written, done))) {
+      ++done;
+    }
+  }
+  if (done == PyList_GET_SIZE(written)) return;
+  // the Python entry point bumps the rest, or raises torch's error for the one it refuses
+  py::list rest = py::reinterpret_steal<py::list>(PyList_GetSlice(written, done, PY_SSIZE_T_MAX));
+  if (!rest) throw py::error_already_set();
+  PyObject* r = PyObject_CallOneArg(bump_.ptr(), rest.ptr());
   if (r == nullptr) throw py::error_already_set();
   Py_DECREF(r);
 }

@@ -6,6 +6,9 @@
 
 #include <array>
 #include <chrono>
+#include <cstring>
+
+#include "torch_abi.h"
 
 namespace py = pybind11;
 
@@ -86,7 +89,7 @@ class Accessor {
 
 struct Accessors {
   PyTypeObject* type = nullptr;
-  Accessor data_ptr, dtype, shape, is_contiguous, stride, is_neg, is_conj, is_cpu, is_complex;
+  Accessor data_ptr, dtype, shape, is_contiguous, stride, is_neg, is_conj, is_cpu, is_complex, grad;
   explicit Accessors(PyTypeObject* t)
       : type(t),
         data_ptr(t, "data_ptr", true),
@@ -97,7 +100,8 @@ struct Accessors {
         is_neg(t, "is_neg", true),
         is_conj(t, "is_conj", true),
         is_cpu(t, "is_cpu", false),
-        is_complex(t, "is_complex", true) {}
+        is_complex(t, "is_complex", true),
+        grad(t, "grad", false) {}
 };
 
 // The accessors of the types the core takes (torch.Tensor, torch.nn.Parameter); nullptr for any
@@ -165,11 +169,40 @@ bool same_meta(PyObject* t, const Accessors& a, const TensorSig& s) {
   return !s.complex || is_false(a.is_conj(t));
 }
 
+// The same questions through the C reader: `m` against `s`.
+bool same_meta(const abi::Meta& m, const TensorSig& s) {
+  const auto dim = static_cast<std::size_t>(m.dim);
+  if (m.dtype != s.scalar || dim != s.sizes.size() || m.neg || m.conj) return false;
+  if (dim != 0 && std::memcmp(m.sizes, s.sizes.data(), dim * sizeof(int64_t)) != 0) return false;
+  if (s.single) return true;
+  return s.layout.empty() ? m.contiguous
+                          : std::memcmp(m.strides, s.layout.data(), dim * sizeof(int64_t)) == 0;
+}
+
+bool read_sig_native(PyObject* t, TensorSig* out) {
+  abi::Meta m;
+  if (!abi::read(t, &m)) return false;
+  TensorSig s;
+  s.type = Py_TYPE(t);
+  s.native = true;
+  s.ptr = m.ptr;
+  s.scalar = m.dtype;
+  s.sizes.assign(m.sizes, m.sizes + m.dim);
+  int64_t numel = 1;
+  for (int64_t n : s.sizes) numel *= n;
+  s.single = numel <= 1;
+  if (!m.contiguous) s.layout.assign(m.strides, m.strides + m.dim);  // dim >= 1 here
+  if (!same_meta(m, s)) return false;                                // neg/conj bits
+  *out = std::move(s);
+  return true;
+}
+
 }  // namespace
 
 bool read_sig(PyObject* t, TensorSig* out) {
   const Accessors* a = accessors_for(Py_TYPE(t));
   if (a == nullptr) return false;
+  if (abi::enabled()) return read_sig_native(t, out);
   TensorSig s;
   s.type = Py_TYPE(t);
   if (!is_true(a->is_cpu(t)) || !read_int(a->data_ptr(t), &s.ptr)) return false;
@@ -211,7 +244,11 @@ bool read_sig(PyObject* t, TensorSig* out) {
 }
 
 bool same_sig(PyObject* t, const TensorSig& s) {
-  if (Py_TYPE(t) != s.type) return false;
+  if (Py_TYPE(t) != s.type || s.native != abi::enabled()) return false;
+  if (s.native) {
+    abi::Meta m;
+    return abi::read(t, &m) && m.ptr == s.ptr && same_meta(m, s);
+  }
   const Accessors* a = accessors_for(s.type);
   int64_t ptr = 0;
   return read_int(a->data_ptr(t), &ptr) && ptr == s.ptr && same_meta(t, *a, s);
@@ -219,8 +256,23 @@ bool same_sig(PyObject* t, const TensorSig& s) {
 
 bool grad_fits(PyObject* g, const TensorSig& p, int64_t* ptr) {
   const Accessors* a = accessors_for(Py_TYPE(g));
+  if (a == nullptr || p.native != abi::enabled()) return false;
+  if (p.native) {
+    abi::Meta m;  // the device is read too: only CPU tensors pass
+    if (!abi::read(g, &m)) return false;
+    *ptr = m.ptr;
+    return same_meta(m, p);
+  }
   return a != nullptr && read_int(a->data_ptr(g), ptr) && same_meta(g, *a, p) &&
          is_true(a->is_cpu(g));
+}
+
+PyObject* grad_of(PyObject* p) {
+  static PyObject* name = PyUnicode_InternFromString("grad");
+  const Accessors* a = accessors_for(Py_TYPE(p));
+  PyObject* g = a != nullptr ? a->grad(p) : PyObject_GetAttr(p, name);
+  if (g == nullptr) PyErr_Clear();
+  return g;
 }
 
 std::vector<std::pair<std::string, double>> time_reads(PyObject* t, int reps) {
@@ -241,6 +293,17 @@ std::vector<std::pair<std::string, double>> time_reads(PyObject* t, int reps) {
   time("is_neg", a->is_neg);
   time("is_conj", a->is_conj);
   time("is_cpu", a->is_cpu);
+  time("grad", a->grad);
+  if (abi::enabled()) {
+    abi::Meta m;
+    const auto t0 = std::chrono::steady_clock::now();
+    bool ok = true;
+    for (int i = 0; i < reps; ++i) ok &= abi::read(t, &m);
+    const auto t1 = std::chrono::steady_clock::now();
+    if (!ok) throw std::runtime_error("pyfastopt: the C reader failed on a plain tensor");
+    out.emplace_back("C reader (every field)",
+                     std::chrono::duration<double, std::nano>(t1 - t0).count() / reps);
+  }
   TensorSig s;
   if (read_sig(t, &s)) {
     const auto t0 = std::chrono::steady_clock::now();

@@ -3,10 +3,12 @@
 // every fast-path step through the same reader, so the fast path checks exactly what the general
 // path checked.
 //
-// What is read, through torch's public Python accessors (no libtorch link, no struct layouts):
-//   type (exact torch.Tensor or torch.nn.Parameter), data_ptr(), dtype, shape, the layout
-//   (is_contiguous(), or stride() for a dense non-contiguous tensor), is_neg(), and is_conj() for
-//   complex dtypes (torch sets the conjugate bit on no other dtype).
+// What is read: type (exact torch.Tensor or torch.nn.Parameter), data_ptr(), dtype, shape, the
+// layout (is_contiguous(), or stride() for a dense non-contiguous tensor), is_neg() and is_conj().
+// Two readers answer the same questions: torch's C entry points (torch_abi.h, when its probe
+// passed; about ten times faster) or torch's Python accessors. A signature records which reader
+// took it and is only ever compared through that reader; switching readers sends every plan back
+// to the general path.
 // What is implied rather than read, for tensors a Plan holds across steps: the Plan keeps an alias
 // of each such tensor's storage, so while it lives no other allocation, host or device, can have
 // the same address; equal addresses then mean the same storage at the same storage offset on the
@@ -30,6 +32,10 @@ struct TensorSig {
   pybind11::object strides;   // None when contiguous, else the stride tuple
   bool single = false;        // at most one element: any strides lay it out alike
   bool complex = false;       // whether the conjugate bit must be read too
+  // the C reader's fields (`native`): scalar type, sizes, strides (empty when contiguous)
+  bool native = false;
+  int32_t scalar = -1;
+  std::vector<int64_t> sizes, layout;
 };
 
 // Reads `t`'s signature. False (Python error cleared) when `t` is not a plain CPU-strided tensor
@@ -42,6 +48,9 @@ bool same_sig(PyObject* t, const TensorSig& s);
 // True when `g` can serve as the gradient of a parameter with signature `p`: a plain CPU tensor of
 // p's dtype, shape and layout, no neg/conj bit. Its address goes to *ptr.
 bool grad_fits(PyObject* g, const TensorSig& p, int64_t* ptr);
+
+// p.grad as a new reference, or nullptr (Python error cleared) when the read fails.
+PyObject* grad_of(PyObject* p);
 
 // Diagnostics for the breakdown tool: nanoseconds per read of each accessor on `t`, and of a
 // whole same_sig(), averaged over `reps` reads.

@@ -3,8 +3,10 @@
 Times ``opt.step()`` of a small parameter set and, separately, its native pieces: the cached
 plan's per-step checks (``Plan.collect``: every tensor's signature re-read, the state objects'
 identity, the gradients), the native call without them (which includes the version-counter bump)
-and the bump alone; the rest is Python. Then the cost of each signature read, per tensor. Best of
-several repeats of many calls, so on a noisy machine the numbers are lower bounds.
+and the bump through torch's Python entry point; the rest is Python. Then the cost of each
+signature read, per tensor. With the C reader on (``pyfastopt._reader``) the checks and the bump
+go through torch's C entry points; ``--python-reader`` times the Python accessors instead. Best
+of several repeats of many calls, so on a noisy machine the numbers are lower bounds.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 import pyfastopt
-from pyfastopt import _core
+from pyfastopt import _core, _reader
 from pyfastopt.optim._base import _bump_versions
 
 
@@ -58,6 +60,36 @@ def breakdown(
     }
 
 
+def compare_readers(
+    tensors: int = 6, numel: int = 16, rounds: int = 7, calls: int = 20000
+) -> dict[str, dict[str, float]]:
+    """opt.step() of each optimizer with each reader, interleaved in one process: the median
+    over ``rounds`` of the best of 3 x ``calls`` steps, in microseconds."""
+    setups = {
+        "SGD": {"lr": 1e-3},
+        "SGD momentum": {"lr": 1e-3, "momentum": 0.9},
+        "Adam": {"lr": 1e-3},
+        "AdamW": {"lr": 1e-3},
+        "Adagrad": {"lr": 1e-3},
+        "RMSprop": {"lr": 1e-3},
+        "Adadelta": {"lr": 1e-3},
+    }
+    times: dict[str, dict[str, list[float]]] = {}
+    for name, kw in setups.items():
+        params = [torch.nn.Parameter(torch.randn(numel)) for _ in range(tensors)]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt = getattr(pyfastopt, name.split()[0])(params, **kw)
+        runs = times.setdefault(name, {"C": [], "Python": []})
+        for _ in range(rounds):
+            for reader in ("C", "Python"):
+                _reader.use_torch_abi(reader == "C")
+                opt.step()  # the general path once, then the plan
+                runs[reader].append(_best_us(opt.step, calls, 3))
+    _reader.use_torch_abi(True)
+    return {n: {k: sorted(v)[len(v) // 2] for k, v in r.items()} for n, r in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pyfastopt.bench.breakdown", description=__doc__
@@ -66,16 +98,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--numel", type=int, default=16)
     names = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta"]
     parser.add_argument("--optimizer", default="Adam", choices=names)
+    parser.add_argument(
+        "--python-reader", action="store_true", help="read metadata through the Python accessors"
+    )
+    parser.add_argument(
+        "--compare-readers",
+        action="store_true",
+        help="time every optimizer's step with both readers, interleaved",
+    )
     args = parser.parse_args(argv)
+    pyfastopt.set_num_threads(1)
+    if args.compare_readers:
+        print(f"opt.step(), {args.tensors} tensors x {args.numel} elements, 1 thread, median of 7")
+        print(f"{'optimizer':<14}{'C reader':>10}{'Python':>10}  us")
+        for name, r in compare_readers(args.tensors, args.numel).items():
+            print(f"{name:<14}{r['C']:>10.2f}{r['Python']:>10.2f}")
+        return 0
+    c_reader = _reader.use_torch_abi(not args.python_reader)
     r = breakdown(args.tensors, args.numel, args.optimizer)
     print(
         f"{args.optimizer}, {args.tensors} tensors x {args.numel} elements, "
-        f"{int(r['tensors_checked'])} tensors checked per step, simd={_core.simd_path()}"
+        f"{int(r['tensors_checked'])} tensors checked per step, simd={_core.simd_path()}, "
+        f"reader={'C' if c_reader else 'Python accessors'}, 1 thread"
     )
     print(f"  opt.step()                          {r['step_us']:6.2f} us")
     print(f"  Plan.collect (every check)          {r['collect_us']:6.2f} us")
     print(f"  native call incl. version bump      {r['native_us']:6.2f} us")
-    print(f"    of which the version bump         {r['bump_us']:6.2f} us")
+    if c_reader:
+        print(f"  (bump via torch._C._increment_version {r['bump_us']:6.2f} us, not used)")
+    else:
+        print(f"    of which the version bump         {r['bump_us']:6.2f} us")
     print(f"  Python plumbing                     {r['python_us']:6.2f} us")
     print("  one signature read, per tensor:")
     for key, value in r.items():

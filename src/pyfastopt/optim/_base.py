@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 import torch.optim.optimizer as _topt
 
-from .. import _config, _core
+from .. import _config, _core, _reader  # noqa: F401  (_reader picks the metadata reader)
 from ..errors import StateError, UnsupportedError
 from ._layout import LOW_PRECISION, NATIVE_DTYPES, is_dense, same_layout
 from ._state import check_buffer, check_step, describe
