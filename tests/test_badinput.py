@@ -70,21 +70,22 @@ def test_non_tensor_parameter_raises(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_is_refused(name, dtype):
-    p = torch.zeros(3, dtype=dtype, requires_grad=True)
-    with pytest.raises(UnsupportedError, match=str(dtype)):
-        getattr(pyfastopt, name)([p], lr=0.1)
+def test_master_weights_and_stochastic_rounding_exclude_each_other(name):
+    with pytest.raises(ValueError, match="exclude"):
+        getattr(pyfastopt, name)(
+            [torch.zeros(3, requires_grad=True)], lr=0.1, master_weights=True,
+            stochastic_rounding=True,
+        )  # fmt: skip
 
 
-def test_low_precision_after_construction_is_refused_at_step():
-    p = torch.nn.Parameter(torch.zeros(3))
-    opt = pyfastopt.Adam([p], lr=0.1)
-    p.data = p.data.to(torch.bfloat16)
-    p.grad = torch.ones(3, dtype=torch.bfloat16)
-    with pytest.raises(UnsupportedError):
+@pytest.mark.parametrize("name", NAMES)
+def test_stochastic_rounding_of_float16_is_refused_at_step(name):
+    p = torch.nn.Parameter(torch.zeros(3, dtype=torch.float16))
+    opt = getattr(pyfastopt, name)([p], lr=0.1, stochastic_rounding=True)
+    p.grad = torch.ones(3, dtype=torch.float16)
+    with pytest.raises(UnsupportedError, match="bfloat16"):
         opt.step()
-    assert torch.equal(p.detach(), torch.zeros(3, dtype=torch.bfloat16))
+    assert torch.equal(p.detach(), torch.zeros(3, dtype=torch.float16))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -88,10 +88,10 @@ def test_supported_simd_paths_and_selection():
     assert pyfastopt._core.select_simd("auto") == paths[0]
 
 
-def _sgd(table, width=4, dtype=0, momentum=0.0):
+def _sgd(table, width=4, dtype=0, momentum=0.0, extra=None):
     core = pyfastopt._core
     return core.sgd_step(
-        table, None, None, width, dtype, 0.1, momentum, 0.0, 0.0, False, False, 1, 1 << 15
+        table, None, None, width, dtype, 0.1, momentum, 0.0, 0.0, False, False, 1, 1 << 15, extra
     )
 
 
@@ -106,6 +106,18 @@ def test_native_core_refuses_malformed_tables():
         _sgd([0, 0, 0, 0], dtype=7)
     with pytest.raises(ValueError):  # misaligned float32 address
         _sgd([1, 0, 4097, 4096])
+    with pytest.raises(ValueError):  # misaligned bfloat16 address
+        _sgd([1, 0, 4097, 4096], dtype=2)
+    with pytest.raises(ValueError):  # a rounding mode that does not exist
+        _sgd([0, 0, 0, 0], extra=(5, 0, 0, 0))
+    with pytest.raises(ValueError):  # stochastic rounding of float32
+        _sgd([0, 0, 0, 0], extra=(1, 0, 0, 0))
+    with pytest.raises(ValueError):  # stochastic rounding of float16
+        _sgd([0, 0, 0, 0], dtype=3, extra=(1, 0, 0, 0))
+    with pytest.raises(ValueError):  # a misaligned GradScaler scalar
+        _sgd([0, 0, 0, 0], extra=(0, 0, 4097, 0))
+    with pytest.raises(ValueError):  # master weights: the row needs the parameter's array too
+        _sgd([0, 0, 0, 0], dtype=2, extra=(2, 0, 0, 0))
     with pytest.raises(ValueError):  # null step counter
         pyfastopt._core.adam_step(
             [0, 0, 0, 0, 0, 0],
@@ -124,6 +136,7 @@ def test_native_core_refuses_malformed_tables():
             False,
             1,
             1 << 15,
+            None,
         )
     assert _sgd([0, 0, 0, 0]) is True  # an empty tensor is fine
 
@@ -150,7 +163,7 @@ def test_stale_plan_does_nothing():
     p.grad = torch.ones(4)
     before = p.detach().clone()
     ran = pyfastopt._core.sgd_step(
-        source, [q], opt.state, 4, 0, 0.5, 0.0, 0.0, 0.0, False, False, 1, 1 << 15
+        source, [q], opt.state, 4, 0, 0.5, 0.0, 0.0, 0.0, False, False, 1, 1 << 15, None
     )
     assert ran is False and torch.equal(p.detach(), before)
 

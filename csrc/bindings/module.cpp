@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -30,15 +31,44 @@ using pyfastopt::Plan;
 constexpr int64_t kReleaseGilMin = 16384;
 
 DType to_dtype(int code) {
-  if (code != 0 && code != 1) throw std::invalid_argument("pyfastopt: invalid dtype code");
+  if (code < 0 || code > 3) throw std::invalid_argument("pyfastopt: invalid dtype code");
   return static_cast<DType>(code);
+}
+
+// The storage options of a call: None, or (rounding, seed, grad_scale address, found_inf
+// address) with 0 for an absent scalar. The addresses are of float32 scalars that the caller
+// validated and holds for the call.
+struct Extra {
+  pyfastopt::Rounding rounding = pyfastopt::Rounding::kNearest;
+  uint64_t seed = 0;
+  const float* grad_scale = nullptr;
+  const float* found_inf = nullptr;
+};
+
+Extra to_extra(py::handle extra) {
+  Extra e;
+  if (extra.is_none()) return e;
+  auto t = extra.cast<std::tuple<int, uint64_t, int64_t, int64_t>>();
+  const int rounding = std::get<0>(t);
+  if (rounding < 0 || rounding > 2) throw std::invalid_argument("pyfastopt: invalid rounding");
+  e.rounding = static_cast<pyfastopt::Rounding>(rounding);
+  e.seed = std::get<1>(t);
+  for (int64_t a : {std::get<2>(t), std::get<3>(t)}) {
+    if (a < 0 || a % static_cast<int64_t>(alignof(float)) != 0) {
+      throw std::invalid_argument("pyfastopt: invalid GradScaler scalar address");
+    }
+  }
+  e.grad_scale = reinterpret_cast<const float*>(std::get<2>(t));
+  e.found_inf = reinterpret_cast<const float*>(std::get<3>(t));
+  return e;
 }
 
 // Runs `kernel(table)` on either a plain list table or a cached Plan (which first re-checks its
 // parameters, unless `params` is None because the caller already did). False: stale plan.
 template <class Kernel>
 bool run_on(py::handle source, py::handle params, py::handle state, int64_t width, bool step_f64,
-            int64_t parallel_min, Kernel&& kernel) {
+            int64_t parallel_min, py::handle extra, Kernel&& kernel) {
+  const Extra ex = to_extra(extra);
   std::vector<int64_t> owned;
   const int64_t* data = nullptr;
   std::size_t size = 0;
@@ -54,11 +84,15 @@ bool run_on(py::handle source, py::handle params, py::handle state, int64_t widt
     data = owned.data();
     size = owned.size();
   }
-  if (width < 4 || width > 7) throw std::invalid_argument("pyfastopt: invalid table row width");
+  if (width < 4 || width > 8) throw std::invalid_argument("pyfastopt: invalid table row width");
   if (size % static_cast<std::size_t>(width) != 0) {
     throw std::invalid_argument("pyfastopt: table length is not a multiple of its row width");
   }
-  const Table t{data, static_cast<int64_t>(size) / width, width, step_f64, parallel_min};
+  const Table t{data,         static_cast<int64_t>(size) / width,
+                width,        step_f64,
+                parallel_min, ex.rounding,
+                ex.seed,      ex.grad_scale,
+                ex.found_inf};
   int64_t total = 0;
   for (int64_t r = 0; r < t.rows; ++r) total += data[r * width];
   // Every tensor whose address is in the table is held while the kernel runs: by the Plan (its
@@ -124,17 +158,18 @@ PYBIND11_MODULE(_core, m) {
   const char* doc =
       "source: a list of int64 rows [numel, aux, ptr_0..ptr_{K-1}] or a Plan; params/state: the "
       "group's parameter list and the optimizer state to re-check a Plan against (None: already "
-      "checked); width: row length; dtype: 0 float32, 1 float64; step_f64: float64 step "
-      "counters. Returns False, doing nothing, when a Plan is stale.";
+      "checked); width: row length; dtype: 0 float32, 1 float64, 2 bfloat16, 3 float16; step_f64: "
+      "float64 step counters; extra: None or (rounding, seed, grad_scale address, found_inf "
+      "address). Returns False, doing nothing, when a Plan is stale.";
 
   m.def(
       "sgd_step",
       [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype, double lr,
          double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
-         int num_threads, int64_t parallel_min) {
+         int num_threads, int64_t parallel_min, py::handle extra) {
         const pyfastopt::SgdParams hp{lr, momentum, dampening, weight_decay, nesterov, maximize};
         const DType dt = to_dtype(dtype);
-        return run_on(src, params, state, width, false, parallel_min, [&](const Table& t) {
+        return run_on(src, params, state, width, false, parallel_min, extra, [&](const Table& t) {
           pyfastopt::active_kernels().sgd(t, dt, hp, num_threads);
         });
       },
@@ -143,10 +178,10 @@ PYBIND11_MODULE(_core, m) {
       "adagrad_step",
       [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
          bool step_f64, double lr, double lr_decay, double weight_decay, double eps, bool maximize,
-         int num_threads, int64_t parallel_min) {
+         int num_threads, int64_t parallel_min, py::handle extra) {
         const pyfastopt::AdagradParams hp{lr, lr_decay, weight_decay, eps, maximize};
         const DType dt = to_dtype(dtype);
-        return run_on(src, params, state, width, step_f64, parallel_min, [&](const Table& t) {
+        return run_on(src, params, state, width, step_f64, parallel_min, extra, [&](const Table& t) {
           pyfastopt::active_kernels().adagrad(t, dt, hp, num_threads);
         });
       },
@@ -155,10 +190,10 @@ PYBIND11_MODULE(_core, m) {
       "adadelta_step",
       [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
          bool step_f64, double lr, double rho, double eps, double weight_decay, bool maximize,
-         int num_threads, int64_t parallel_min) {
+         int num_threads, int64_t parallel_min, py::handle extra) {
         const pyfastopt::AdadeltaParams hp{lr, rho, eps, weight_decay, maximize};
         const DType dt = to_dtype(dtype);
-        return run_on(src, params, state, width, step_f64, parallel_min, [&](const Table& t) {
+        return run_on(src, params, state, width, step_f64, parallel_min, extra, [&](const Table& t) {
           pyfastopt::active_kernels().adadelta(t, dt, hp, num_threads);
         });
       },
@@ -167,11 +202,11 @@ PYBIND11_MODULE(_core, m) {
       "rmsprop_step",
       [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
          bool step_f64, double lr, double alpha, double eps, double weight_decay, double momentum,
-         bool centered, bool maximize, int num_threads, int64_t parallel_min) {
+         bool centered, bool maximize, int num_threads, int64_t parallel_min, py::handle extra) {
         const pyfastopt::RmspropParams hp{lr,       alpha,    eps,     weight_decay,
                                           momentum, centered, maximize};
         const DType dt = to_dtype(dtype);
-        return run_on(src, params, state, width, step_f64, parallel_min, [&](const Table& t) {
+        return run_on(src, params, state, width, step_f64, parallel_min, extra, [&](const Table& t) {
           pyfastopt::active_kernels().rmsprop(t, dt, hp, num_threads);
         });
       },
@@ -180,11 +215,11 @@ PYBIND11_MODULE(_core, m) {
       "adam_step",
       [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
          bool step_f64, double lr, double beta1, double beta2, double eps, double weight_decay,
-         bool amsgrad, bool maximize, bool decoupled, int num_threads, int64_t parallel_min) {
+         bool amsgrad, bool maximize, bool decoupled, int num_threads, int64_t parallel_min, py::handle extra) {
         const pyfastopt::AdamParams hp{lr,           beta1,   beta2,    eps,
                                        weight_decay, amsgrad, maximize, decoupled};
         const DType dt = to_dtype(dtype);
-        return run_on(src, params, state, width, step_f64, parallel_min, [&](const Table& t) {
+        return run_on(src, params, state, width, step_f64, parallel_min, extra, [&](const Table& t) {
           pyfastopt::active_kernels().adam(t, dt, hp, num_threads);
         });
       },

@@ -68,9 +68,14 @@ Plan::Plan(py::list group_params, py::list rows, std::vector<int64_t> table, int
       row.held.push_back(py::reinterpret_borrow<py::object>(h));
       row.sigs.push_back(std::move(sig));
     }
-    if (row.sigs.empty() || table_[i * static_cast<std::size_t>(width_) + 2] != row.sigs[0].ptr) {
-      throw std::invalid_argument("pyfastopt: plan row does not hold its parameter");
+    // held[0] is the parameter (its gradient must fit it); the row writes it as array 0, or as
+    // its last array when array 0 is a float32 master copy
+    bool holds = false;
+    for (int64_t k = 2; !row.sigs.empty() && k < width_; ++k) {
+      holds |= table_[i * static_cast<std::size_t>(width_) + static_cast<std::size_t>(k)] ==
+               row.sigs[0].ptr;
     }
+    if (!holds) throw std::invalid_argument("pyfastopt: plan row does not hold its parameter");
     rows_.push_back(std::move(row));
     ++i;
   }

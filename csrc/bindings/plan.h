@@ -32,8 +32,8 @@ class Plan {
     std::vector<pybind11::object> alias;  // a detached alias of each: keeps the memory alive
   };
 
-  // rows: per table row, (param, state or None, checks, held): see Row. The table's parameter
-  // address must be held[0]'s. written: tensors whose version counters `bump(written)` advances
+  // rows: per table row, (param, state or None, checks, held): see Row. held[0] is the tensor
+  // the gradient must fit (the parameter); its address must be one of the row's arrays. written: tensors whose version counters `bump(written)` advances
   // after each call.
   Plan(pybind11::list group_params, pybind11::list rows, std::vector<int64_t> table, int64_t width,
        pybind11::list written, pybind11::object bump);

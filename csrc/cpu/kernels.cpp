@@ -1,16 +1,23 @@
 // The CPU step functions. This file is compiled once per ISA (see CMakeLists.txt), each time into
 // its own namespace PFO_ISA_NS, with that ISA's code-generation flags; dispatch.cpp picks one at
-// run time. Here the host side of each algorithm lives: check the table, advance step counters,
-// build one rule per tensor, and hand them to the traversal.
+// run time. Here the host side of each algorithm lives: pick the storage policies of the call,
+// check the table, advance step counters, build one rule per tensor, and hand them to the
+// traversal.
+#include <array>
 #include <cmath>
+#include <cstddef>
 #include <optional>
 #include <stdexcept>
+#include <string>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "multi_tensor.h"
 #include "pyfastopt/dispatch.h"
 #include "pyfastopt/rules.h"
+#include "pyfastopt/storage.h"
 
 #ifndef PFO_ISA_NS
 #error "PFO_ISA_NS must name the ISA namespace of this build"
@@ -38,18 +45,96 @@ void with_bool(bool b, F&& f) {
   }
 }
 
-template <class F>
-void with_type(DType dtype, F&& f) {
+// ---- storage of a call ----------------------------------------------------------------------
+
+// The storage policies of one call: P for the parameter (array 0), G for the gradient (array 1),
+// S for the state buffers, O for the rounded parameter copy written after a float32 master
+// (Rounding::kMaster; void otherwise). AMP: GradScaler unscales the gradient in the step.
+template <class P, class G, class S, class O = void, bool AMP = false>
+struct Storage {
+  using param = P;
+  using grad = G;
+  using state = S;
+  using out = O;
+  using compute = typename P::compute;
+  static constexpr bool kCopy = !std::is_void_v<O>;
+  static constexpr bool kAmp = AMP;
+  // 16-bit gradients: the reference is torch's fused kernels (Adam's fused arithmetic order)
+  static constexpr bool kLowPrecision = std::is_same_v<typename G::storage, uint16_t>;
+};
+
+template <class St, std::size_t K, std::size_t I>
+using PolicyFor = std::conditional_t<
+    I == 0, typename St::param,
+    std::conditional_t<I == 1, typename St::grad,
+                       std::conditional_t<St::kCopy && I + 1 == K, typename St::out,
+                                          typename St::state>>>;
+
+template <class St, std::size_t K, std::size_t... I>
+std::tuple<PolicyFor<St, K, I>...> policies_of(std::index_sequence<I...>);
+
+template <class St, std::size_t K>
+using Policies = decltype(policies_of<St, K>(std::make_index_sequence<K>{}));
+
+template <class St, std::size_t... I>
+constexpr std::array<std::size_t, sizeof...(I)> alignments(std::index_sequence<I...>) {
+  return {alignof(typename PolicyFor<St, sizeof...(I), I>::storage)...};
+}
+
+[[noreturn]] void refuse(const char* what) {
+  throw std::invalid_argument(std::string("pyfastopt: ") + what);
+}
+
+// Calls f(Storage<...>{}) for the call's dtype, rounding and GradScaler use. Only the algorithms
+// torch lets GradScaler hand its scale to (fused SGD, Adagrad, Adam, AdamW) instantiate AMP.
+template <bool kAmpCapable, class F>
+void with_storage(const Table& t, DType dtype, F&& f) {
+  const bool amp = t.grad_scale != nullptr;
+  if (amp && !kAmpCapable) refuse("this optimizer takes no GradScaler scale in its step");
+  if (t.rounding != Rounding::kNearest && (dtype == DType::kFloat32 || dtype == DType::kFloat64)) {
+    refuse("stochastic rounding and master weights apply to bfloat16/float16 parameters");
+  }
+  if (amp && t.rounding == Rounding::kStochastic) {
+    refuse("stochastic rounding with GradScaler is not supported (use float16 with master weights)");
+  }
+  if (amp && dtype == DType::kFloat64) refuse("float64 gradients are unscaled before the call");
+  const bool master = t.rounding == Rounding::kMaster;
   switch (dtype) {
     case DType::kFloat32:
-      f(float{});
-      return;
+      if constexpr (kAmpCapable) {
+        if (amp) return f(Storage<Plain<float>, Plain<float>, Plain<float>, void, true>{});
+      }
+      return f(Storage<Plain<float>, ReadOnly<Plain<float>>, Plain<float>>{});
     case DType::kFloat64:
-      f(double{});
-      return;
+      return f(Storage<Plain<double>, ReadOnly<Plain<double>>, Plain<double>>{});
+    case DType::kBFloat16:
+      if constexpr (kAmpCapable) {
+        if (amp && master) {
+          return f(Storage<Plain<float>, Bf16, Plain<float>, WriteOnly<Bf16>, true>{});
+        }
+        if (amp) return f(Storage<Bf16, Bf16, Bf16, void, true>{});
+      }
+      if (master) return f(Storage<Plain<float>, ReadOnly<Bf16>, Plain<float>, WriteOnly<Bf16>>{});
+      if (t.rounding == Rounding::kStochastic) {
+        return f(Storage<Bf16Stochastic, ReadOnly<Bf16>, Bf16>{});
+      }
+      return f(Storage<Bf16, ReadOnly<Bf16>, Bf16>{});
+    case DType::kFloat16:
+      if (t.rounding == Rounding::kStochastic) refuse("stochastic rounding is for bfloat16");
+      if constexpr (kAmpCapable) {
+        if (amp && master) {
+          return f(Storage<Plain<float>, Fp16, Plain<float>, WriteOnly<Fp16>, true>{});
+        }
+        if (amp) return f(Storage<Fp16, Fp16, Fp16, void, true>{});
+      }
+      if (master) return f(Storage<Plain<float>, ReadOnly<Fp16>, Plain<float>, WriteOnly<Fp16>>{});
+      return f(Storage<Fp16, ReadOnly<Fp16>, Fp16>{});
   }
-  throw std::invalid_argument("pyfastopt: unsupported dtype code");
+  refuse("unsupported dtype code");
 }
+
+// GradScaler found an inf or NaN: torch's fused step returns before touching anything.
+bool skipped(const Table& t) { return t.found_inf != nullptr && *t.found_inf == 1.0f; }
 
 // Defence in depth: the Python layer validated every extent; here we still refuse a table whose
 // shape does not fit the chosen rule, and null or misaligned addresses.
@@ -63,19 +148,20 @@ void check_steps(const Table& t) {
   }
 }
 
-template <typename T>
-void check_table(const Table& t, int64_t arrays, bool has_step) {
-  if (t.width != 2 + arrays) {
+template <class St, std::size_t K>
+void check_table(const Table& t, bool has_step) {
+  if (t.width != 2 + static_cast<int64_t>(K)) {
     throw std::invalid_argument("pyfastopt: table row width does not match the update rule");
   }
+  constexpr auto align = alignments<St>(std::make_index_sequence<K>{});
   if (has_step) check_steps(t);
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t n = row_numel(t, r);
     if (n < 0) throw std::invalid_argument("pyfastopt: negative element count");
     if (n == 0) continue;
-    for (int64_t k = 0; k < arrays; ++k) {
+    for (std::size_t k = 0; k < K; ++k) {
       const int64_t a = row_ptrs(t, r)[k];
-      if (a == 0 || a % static_cast<int64_t>(alignof(T)) != 0) {
+      if (a == 0 || a % static_cast<int64_t>(align[k]) != 0) {
         throw std::invalid_argument("pyfastopt: null or misaligned tensor address");
       }
     }
@@ -86,6 +172,7 @@ void check_table(const Table& t, int64_t arrays, bool has_step) {
 // case: every tensor of a group is at the same step), so pow() runs once per call.
 template <class Rule, class Params>
 struct RuleForStep {
+  explicit RuleForStep(const Params& p) : hp(p) {}
   const Params& hp;
   double last = -1.0;
   std::optional<Rule> rule;
@@ -109,26 +196,43 @@ void refuse_zero_division(const Table& t, Divisor&& divisor) {
   }
 }
 
-template <typename T, class Rule, class Make>
+// The rule as the traversal applies it: with the master copy's extra array, with GradScaler's
+// unscaling.
+template <class St, class R>
+auto compose(const Table& t, R rule) {
+  using C = typename St::compute;
+  if constexpr (St::kCopy && St::kAmp) {
+    return Unscaled<WithCopy<R>>{WithCopy<R>{rule}, static_cast<C>(*t.grad_scale)};
+  } else if constexpr (St::kCopy) {
+    return WithCopy<R>{rule};
+  } else if constexpr (St::kAmp) {
+    return Unscaled<R>{rule, static_cast<C>(*t.grad_scale)};
+  } else {
+    return rule;
+  }
+}
+
+template <class St, class R, class Make>
 void run(const Table& t, bool has_step, int num_threads, Make&& make) {
-  check_table<T>(t, Rule::kArrays, has_step);
-  std::vector<Rule> rules;
+  using Full = decltype(compose<St>(t, std::declval<R>()));
+  constexpr std::size_t K = Full::kArrays;
+  check_table<St, K>(t, has_step);
+  std::vector<Full> rules;
   rules.reserve(static_cast<std::size_t>(t.rows));
-  for (int64_t r = 0; r < t.rows; ++r) rules.push_back(make(r));
-  cpu::multi_tensor_apply<T>(t, rules, num_threads);
+  for (int64_t r = 0; r < t.rows; ++r) rules.push_back(compose<St>(t, make(r)));
+  cpu::multi_tensor_apply<Policies<St, K>>(t, rules, num_threads);
 }
 
 void sgd(const Table& t, DType dtype, const SgdParams& hp, int nt) {
-  with_type(dtype, [&](auto tv) {
-    using T = decltype(tv);
-    with_bool(hp.maximize, [&](auto mx) {
-      with_bool(hp.weight_decay != 0.0, [&](auto l2) {
-        with_bool(hp.momentum != 0.0, [&](auto mom) {
-          with_bool(hp.nesterov, [&](auto nes) {
-            using R = SgdRule<T, decltype(mx)::value, decltype(l2)::value, decltype(mom)::value,
-                              decltype(nes)::value>;
-            run<T, R>(t, false, nt, [&](int64_t r) { return R(hp, (row_aux(t, r) & 1) != 0); });
-          });
+  if (skipped(t)) return;
+  with_storage<true>(t, dtype, [&](auto st) {
+    using St = decltype(st);
+    using C = typename St::compute;
+    with_bool(hp.weight_decay != 0.0, [&](auto l2) {
+      with_bool(hp.momentum != 0.0, [&](auto mom) {
+        with_bool(hp.nesterov, [&](auto nes) {
+          using R = SgdRule<C, decltype(l2)::value, decltype(mom)::value, decltype(nes)::value>;
+          run<St, R>(t, false, nt, [&](int64_t r) { return R(hp, (row_aux(t, r) & 1) != 0); });
         });
       });
     });
@@ -136,47 +240,45 @@ void sgd(const Table& t, DType dtype, const SgdParams& hp, int nt) {
 }
 
 void adagrad(const Table& t, DType dtype, const AdagradParams& hp, int nt) {
+  if (skipped(t)) return;
   refuse_zero_division(t, [&](double step) { return 1.0 + (step - 1.0) * hp.lr_decay; });
-  with_type(dtype, [&](auto tv) {
-    using T = decltype(tv);
-    with_bool(hp.maximize, [&](auto mx) {
-      with_bool(hp.weight_decay != 0.0, [&](auto l2) {
-        using R = AdagradRule<T, decltype(mx)::value, decltype(l2)::value>;
-        RuleForStep<R, AdagradParams> rule{hp};
-        run<T, R>(t, true, nt, [&](int64_t r) { return rule(cpu::advance_step(t, r)); });
-      });
+  with_storage<true>(t, dtype, [&](auto st) {
+    using St = decltype(st);
+    using C = typename St::compute;
+    with_bool(hp.weight_decay != 0.0, [&](auto l2) {
+      using R = AdagradRule<C, decltype(l2)::value>;
+      RuleForStep<R, AdagradParams> rule(hp);
+      run<St, R>(t, true, nt, [&](int64_t r) { return rule(cpu::advance_step(t, r)); });
     });
   });
 }
 
 void adadelta(const Table& t, DType dtype, const AdadeltaParams& hp, int nt) {
-  with_type(dtype, [&](auto tv) {
-    using T = decltype(tv);
-    with_bool(hp.maximize, [&](auto mx) {
-      with_bool(hp.weight_decay != 0.0, [&](auto l2) {
-        using R = AdadeltaRule<T, decltype(mx)::value, decltype(l2)::value>;
-        run<T, R>(t, true, nt, [&](int64_t r) {
-          cpu::advance_step(t, r);
-          return R(hp);
-        });
+  with_storage<false>(t, dtype, [&](auto st) {
+    using St = decltype(st);
+    using C = typename St::compute;
+    with_bool(hp.weight_decay != 0.0, [&](auto l2) {
+      using R = AdadeltaRule<C, decltype(l2)::value>;
+      run<St, R>(t, true, nt, [&](int64_t r) {
+        cpu::advance_step(t, r);
+        return R(hp);
       });
     });
   });
 }
 
 void rmsprop(const Table& t, DType dtype, const RmspropParams& hp, int nt) {
-  with_type(dtype, [&](auto tv) {
-    using T = decltype(tv);
-    with_bool(hp.maximize, [&](auto mx) {
-      with_bool(hp.weight_decay != 0.0, [&](auto l2) {
-        with_bool(hp.centered, [&](auto cen) {
-          with_bool(hp.momentum > 0.0, [&](auto mom) {
-            using R = RmspropRule<T, decltype(mx)::value, decltype(l2)::value, decltype(cen)::value,
-                                  decltype(mom)::value>;
-            run<T, R>(t, true, nt, [&](int64_t r) {
-              cpu::advance_step(t, r);
-              return R(hp);
-            });
+  with_storage<false>(t, dtype, [&](auto st) {
+    using St = decltype(st);
+    using C = typename St::compute;
+    with_bool(hp.weight_decay != 0.0, [&](auto l2) {
+      with_bool(hp.centered, [&](auto cen) {
+        with_bool(hp.momentum > 0.0, [&](auto mom) {
+          using R =
+              RmspropRule<C, decltype(l2)::value, decltype(cen)::value, decltype(mom)::value>;
+          run<St, R>(t, true, nt, [&](int64_t r) {
+            cpu::advance_step(t, r);
+            return R(hp);
           });
         });
       });
@@ -188,6 +290,7 @@ template <Decay D>
 using DecayTag = std::integral_constant<Decay, D>;
 
 void adam(const Table& t, DType dtype, const AdamParams& hp, int nt) {
+  if (skipped(t)) return;
   if (hp.beta1 == 1.0 || hp.beta1 == -1.0) {  // the only betas whose powers can reach 1 exactly
     refuse_zero_division(t, [&](double step) { return 1.0 - std::pow(hp.beta1, step); });
   }
@@ -206,15 +309,14 @@ void adam(const Table& t, DType dtype, const AdamParams& hp, int nt) {
         return;
     }
   };
-  with_type(dtype, [&](auto tv) {
-    using T = decltype(tv);
-    with_bool(hp.maximize, [&](auto mx) {
-      with_decay([&](auto dec) {
-        with_bool(hp.amsgrad, [&](auto ams) {
-          using R = AdamRule<T, decltype(mx)::value, decltype(dec)::value, decltype(ams)::value>;
-          RuleForStep<R, AdamParams> rule{hp};
-          run<T, R>(t, true, nt, [&](int64_t r) { return rule(cpu::advance_step(t, r)); });
-        });
+  with_storage<true>(t, dtype, [&](auto st) {
+    using St = decltype(st);
+    using C = typename St::compute;
+    with_decay([&](auto dec) {
+      with_bool(hp.amsgrad, [&](auto ams) {
+        using R = AdamRule<C, decltype(dec)::value, decltype(ams)::value, St::kLowPrecision>;
+        RuleForStep<R, AdamParams> rule(hp);
+        run<St, R>(t, true, nt, [&](int64_t r) { return rule(cpu::advance_step(t, r)); });
       });
     });
   });

@@ -1,10 +1,13 @@
 // The one CPU multi-tensor traversal: the elements of all tensors of a call, laid end to end,
 // are split between the threads of one OpenMP region, and each thread runs `omp simd` loops that
-// apply a rule element by element. Where a span starts never changes the arithmetic, so results
-// do not depend on the thread count.
+// apply a rule element by element. Each array of a row is read and written through its storage
+// policy (storage.h): load and convert to the rule's type, apply the rule, convert and store.
+// Where a span starts never changes the arithmetic (stochastic rounding draws its bits from the
+// element's index), so results do not depend on the thread count.
 #pragma once
 
 #include <cstdint>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -13,6 +16,7 @@
 #endif
 
 #include "pyfastopt/dispatch.h"
+#include "pyfastopt/storage.h"
 
 namespace pyfastopt {
 inline namespace PFO_ISA_NS {  // see rules.h: one copy per ISA build
@@ -26,16 +30,33 @@ inline const int64_t* row_ptrs(const Table& t, int64_t r) { return t.data + r * 
 // same cache line (tensors themselves start 64-byte aligned in torch's allocator).
 constexpr int64_t kAlign = 64;
 
-template <typename T, class Rule, std::size_t... I>
+// Pols: a std::tuple of one storage policy per array of the rule.
+template <class Pols, std::size_t I>
+using PolicyAt = std::tuple_element_t<I, Pols>;
+
+template <class Pols, class Rule, std::size_t... I>
 inline void apply_span(const Rule& rule, const int64_t* ptrs, int64_t begin, int64_t n,
-                       std::index_sequence<I...>) {
-  T* a[sizeof...(I)] = {(reinterpret_cast<T*>(ptrs[I]) + begin)...};
+                       uint64_t salt, std::index_sequence<I...>) {
+  using C = typename Rule::value_type;
+  constexpr bool kRandom = (PolicyAt<Pols, I>::kRandom || ...);
+  std::tuple<typename PolicyAt<Pols, I>::storage*...> a{
+      (reinterpret_cast<typename PolicyAt<Pols, I>::storage*>(ptrs[I]) + begin)...};
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) rule(a[I][i]...);
+  for (int64_t i = 0; i < n; ++i) {
+    C v[sizeof...(I)] = {static_cast<C>(PolicyAt<Pols, I>::load(std::get<I>(a) + i))...};
+    rule(v[I]...);
+    const uint32_t r = kRandom ? element_random(salt, begin + i) : 0u;
+    (PolicyAt<Pols, I>::store(std::get<I>(a) + i, v[I], r), ...);
+  }
+}
+
+// The stochastic-rounding key of row r: the call's seed (user seed, group, step) and the row.
+inline uint64_t row_salt(const Table& t, int64_t r) {
+  return t.seed ^ (static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull);
 }
 
 // Applies each row's rule to elements [begin, end) of the rows laid end to end.
-template <typename T, class Rule>
+template <class Pols, class Rule>
 void apply_range(const Table& table, const Rule* rules, int64_t begin, int64_t end) {
   int64_t offset = 0;
   for (int64_t r = 0; r < table.rows && offset < end; ++r) {
@@ -43,8 +64,8 @@ void apply_range(const Table& table, const Rule* rules, int64_t begin, int64_t e
     const int64_t lo = begin > offset ? begin : offset;
     const int64_t hi = end < offset + n ? end : offset + n;
     if (lo < hi) {
-      apply_span<T>(rules[r], row_ptrs(table, r), lo - offset, hi - lo,
-                    std::make_index_sequence<Rule::kArrays>{});
+      apply_span<Pols>(rules[r], row_ptrs(table, r), lo - offset, hi - lo, row_salt(table, r),
+                       std::make_index_sequence<Rule::kArrays>{});
     }
     offset += n;
   }
@@ -53,7 +74,7 @@ void apply_range(const Table& table, const Rule* rules, int64_t begin, int64_t e
 // Runs `rules[r]` over every element of row r. The elements of all rows form one range that a
 // single OpenMP region splits evenly between its threads (each thread one contiguous span, so
 // the hardware prefetchers see long streams); small calls stay on the calling thread.
-template <typename T, class Rule>
+template <class Pols, class Rule>
 void multi_tensor_apply(const Table& table, const std::vector<Rule>& rules, int num_threads) {
   int64_t total = 0;
   for (int64_t r = 0; r < table.rows; ++r) total += row_numel(table, r);
@@ -72,10 +93,10 @@ void multi_tensor_apply(const Table& table, const std::vector<Rule>& rules, int 
       const int64_t step = (per + kAlign - 1) / kAlign * kAlign;
       const int64_t begin = t * step < total ? t * step : total;
       const int64_t end = begin + step < total ? begin + step : total;
-      apply_range<T>(table, rs, begin, end);
+      apply_range<Pols>(table, rs, begin, end);
     }
   } else {
-    apply_range<T>(table, rs, 0, total);
+    apply_range<Pols>(table, rs, 0, total);
   }
 }
 

@@ -4,7 +4,7 @@
 // `[numel, aux, ptr_0, ..., ptr_{K-1}]`, where aux is the address of the tensor's step counter
 // (algorithms with a step) or a flag word (SGD: bit 0 = first step of the momentum buffer), and
 // ptr_k are the data addresses of the param, its gradient and its state buffers, all dense with
-// the same layout. The kernel builds check the row width, null and misaligned addresses; the
+// the same layout (and, with Rounding::kMaster, of the low-precision parameter last). The kernel builds check the row width, null and misaligned addresses; the
 // Python layer has already checked every extent.
 #pragma once
 
@@ -21,7 +21,16 @@ struct ZeroDivision : std::domain_error {
   using std::domain_error::domain_error;
 };
 
-enum class DType : int { kFloat32 = 0, kFloat64 = 1 };
+// The storage type of a call's parameters and gradients. bfloat16 and float16 are computed in
+// float32 and rounded once per stored value (storage.h).
+enum class DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
+
+// How a bfloat16/float16 parameter is stored back.
+//   kNearest: round to nearest even, state in the parameter's dtype (torch's layout);
+//   kStochastic: stochastic rounding of the parameter (bfloat16 only), state as kNearest;
+//   kMaster: array 0 is a float32 master copy, the state is float32, and each row has one more
+//            array at its end, the parameter itself, written as the rounded master.
+enum class Rounding : int { kNearest = 0, kStochastic = 1, kMaster = 2 };
 
 struct Table {
   const int64_t* data;
@@ -29,6 +38,14 @@ struct Table {
   int64_t width;
   bool step_f64;         // step counters are float64 (torch's default dtype was float64)
   int64_t parallel_min;  // fewer elements than this in a call run on the calling thread
+  Rounding rounding;     // bfloat16/float16 calls only
+  uint64_t seed;         // stochastic rounding: mixes the user's seed, the group and the step
+  // torch.amp.GradScaler (fused=True): float32 scalars, or null. found_inf == 1 skips the call;
+  // grad_scale unscales each gradient in the compute type, writes it back rounded and updates
+  // with the unrounded value (bfloat16/float16 calls; float32/float64 are unscaled in Python,
+  // which is the same arithmetic).
+  const float* grad_scale;
+  const float* found_inf;
 };  // a plain aggregate: no inline code that the per-ISA builds could emit differently
 
 struct KernelSet {

@@ -4,10 +4,17 @@
 // the same order, the same scalar casts (a Python scalar becomes the tensor's dtype before use)
 // and fused multiply-adds exactly where ATen's vectorised kernels use them (`add(x, alpha=a)` and
 // `lerp`). Step-dependent scalars are computed once per tensor on the host, in double, as torch
-// computes them in Python. Variants are template parameters, never branches in the inner loop.
+// computes them in Python. Variants that change the arrays or the arithmetic are template
+// parameters, never branches in the inner loop; `maximize` is a multiplication by -1 or 1, which
+// is exact (torch's fused kernels negate the same way).
+//
+// A rule computes in one type T (`value_type`). How each array is stored (float32, float64,
+// bfloat16, float16, a float32 master copy) is the traversal's business (storage.h).
 #pragma once
 
 #include <cmath>
+#include <tuple>
+#include <utility>
 
 #include "pyfastopt/macros.h"
 #include "pyfastopt/params.h"
@@ -57,36 +64,44 @@ struct Lerp {
 
 enum class Decay { kNone = 0, kL2 = 1, kDecoupled = 2 };
 
-// torch: grad = -grad if maximize; grad = grad.add(param, alpha=weight_decay) if weight_decay != 0.
-template <typename T, bool MAXIMIZE, bool L2>
-PFO_HD T prepare_grad(T g, T p, T wd) {
-  if (MAXIMIZE) g = -g;
-  if (L2) g = fmadd(wd, p, g);
+// torch: grad = -grad if maximize; grad = grad.add(param, alpha=weight_decay) if weight_decay != 0
+// (an fma in the for-loop's vectorised add; FUSED: torch's fused kernels multiply, then add).
+template <typename T, bool L2, bool FUSED = false>
+PFO_HD T prepare_grad(T g, T p, T wd, T sign) {
+  g = g * sign;
+  if (L2) g = FUSED ? g + p * wd : fmadd(wd, p, g);
   return g;
+}
+
+template <typename T>
+PFO_HD T sign_of(bool maximize) {
+  return maximize ? T(-1) : T(1);
 }
 
 // SGD. Arrays: p, g[, momentum_buffer]. `first` marks a tensor whose buffer torch would create by
 // cloning the gradient (the state held no momentum_buffer before this step).
-template <typename T, bool MAXIMIZE, bool L2, bool MOMENTUM, bool NESTEROV>
+template <typename T, bool L2, bool MOMENTUM, bool NESTEROV>
 struct SgdRule {
+  using value_type = T;
   static constexpr int kArrays = MOMENTUM ? 3 : 2;
-  T neg_lr, wd, momentum, one_minus_dampening;
+  T sign, neg_lr, wd, momentum, one_minus_dampening;
   bool first;
 
   SgdRule(const SgdParams& hp, bool first_step)
-      : neg_lr(static_cast<T>(-hp.lr)),
+      : sign(sign_of<T>(hp.maximize)),
+        neg_lr(static_cast<T>(-hp.lr)),
         wd(static_cast<T>(hp.weight_decay)),
         momentum(static_cast<T>(hp.momentum)),
         one_minus_dampening(static_cast<T>(1.0 - hp.dampening)),
         first(first_step) {}
 
   PFO_HD void operator()(T& p, const T& g0) const {
-    const T g = prepare_grad<T, MAXIMIZE, L2>(g0, p, wd);
+    const T g = prepare_grad<T, L2>(g0, p, wd, sign);
     p = fmadd(neg_lr, g, p);
   }
 
   PFO_HD void operator()(T& p, const T& g0, T& buf) const {
-    T g = prepare_grad<T, MAXIMIZE, L2>(g0, p, wd);
+    T g = prepare_grad<T, L2>(g0, p, wd, sign);
     const T b = first ? g : fmadd(one_minus_dampening, g, buf * momentum);
     buf = b;
     g = NESTEROV ? fmadd(momentum, b, g) : b;
@@ -95,18 +110,20 @@ struct SgdRule {
 };
 
 // Adagrad. Arrays: p, g, sum. clr = lr / (1 + (step - 1) * lr_decay), in double.
-template <typename T, bool MAXIMIZE, bool L2>
+template <typename T, bool L2>
 struct AdagradRule {
+  using value_type = T;
   static constexpr int kArrays = 3;
-  T neg_clr, wd, eps;
+  T sign, neg_clr, wd, eps;
 
   AdagradRule(const AdagradParams& hp, double step)
-      : neg_clr(static_cast<T>(-(hp.lr / (1.0 + (step - 1.0) * hp.lr_decay)))),
+      : sign(sign_of<T>(hp.maximize)),
+        neg_clr(static_cast<T>(-(hp.lr / (1.0 + (step - 1.0) * hp.lr_decay)))),
         wd(static_cast<T>(hp.weight_decay)),
         eps(static_cast<T>(hp.eps)) {}
 
   PFO_HD void operator()(T& p, const T& g0, T& sum) const {
-    const T g = prepare_grad<T, MAXIMIZE, L2>(g0, p, wd);
+    const T g = prepare_grad<T, L2>(g0, p, wd, sign);
     const T s = fmadd(g, g, sum);  // state_sum.addcmul_(grad, grad, value=1)
     sum = s;
     const T std_ = std::sqrt(s) + eps;
@@ -115,20 +132,22 @@ struct AdagradRule {
 };
 
 // Adadelta. Arrays: p, g, square_avg, acc_delta.
-template <typename T, bool MAXIMIZE, bool L2>
+template <typename T, bool L2>
 struct AdadeltaRule {
+  using value_type = T;
   static constexpr int kArrays = 4;
-  T neg_lr, wd, rho, one_minus_rho, eps;
+  T sign, neg_lr, wd, rho, one_minus_rho, eps;
 
   explicit AdadeltaRule(const AdadeltaParams& hp)
-      : neg_lr(static_cast<T>(-hp.lr)),
+      : sign(sign_of<T>(hp.maximize)),
+        neg_lr(static_cast<T>(-hp.lr)),
         wd(static_cast<T>(hp.weight_decay)),
         rho(static_cast<T>(hp.rho)),
         one_minus_rho(static_cast<T>(1.0 - hp.rho)),
         eps(static_cast<T>(hp.eps)) {}
 
   PFO_HD void operator()(T& p, const T& g0, T& sq, T& acc) const {
-    const T g = prepare_grad<T, MAXIMIZE, L2>(g0, p, wd);
+    const T g = prepare_grad<T, L2>(g0, p, wd, sign);
     const T s = fmadd(one_minus_rho * g, g, sq * rho);
     sq = s;
     const T std_ = std::sqrt(s + eps);
@@ -139,14 +158,16 @@ struct AdadeltaRule {
 };
 
 // RMSprop. Arrays: p, g, square_avg[, grad_avg][, momentum_buffer].
-template <typename T, bool MAXIMIZE, bool L2, bool CENTERED, bool MOMENTUM>
+template <typename T, bool L2, bool CENTERED, bool MOMENTUM>
 struct RmspropRule {
+  using value_type = T;
   static constexpr int kArrays = 3 + (CENTERED ? 1 : 0) + (MOMENTUM ? 1 : 0);
-  T neg_lr, wd, alpha, one_minus_alpha, eps, momentum;
+  T sign, neg_lr, wd, alpha, one_minus_alpha, eps, momentum;
   Lerp<T> lerp;
 
   explicit RmspropRule(const RmspropParams& hp)
-      : neg_lr(static_cast<T>(-hp.lr)),
+      : sign(sign_of<T>(hp.maximize)),
+        neg_lr(static_cast<T>(-hp.lr)),
         wd(static_cast<T>(hp.weight_decay)),
         alpha(static_cast<T>(hp.alpha)),
         one_minus_alpha(static_cast<T>(1.0 - hp.alpha)),
@@ -173,12 +194,12 @@ struct RmspropRule {
   }
 
   PFO_HD void operator()(T& p, const T& g0, T& sq) const {
-    const T g = prepare_grad<T, MAXIMIZE, L2>(g0, p, wd);
+    const T g = prepare_grad<T, L2>(g0, p, wd, sign);
     plain_update(p, g, std::sqrt(square(sq, g)) + eps);
   }
   // centered xor momentum
   PFO_HD void operator()(T& p, const T& g0, T& sq, T& extra) const {
-    const T g = prepare_grad<T, MAXIMIZE, L2>(g0, p, wd);
+    const T g = prepare_grad<T, L2>(g0, p, wd, sign);
     const T s = square(sq, g);
     if (CENTERED) {
       plain_update(p, g, centered_avg(s, extra, g));
@@ -188,21 +209,26 @@ struct RmspropRule {
   }
   // centered and momentum
   PFO_HD void operator()(T& p, const T& g0, T& sq, T& ga, T& buf) const {
-    const T g = prepare_grad<T, MAXIMIZE, L2>(g0, p, wd);
+    const T g = prepare_grad<T, L2>(g0, p, wd, sign);
     momentum_update(p, buf, g, centered_avg(square(sq, g), ga, g));
   }
 };
 
-// Adam and AdamW. Arrays: p, g, exp_avg, exp_avg_sq[, max_exp_avg_sq].
-template <typename T, bool MAXIMIZE, Decay DECAY, bool AMSGRAD>
+// Adam and AdamW. Arrays: p, g, exp_avg, exp_avg_sq[, max_exp_avg_sq]. FUSED follows the
+// arithmetic of torch's fused CPU kernel (`_fused_adam`, the reference for bfloat16/float16):
+// L2 decay and the second moment as a multiply and an add, where the for-loop's vectorised ops
+// fuse them.
+template <typename T, Decay DECAY, bool AMSGRAD, bool FUSED = false>
 struct AdamRule {
+  using value_type = T;
   static constexpr int kArrays = AMSGRAD ? 5 : 4;
   static constexpr bool kL2 = DECAY == Decay::kL2;
-  T wd, decay_factor, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step_size;
+  T sign, wd, decay_factor, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step_size;
   Lerp<T> lerp;
 
   AdamRule(const AdamParams& hp, double step)
-      : wd(static_cast<T>(hp.weight_decay)),
+      : sign(sign_of<T>(hp.maximize)),
+        wd(static_cast<T>(hp.weight_decay)),
         decay_factor(static_cast<T>(1.0 - hp.lr * hp.weight_decay)),
         beta2(static_cast<T>(hp.beta2)),
         one_minus_beta2(static_cast<T>(1.0 - hp.beta2)),
@@ -213,9 +239,9 @@ struct AdamRule {
 
   PFO_HD T moments(T& p, T g0, T& m, T& v) const {
     if (DECAY == Decay::kDecoupled) p = p * decay_factor;
-    const T g = prepare_grad<T, MAXIMIZE, kL2>(g0, p, wd);
+    const T g = prepare_grad<T, kL2, FUSED>(g0, p, wd, sign);
     m = lerp(m, g);
-    const T s = fmadd(one_minus_beta2 * g, g, v * beta2);
+    const T s = FUSED ? v * beta2 + one_minus_beta2 * g * g : fmadd(one_minus_beta2 * g, g, v * beta2);
     v = s;
     return s;
   }
@@ -231,6 +257,48 @@ struct AdamRule {
     const T s = max_nan(vmax, moments(p, g0, m, v));
     vmax = s;
     update(p, m, s);
+  }
+};
+
+// ---- wrappers the traversal composes with any rule -------------------------------------------
+
+// torch.amp.GradScaler inside the step, as torch's fused kernels do it: the gradient (array 1) is
+// divided by the scale in the compute type, the rule uses that unrounded value, and the traversal
+// stores it back to the gradient rounded once.
+template <class Rule>
+struct Unscaled {
+  using value_type = typename Rule::value_type;
+  static constexpr int kArrays = Rule::kArrays;
+  Rule rule;
+  value_type scale;
+
+  template <class... S>
+  PFO_HD void operator()(value_type& p, value_type& g, S&... s) const {
+    g = g / scale;
+    rule(p, g, s...);
+  }
+};
+
+// One more array after the rule's own: the parameter, written as a copy of array 0 (the float32
+// master weight) that the traversal rounds to the parameter's dtype.
+template <class Rule>
+struct WithCopy {
+  using value_type = typename Rule::value_type;
+  static constexpr int kArrays = Rule::kArrays + 1;
+  Rule rule;
+
+  template <class... A>
+  PFO_HD void operator()(A&... a) const {
+    static_assert(sizeof...(A) == kArrays, "one copy array after the rule's arrays");
+    auto refs = std::tie(a...);
+    apply(refs, std::make_index_sequence<sizeof...(A) - 1>{});
+    std::get<sizeof...(A) - 1>(refs) = std::get<0>(refs);
+  }
+
+ private:
+  template <class Tuple, std::size_t... I>
+  PFO_HD void apply(Tuple& refs, std::index_sequence<I...>) const {
+    rule(std::get<I>(refs)...);
   }
 };
 

@@ -24,7 +24,9 @@ import torch.optim.optimizer as _topt
 
 from .. import _config, _core, _reader  # noqa: F401  (_reader picks the metadata reader)
 from ..errors import StateError, UnsupportedError
-from ._layout import LOW_PRECISION, NATIVE_DTYPES, is_dense, same_layout
+from . import _precision
+from ._layout import NATIVE_DTYPES, is_dense, same_layout
+from ._precision import MASTER, MASTER_KEY
 from ._state import check_buffer, check_step, describe
 
 _Tensor = torch.Tensor
@@ -44,11 +46,24 @@ class _Call:
     in ``collect`` and is the fast path.
     """
 
-    __slots__ = ("dtype", "step_f64", "rows", "table", "width", "written", "steady_aux", "source")
+    __slots__ = (
+        "dtype",
+        "step_f64",
+        "rounding",
+        "salt",
+        "rows",
+        "table",
+        "width",
+        "written",
+        "steady_aux",
+        "source",
+    )
 
-    def __init__(self, dtype: int, step_f64: bool) -> None:
+    def __init__(self, dtype: int, step_f64: bool, rounding: int, salt: int) -> None:
         self.dtype = dtype
         self.step_f64 = step_f64
+        self.rounding = rounding  # _precision.NEAREST / STOCHASTIC / MASTER
+        self.salt = salt  # stochastic rounding: tells this call's rows from other calls'
         self.rows: list[tuple] = []  # (param, state dict|None, checks, held tensors)
         self.table: list[int] = []
         self.width = 0
@@ -88,10 +103,10 @@ class _Plan:
 class _Item:
     """A validated parameter of the general path, before its row is laid out."""
 
-    __slots__ = ("p", "g", "st", "first")
+    __slots__ = ("p", "g", "st", "first", "mode")
 
-    def __init__(self, p: _Tensor, g: _Tensor, st: dict | None, first: bool) -> None:
-        self.p, self.g, self.st, self.first = p, g, st, first
+    def __init__(self, p: _Tensor, g: _Tensor, st: dict | None, first: bool, mode: int) -> None:
+        self.p, self.g, self.st, self.first, self.mode = p, g, st, first, mode
 
 
 class FastOptimizer(torch.optim.Optimizer):
@@ -104,6 +119,17 @@ class FastOptimizer(torch.optim.Optimizer):
     _has_step: ClassVar[bool] = True
     #: buffers torch creates at their first use rather than with the rest of the state
     _lazy_buffers: ClassVar[tuple[str, ...]] = ()
+    #: whether torch lets GradScaler hand this optimizer its scale (``fused=True``)
+    _amp_in_kernel: ClassVar[bool] = False
+
+    def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        options = _precision.split_options(kwargs)  # master_weights, stochastic_rounding
+        super().__init__(params, *args, **kwargs)
+        if options:
+            self.defaults.update(options)
+            for group in self.param_groups:
+                for key, value in options.items():
+                    group.setdefault(key, value)
 
     # ---- per-algorithm hooks -------------------------------------------------------------
     def _buffer_keys(self, group: dict) -> tuple[str, ...]:
@@ -123,7 +149,47 @@ class FastOptimizer(torch.optim.Optimizer):
     def _plan_key(self, group: dict) -> tuple:
         """What a cached plan is valid for: the buffer names its rows hold, and the flags that
         ``_check_group_options`` refuses (so setting them by hand is caught at the next step)."""
-        return (self._buffer_keys(group), group.get("capturable"), group.get("differentiable"))
+        return (
+            self._buffer_keys(group),
+            group.get("capturable"),
+            group.get("differentiable"),
+            group.get("master_weights"),
+            group.get("stochastic_rounding"),
+        )
+
+    def _skipped_by_scaler(self) -> bool:
+        """Whether GradScaler's found_inf made the kernels skip this step (general path only)."""
+        found_inf = self.__dict__.get("_amp_found_inf")
+        return found_inf is not None and bool(found_inf.item() == 1.0)
+
+    def _extra(self, call: _Call, group: dict) -> tuple | None:
+        """The native call's storage options: None, or (rounding, seed, grad_scale address,
+        found_inf address)."""
+        amp = self.__dict__.get("_amp_pointers")
+        if call.rounding == 0 and amp is None:
+            return None
+        seed = _precision.call_seed(group, call.salt) if call.rounding == 1 else 0
+        gs, fi = amp if amp is not None else (0, 0)
+        return (call.rounding, seed, gs, fi)
+
+    def _restore_master_state(self, state_dict: dict[str, Any]) -> None:
+        """torch's loader casts floating state to the parameter's dtype; with master weights the
+        master copy and the buffers of a low-precision parameter are float32: take them from the
+        checkpoint again."""
+        saved = state_dict.get("state", {})
+        saved_groups = state_dict.get("param_groups", [])
+        for sg, group in zip(saved_groups, self.param_groups):
+            if not group.get("master_weights"):
+                continue
+            for pid, p in zip(sg.get("params", []), group["params"]):
+                src, st = saved.get(pid), self.state.get(p)
+                if not isinstance(src, dict) or not isinstance(st, dict):
+                    continue
+                if p.dtype not in _precision.LOW_PRECISION:
+                    continue
+                for k, v in src.items():
+                    if k != "step" and isinstance(v, torch.Tensor) and v.dtype == torch.float32:
+                        st[k] = v.detach().to(device=p.device, copy=True)
 
     def _uses_state(self, group: dict) -> bool:
         return True
@@ -156,6 +222,11 @@ class FastOptimizer(torch.optim.Optimizer):
         self._fastopt_plans = {}
         try:
             for group in self.param_groups:
+                for key in _precision.OPTIONS + ("sr_seed", "sr_step"):
+                    if key in self.defaults:
+                        group.setdefault(key, self.defaults[key])
+            self._restore_master_state(state_dict)
+            for group in self.param_groups:
                 _check_group_options(self, group)
                 self._validate_loaded(group)
         except Exception:
@@ -177,11 +248,16 @@ class FastOptimizer(torch.optim.Optimizer):
                 raise StateError(f"{where}: state must be a dict, got {describe(st)}")
             if not st or not _native_tensor(p):
                 continue
+            mode = _precision.row_mode(p, group, where)
+            _precision.settle_state(p, st, keys, mode)
+            sdt = _precision.state_dtype(p, mode)
             for key in keys:
                 # SGD's buffer may legitimately be absent until the first step with a gradient.
                 if key in self._lazy_buffers and st.get(key) is None:
                     continue
-                check_buffer(p, st, key, where)
+                check_buffer(p, st, key, where, sdt)
+            if mode == MASTER:
+                check_buffer(p, st, MASTER_KEY, where, torch.float32)
             if self._has_step:
                 check_step(st, where)
 
@@ -221,6 +297,8 @@ class FastOptimizer(torch.optim.Optimizer):
             for key in [k for k in plans if k not in live]:
                 del plans[key]
         for group in groups:
+            if group.get("stochastic_rounding"):  # the step that keys the rounding bits
+                group["sr_step"] = group.get("sr_step", 0) + 1
             plan = plans.get(id(group))
             # a plan is keyed by the options that decide what its tables mean (the buffer
             # names) or whether a step is allowed: any change takes the general path
@@ -239,6 +317,16 @@ class FastOptimizer(torch.optim.Optimizer):
         d = self.__dict__
         grad_scale, found_inf = d.pop("grad_scale", None), d.pop("found_inf", None)
         try:
+            amp = None
+            if self._amp_in_kernel:
+                amp = _precision.amp_pointers(self, grad_scale, found_inf, _native_tensor)
+            if amp is not None:  # the kernel skips on found_inf == 1 and unscales in its step
+                d["_amp_pointers"], d["_amp_found_inf"] = amp, found_inf
+                try:
+                    self._step(None)
+                finally:
+                    del d["_amp_pointers"], d["_amp_found_inf"]
+                return loss
             if found_inf is not None and bool(found_inf.detach().sum().item() != 0):
                 return loss
             if grad_scale is not None:
@@ -292,38 +380,50 @@ class FastOptimizer(torch.optim.Optimizer):
             ):
                 # torch's own step, which computes or raises exactly as torch does: other
                 # devices, subclasses, neg/conj views, a gradient of another dtype or shape
-                _refuse_low_precision(p, where)
+                _refuse_non_float(p, where)
                 fallback.append(p)
                 continue
             st: dict | None = None
             first = firsts.get(id(p))
-            if uses_state:
+            mode = _precision.row_mode(p, group, where)
+            if uses_state or mode == MASTER:
                 st = self.state[p]
                 if not isinstance(st, dict):
                     raise StateError(f"{where}: state must be a dict, got {describe(st)}")
                 if first is None:
                     first = False
-                    if len(st) == 0:
-                        self._init_state(p, st, group)
+                    if len(st) == 0 and uses_state:
+                        # master weights: torch's initial state of a float32 parameter
+                        like = p
+                        if mode == MASTER:
+                            like = torch.empty_like(p, dtype=torch.float32).copy_(p.detach())
+                            st[MASTER_KEY] = like
+                        self._init_state(like, st, group)
                         first = True
-                    elif any(st.get(k) is None for k in self._lazy_buffers):
+                    elif uses_state and any(st.get(k) is None for k in self._lazy_buffers):
                         for k in self._lazy_buffers:  # SGD's buffer: made at its first use
-                            st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                            st[k] = torch.zeros_like(
+                                p,
+                                dtype=_precision.state_dtype(p, mode),
+                                memory_format=torch.preserve_format,
+                            )
                         first = True
-                for k in keys:
-                    b = check_buffer(p, st, k, where)
+                _precision.settle_state(p, st, keys, mode)
+                sdt = _precision.state_dtype(p, mode)
+                for k in (*keys, MASTER_KEY) if mode == MASTER else keys:
+                    b = check_buffer(p, st, k, where, torch.float32 if k == MASTER_KEY else sdt)
                     if not _native_tensor(b):  # a neg/conj view or a subclass: a plain copy
                         st[k] = torch.empty_like(b).copy_(b)
                 if self._has_step:
                     check_step(st, where)
             firsts[id(p)] = bool(first)
-            items.append(_Item(p, g, st, bool(first)))
+            items.append(_Item(p, g, st, bool(first), mode))
         if fallback:  # first: torch raises here for what it refuses (sparse Adam gradients)
             self._torch_step(group, fallback)
         calls: list[_Call] = []
         cacheable = not fallback
         for wave in _waves([it.p for it in items]):
-            wave_calls: dict[tuple[int, bool], _Call] = {}
+            wave_calls: dict[tuple[int, bool, int], _Call] = {}
             copy_back: list[tuple[_Tensor, _Tensor]] = []
             keep_alive: list[_Tensor] = []  # gradients and copies the calls read
             for it in (items[j] for j in wave):
@@ -335,15 +435,26 @@ class FastOptimizer(torch.optim.Optimizer):
                 step_f64 = bool(
                     st is not None and self._has_step and st["step"].dtype == torch.float64
                 )
-                checks = () if st is None else tuple((k, st[k]) for k in (*keys, *step_key))
-                wave_calls.setdefault((code, step_f64), _Call(code, step_f64)).add(
-                    it.p, st, checks, held, row, self._row_aux(st, False)
+                own = (MASTER_KEY,) if it.mode == MASTER else ()
+                checks = (
+                    () if st is None else tuple((k, st[k]) for k in (*keys, *own, *step_key))
                 )
+                ck = (code, step_f64, it.mode)
+                if ck not in wave_calls:  # salt: group and call, for stochastic rounding
+                    salt = (gi << 24) + (len(calls) << 4) + len(wave_calls)
+                    wave_calls[ck] = _Call(code, step_f64, it.mode, salt)
+                wave_calls[ck].add(it.p, st, checks, held, row, self._row_aux(st, False))
             for call in wave_calls.values():
                 call.build(params)
                 self._native_step(call, None, None, group, threads)
                 call.source.set_aux(call.steady_aux)
                 calls.append(call)
+            if self._skipped_by_scaler():  # nothing was stepped: undo lazily made buffers
+                for it in (items[j] for j in wave):
+                    if it.first and it.st is not None:
+                        for k in self._lazy_buffers:
+                            it.st.pop(k, None)
+                cacheable = False
             if copy_back:
                 with torch.no_grad():
                     for dst, src in copy_back:
@@ -363,12 +474,15 @@ class FastOptimizer(torch.optim.Optimizer):
         with gaps is updated through contiguous copies, recorded in ``copy_back``.
         """
         p, g, st = it.p, it.g, it.st
+        master = it.mode == MASTER
+        if master:
+            keys = (MASTER_KEY, *keys)  # laid out like a buffer, table array 0
         cacheable = True
         if is_dense(p):
             if st is not None:
                 for k in keys:
                     if not same_layout(st[k], p):
-                        st[k] = torch.empty_like(p).copy_(st[k])
+                        st[k] = torch.empty_like(p, dtype=st[k].dtype).copy_(st[k])
             bufs = [st[k] for k in keys] if st is not None else []
             pt = p
             if not same_layout(g, p):
@@ -388,9 +502,15 @@ class FastOptimizer(torch.optim.Optimizer):
                     copy_back.append((b, bc))
                 bufs.append(bc)
         mult = NATIVE_DTYPES[p.dtype][1]
+        step = (st["step"],) if st is not None and self._has_step else ()
+        if master:  # [master, grad, buffers..., parameter]: the parameter is the rounded master
+            row = [p.numel() * mult, self._row_aux(st, it.first), bufs[0].data_ptr()]
+            row.append(g.data_ptr())
+            row.extend(b.data_ptr() for b in bufs[1:])
+            row.append(pt.data_ptr())
+            return row, (pt, *bufs, *step), g, cacheable
         row = [p.numel() * mult, self._row_aux(st, it.first), pt.data_ptr(), g.data_ptr()]
         row.extend(b.data_ptr() for b in bufs)
-        step = (st["step"],) if st is not None and self._has_step else ()
         return row, (pt, *bufs, *step), g, cacheable
 
     def _torch_step(self, group: dict, params: list[_Tensor]) -> None:
@@ -488,12 +608,7 @@ def _waves(params: list[_Tensor]) -> list[list[int]]:
     return out
 
 
-def _refuse_low_precision(p: _Tensor, where: str) -> None:
-    if p.device.type == "cpu" and p.dtype in LOW_PRECISION:
-        raise UnsupportedError(
-            f"{where}: pyfastopt does not update {p.dtype} parameters yet (float32, float64, "
-            "complex64 and complex128 are supported); keep an fp32 master copy or use torch.optim"
-        )
+def _refuse_non_float(p: _Tensor, where: str) -> None:
     if (
         p.device.type == "cpu"
         and p.layout == torch.strided
@@ -513,9 +628,6 @@ def _check_group_options(opt: torch.optim.Optimizer, group: dict) -> None:
             f"{type(opt).__name__}: capturable=True has no meaning for CPU parameters "
             "(there is no graph to capture); leave it False"
         )
-    for i, p in enumerate(group["params"]):
-        if p.device.type == "cpu" and p.dtype in LOW_PRECISION:
-            _refuse_low_precision(p, f"param {i} of the new group")
 
 
 def _group_index(opt: torch.optim.Optimizer, group: dict) -> int:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import torch
 
 #: dtype -> (native dtype code, element multiplier). Complex tensors are updated through their
-#: real view, exactly as torch's for-loop does with ``view_as_real``.
+#: real view, exactly as torch's for-loop does with ``view_as_real``. bfloat16 and float16 are
+#: computed in float32 and rounded once per stored value (csrc/include/pyfastopt/storage.h).
 NATIVE_DTYPES: dict[torch.dtype, tuple[int, int]] = {
     torch.float32: (0, 1),
     torch.float64: (1, 1),
     torch.complex64: (0, 2),
     torch.complex128: (1, 2),
+    torch.bfloat16: (2, 1),
+    torch.float16: (3, 1),
 }
 
-#: dtypes torch optimizes that this release refuses rather than computing them differently.
+#: the 16-bit floating dtypes: float32 compute, one rounding per stored value.
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 

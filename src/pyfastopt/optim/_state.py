@@ -27,21 +27,25 @@ def describe(t: Any) -> str:
     return f"{type(t).__name__} {t!r}"[:120]
 
 
-def check_buffer(p: torch.Tensor, state: dict, key: str, where: str) -> torch.Tensor:
-    """Return ``state[key]`` if it is a strided tensor with ``p``'s shape, dtype and device."""
+def check_buffer(
+    p: torch.Tensor, state: dict, key: str, where: str, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Return ``state[key]`` if it is a strided tensor with ``p``'s shape and device, and
+    ``dtype`` (default: ``p``'s)."""
+    dtype = p.dtype if dtype is None else dtype
     if key not in state:
         raise StateError(f"{where}: state has no {key!r} entry (keys: {sorted(map(str, state))})")
     t = state[key]
     if (
         not isinstance(t, torch.Tensor)
         or t.layout != torch.strided
-        or t.dtype != p.dtype
+        or t.dtype != dtype
         or t.device != p.device
         or t.shape != p.shape
     ):
         raise StateError(
             f"{where}: state[{key!r}] must be a dense tensor like the parameter "
-            f"(shape={tuple(p.shape)}, dtype={p.dtype}, device={p.device}); got {describe(t)}"
+            f"(shape={tuple(p.shape)}, dtype={dtype}, device={p.device}); got {describe(t)}"
         )
     return t
 

@@ -46,4 +46,5 @@ class Adadelta(FastOptimizer, torch.optim.Adadelta):
             group["maximize"],
             threads,
             _PMIN,
+            self._extra(call, group),
         )

@@ -18,6 +18,7 @@ class Adagrad(FastOptimizer, torch.optim.Adagrad):
         + (torch.optim.Adagrad.__doc__ or "")
     )
     _torch_cls = torch.optim.Adagrad
+    _amp_in_kernel = True
 
     def _buffer_keys(self, group: dict) -> tuple[str, ...]:
         return ("sum",)
@@ -54,4 +55,5 @@ class Adagrad(FastOptimizer, torch.optim.Adagrad):
             group["maximize"],
             threads,
             _PMIN,
+            self._extra(call, group),
         )

@@ -15,6 +15,7 @@ from ._base import FastOptimizer, _Call
 class _AdamStep(FastOptimizer):
     #: AdamW decays decoupled whatever its groups say (before torch 2.6 it had no such group key)
     _always_decoupled = False
+    _amp_in_kernel = True
 
     def _buffer_keys(self, group: dict) -> tuple[str, ...]:
         if group["amsgrad"]:
@@ -58,6 +59,7 @@ class _AdamStep(FastOptimizer):
             self._always_decoupled or group.get("decoupled_weight_decay", False),
             threads,
             _PMIN,
+            self._extra(call, group),
         )
 
 

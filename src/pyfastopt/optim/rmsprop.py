@@ -57,4 +57,5 @@ class RMSprop(FastOptimizer, torch.optim.RMSprop):
             group["maximize"],
             threads,
             _PMIN,
+            self._extra(call, group),
         )

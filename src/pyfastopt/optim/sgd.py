@@ -16,6 +16,7 @@ class SGD(FastOptimizer, torch.optim.SGD):
         torch.optim.SGD.__doc__ or ""
     )
     _torch_cls = torch.optim.SGD
+    _amp_in_kernel = True
     _has_step = False
     _lazy_buffers = ("momentum_buffer",)
 
@@ -52,4 +53,5 @@ class SGD(FastOptimizer, torch.optim.SGD):
             group["maximize"],
             threads,
             _PMIN,
+            self._extra(call, group),
         )

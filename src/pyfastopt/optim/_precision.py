@@ -1,0 +1,130 @@
+"""bfloat16/float16 parameters: the opt-in storage modes and GradScaler inside the step.
+
+By default a bfloat16/float16 parameter keeps torch's layout: state in the parameter's dtype,
+every stored value computed in float32 and rounded once to nearest even. Two options go
+beyond torch (constructor keywords of every pyfastopt optimizer, kept per param group):
+
+- ``master_weights=True``: a float32 copy of each low-precision parameter lives in its state as
+  ``state["master_weight"]``, the state buffers are float32, and the step updates the copy and
+  writes the parameter as its rounded value in the same pass (apex's and DeepSpeed's
+  mixed-precision recipe). Saved and loaded with ``state_dict``.
+- ``stochastic_rounding=True`` (bfloat16 parameters): the parameter is rounded up or down at
+  random with probabilities that make the rounding unbiased. The bits come from a hash of
+  (seed, group, step, element), so a run is reproducible for a given ``torch.manual_seed`` and
+  independent of the thread count. State stays bfloat16, rounded to nearest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..errors import UnsupportedError
+from ._layout import LOW_PRECISION, NATIVE_DTYPES
+
+NEAREST, STOCHASTIC, MASTER = 0, 1, 2
+MASTER_KEY = "master_weight"
+OPTIONS = ("master_weights", "stochastic_rounding")
+_MASK = (1 << 64) - 1
+
+
+def split_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Remove pyfastopt's own keywords from a constructor's ``kwargs``; return the group keys."""
+    master = bool(kwargs.pop("master_weights", False))
+    stochastic = bool(kwargs.pop("stochastic_rounding", False))
+    if master and stochastic:
+        raise ValueError("master_weights and stochastic_rounding exclude each other")
+    keys: dict[str, Any] = {}
+    if master:
+        keys["master_weights"] = True
+    if stochastic:
+        keys["stochastic_rounding"] = True
+        # from torch's default generator: torch.manual_seed(s) makes the run reproducible
+        keys["sr_seed"] = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        keys["sr_step"] = 0
+    return keys
+
+
+def row_mode(p: torch.Tensor, group: dict, where: str) -> int:
+    """How the step stores ``p``: NEAREST, STOCHASTIC or MASTER (float32 parameters: NEAREST)."""
+    if p.dtype not in LOW_PRECISION:
+        return NEAREST
+    if group.get("master_weights"):
+        return MASTER
+    if group.get("stochastic_rounding"):
+        if p.dtype != torch.bfloat16:
+            raise UnsupportedError(
+                f"{where}: stochastic_rounding applies to bfloat16 parameters, not {p.dtype} "
+                "(use master_weights=True for float16)"
+            )
+        return STOCHASTIC
+    return NEAREST
+
+
+def state_dtype(p: torch.Tensor, mode: int) -> torch.dtype:
+    """The dtype of ``p``'s state buffers: float32 with master weights, else ``p``'s (torch's)."""
+    return torch.float32 if mode == MASTER else p.dtype
+
+
+def settle_state(p: torch.Tensor, st: dict, keys: tuple[str, ...], mode: int) -> None:
+    """Bring a low-precision parameter's state to its mode after the mode changed or a
+    checkpoint of the other mode was loaded: buffers between float32 and ``p``'s dtype, the
+    master copy made from ``p`` when missing."""
+    if p.dtype not in LOW_PRECISION:
+        return
+    want = state_dtype(p, mode)
+    for k in keys:
+        b = st.get(k)
+        if (
+            isinstance(b, torch.Tensor)
+            and b.dtype != want
+            and b.dtype in (torch.float32, p.dtype)
+            and b.shape == p.shape
+        ):
+            st[k] = b.detach().to(want)
+    if mode == MASTER and MASTER_KEY not in st:
+        st[MASTER_KEY] = torch.empty_like(p, dtype=torch.float32).copy_(p.detach())
+
+
+def call_seed(group: dict, salt: int) -> int:
+    """The stochastic-rounding seed of one native call at this step (the kernel adds the row)."""
+    x = (group["sr_seed"] * 0x9E3779B97F4A7C15 + group.get("sr_step", 0)) & _MASK
+    return (x * 0xBF58476D1CE4E5B9 ^ salt) & _MASK
+
+
+def amp_pointers(
+    opt: torch.optim.Optimizer,
+    grad_scale: Any,
+    found_inf: Any,
+    native: Callable[[torch.Tensor], bool],
+) -> tuple | None:
+    """(grad_scale address or 0, found_inf address or 0) when the whole step can take
+    GradScaler's scalars in the kernel: float32 CPU scalars, and every parameter with a gradient
+    a plain CPU float32/bfloat16/float16 tensor. None: unscale in Python as before."""
+    addrs = []
+    for t in (grad_scale, found_inf):
+        if t is None:
+            addrs.append(0)
+            continue
+        if not (
+            type(t) is torch.Tensor
+            and t.device.type == "cpu"
+            and t.dtype == torch.float32
+            and t.numel() == 1
+            and t.layout == torch.strided
+            and not t.is_neg()
+        ):
+            return None
+        addrs.append(t.data_ptr())
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            code = NATIVE_DTYPES.get(p.dtype, (None,))[0]
+            if code not in (0, 2, 3) or not native(p) or not native(p.grad):
+                return None
+            if p.grad.dtype != p.dtype or p.grad.shape != p.shape:
+                return None
+    return (addrs[0], addrs[1])
