@@ -181,9 +181,9 @@ PYBIND11_MODULE(_core, m) {
          int num_threads, int64_t parallel_min, py::handle extra) {
         const pyfastopt::AdagradParams hp{lr, lr_decay, weight_decay, eps, maximize};
         const DType dt = to_dtype(dtype);
-        return run_on(src, params, state, width, step_f64, parallel_min, extra, [&](const Table& t) {
-          pyfastopt::active_kernels().adagrad(t, dt, hp, num_threads);
-        });
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().adagrad(t, dt, hp, num_threads); });
       },
       doc);
   m.def(
@@ -193,9 +193,9 @@ PYBIND11_MODULE(_core, m) {
          int num_threads, int64_t parallel_min, py::handle extra) {
         const pyfastopt::AdadeltaParams hp{lr, rho, eps, weight_decay, maximize};
         const DType dt = to_dtype(dtype);
-        return run_on(src, params, state, width, step_f64, parallel_min, extra, [&](const Table& t) {
-          pyfastopt::active_kernels().adadelta(t, dt, hp, num_threads);
-        });
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().adadelta(t, dt, hp, num_threads); });
       },
       doc);
   m.def(
@@ -206,22 +206,23 @@ PYBIND11_MODULE(_core, m) {
         const pyfastopt::RmspropParams hp{lr,       alpha,    eps,     weight_decay,
                                           momentum, centered, maximize};
         const DType dt = to_dtype(dtype);
-        return run_on(src, params, state, width, step_f64, parallel_min, extra, [&](const Table& t) {
-          pyfastopt::active_kernels().rmsprop(t, dt, hp, num_threads);
-        });
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().rmsprop(t, dt, hp, num_threads); });
       },
       doc);
   m.def(
       "adam_step",
       [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
          bool step_f64, double lr, double beta1, double beta2, double eps, double weight_decay,
-         bool amsgrad, bool maximize, bool decoupled, int num_threads, int64_t parallel_min, py::handle extra) {
+         bool amsgrad, bool maximize, bool decoupled, int num_threads, int64_t parallel_min,
+         py::handle extra) {
         const pyfastopt::AdamParams hp{lr,           beta1,   beta2,    eps,
                                        weight_decay, amsgrad, maximize, decoupled};
         const DType dt = to_dtype(dtype);
-        return run_on(src, params, state, width, step_f64, parallel_min, extra, [&](const Table& t) {
-          pyfastopt::active_kernels().adam(t, dt, hp, num_threads);
-        });
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().adam(t, dt, hp, num_threads); });
       },
       doc);
 

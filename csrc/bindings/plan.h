@@ -33,8 +33,8 @@ class Plan {
   };
 
   // rows: per table row, (param, state or None, checks, held): see Row. held[0] is the tensor
-  // the gradient must fit (the parameter); its address must be one of the row's arrays. written: tensors whose version counters `bump(written)` advances
-  // after each call.
+  // the gradient must fit (the parameter); its address must be one of the row's arrays. written:
+  // tensors whose version counters `bump(written)` advances after each call.
   Plan(pybind11::list group_params, pybind11::list rows, std::vector<int64_t> table, int64_t width,
        pybind11::list written, pybind11::object bump);
 

@@ -6,7 +6,6 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
-#include <optional>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -66,9 +65,9 @@ struct Storage {
 template <class St, std::size_t K, std::size_t I>
 using PolicyFor = std::conditional_t<
     I == 0, typename St::param,
-    std::conditional_t<I == 1, typename St::grad,
-                       std::conditional_t<St::kCopy && I + 1 == K, typename St::out,
-                                          typename St::state>>>;
+    std::conditional_t<
+        I == 1, typename St::grad,
+        std::conditional_t<St::kCopy && I + 1 == K, typename St::out, typename St::state>>>;
 
 template <class St, std::size_t K, std::size_t... I>
 std::tuple<PolicyFor<St, K, I>...> policies_of(std::index_sequence<I...>);
@@ -95,7 +94,8 @@ void with_storage(const Table& t, DType dtype, F&& f) {
     refuse("stochastic rounding and master weights apply to bfloat16/float16 parameters");
   }
   if (amp && t.rounding == Rounding::kStochastic) {
-    refuse("stochastic rounding with GradScaler is not supported (use float16 with master weights)");
+    refuse(
+        "stochastic rounding with GradScaler is not supported (use float16 with master weights)");
   }
   if (amp && dtype == DType::kFloat64) refuse("float64 gradients are unscaled before the call");
   const bool master = t.rounding == Rounding::kMaster;
@@ -172,16 +172,16 @@ void check_table(const Table& t, bool has_step) {
 // case: every tensor of a group is at the same step), so pow() runs once per call.
 template <class Rule, class Params>
 struct RuleForStep {
-  explicit RuleForStep(const Params& p) : hp(p) {}
+  explicit RuleForStep(const Params& p) : hp(p), rule(p, 1.0) {}
   const Params& hp;
-  double last = -1.0;
-  std::optional<Rule> rule;
+  Rule rule;
+  double last = 1.0;
   const Rule& operator()(double step) {
-    if (!rule || step != last) {
-      rule.emplace(hp, step);
+    if (step != last) {
+      rule = Rule(hp, step);
       last = step;
     }
-    return *rule;
+    return rule;
   }
 };
 
@@ -230,10 +230,8 @@ void sgd(const Table& t, DType dtype, const SgdParams& hp, int nt) {
     using C = typename St::compute;
     with_bool(hp.weight_decay != 0.0, [&](auto l2) {
       with_bool(hp.momentum != 0.0, [&](auto mom) {
-        with_bool(hp.nesterov, [&](auto nes) {
-          using R = SgdRule<C, decltype(l2)::value, decltype(mom)::value, decltype(nes)::value>;
-          run<St, R>(t, false, nt, [&](int64_t r) { return R(hp, (row_aux(t, r) & 1) != 0); });
-        });
+        using R = SgdRule<C, decltype(l2)::value, decltype(mom)::value>;
+        run<St, R>(t, false, nt, [&](int64_t r) { return R(hp, (row_aux(t, r) & 1) != 0); });
       });
     });
   });
@@ -274,8 +272,7 @@ void rmsprop(const Table& t, DType dtype, const RmspropParams& hp, int nt) {
     with_bool(hp.weight_decay != 0.0, [&](auto l2) {
       with_bool(hp.centered, [&](auto cen) {
         with_bool(hp.momentum > 0.0, [&](auto mom) {
-          using R =
-              RmspropRule<C, decltype(l2)::value, decltype(cen)::value, decltype(mom)::value>;
+          using R = RmspropRule<C, decltype(l2)::value, decltype(cen)::value, decltype(mom)::value>;
           run<St, R>(t, true, nt, [&](int64_t r) {
             cpu::advance_step(t, r);
             return R(hp);

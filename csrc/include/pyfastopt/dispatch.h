@@ -4,8 +4,9 @@
 // `[numel, aux, ptr_0, ..., ptr_{K-1}]`, where aux is the address of the tensor's step counter
 // (algorithms with a step) or a flag word (SGD: bit 0 = first step of the momentum buffer), and
 // ptr_k are the data addresses of the param, its gradient and its state buffers, all dense with
-// the same layout (and, with Rounding::kMaster, of the low-precision parameter last). The kernel builds check the row width, null and misaligned addresses; the
-// Python layer has already checked every extent.
+// the same layout (and, with Rounding::kMaster, of the low-precision parameter last). The kernel
+// builds check the row width, null and misaligned addresses; the Python layer has already checked
+// every extent.
 #pragma once
 
 #include <cstdint>

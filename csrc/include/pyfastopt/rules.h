@@ -80,12 +80,12 @@ PFO_HD T sign_of(bool maximize) {
 
 // SGD. Arrays: p, g[, momentum_buffer]. `first` marks a tensor whose buffer torch would create by
 // cloning the gradient (the state held no momentum_buffer before this step).
-template <typename T, bool L2, bool MOMENTUM, bool NESTEROV>
+template <typename T, bool L2, bool MOMENTUM>
 struct SgdRule {
   using value_type = T;
   static constexpr int kArrays = MOMENTUM ? 3 : 2;
   T sign, neg_lr, wd, momentum, one_minus_dampening;
-  bool first;
+  bool first, nesterov;
 
   SgdRule(const SgdParams& hp, bool first_step)
       : sign(sign_of<T>(hp.maximize)),
@@ -93,7 +93,8 @@ struct SgdRule {
         wd(static_cast<T>(hp.weight_decay)),
         momentum(static_cast<T>(hp.momentum)),
         one_minus_dampening(static_cast<T>(1.0 - hp.dampening)),
-        first(first_step) {}
+        first(first_step),
+        nesterov(hp.nesterov) {}
 
   PFO_HD void operator()(T& p, const T& g0) const {
     const T g = prepare_grad<T, L2>(g0, p, wd, sign);
@@ -104,7 +105,7 @@ struct SgdRule {
     T g = prepare_grad<T, L2>(g0, p, wd, sign);
     const T b = first ? g : fmadd(one_minus_dampening, g, buf * momentum);
     buf = b;
-    g = NESTEROV ? fmadd(momentum, b, g) : b;
+    g = nesterov ? fmadd(momentum, b, g) : b;  // both computed, one selected: no branch
     p = fmadd(neg_lr, g, p);
   }
 };
@@ -241,7 +242,8 @@ struct AdamRule {
     if (DECAY == Decay::kDecoupled) p = p * decay_factor;
     const T g = prepare_grad<T, kL2, FUSED>(g0, p, wd, sign);
     m = lerp(m, g);
-    const T s = FUSED ? v * beta2 + one_minus_beta2 * g * g : fmadd(one_minus_beta2 * g, g, v * beta2);
+    const T s =
+        FUSED ? v * beta2 + one_minus_beta2 * g * g : fmadd(one_minus_beta2 * g, g, v * beta2);
     v = s;
     return s;
   }

@@ -436,9 +436,7 @@ class FastOptimizer(torch.optim.Optimizer):
                     st is not None and self._has_step and st["step"].dtype == torch.float64
                 )
                 own = (MASTER_KEY,) if it.mode == MASTER else ()
-                checks = (
-                    () if st is None else tuple((k, st[k]) for k in (*keys, *own, *step_key))
-                )
+                checks = () if st is None else tuple((k, st[k]) for k in (*keys, *own, *step_key))
                 ck = (code, step_f64, it.mode)
                 if ck not in wave_calls:  # salt: group and call, for stochastic rounding
                     salt = (gi << 24) + (len(calls) << 4) + len(wave_calls)

@@ -1,0 +1,395 @@
+"""bfloat16 and float16: every optimizer and option of the parity table against its reference.
+
+References (README, "bfloat16 and float16"):
+- Adam, AdamW: torch's fused CPU kernel on the same 16-bit tensors (float32 math, one rounding
+  per stored value). Expected bit-identical; torch's scalar tails may differ in the last place.
+- SGD, Adagrad, RMSprop, Adadelta: torch's float32 for-loop on float32 copies, with parameters
+  and state rounded to the 16-bit dtype once per step ("the float32 rule on upcast values,
+  rounded once"). torch's own 16-bit paths round every intermediate (for-loop, foreach) or are
+  wrong (fused SGD), so they are not the reference.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from optim_db import NAMES, case_id, cases, require_torch_options
+
+import pyfastopt
+
+LOWP = [torch.bfloat16, torch.float16]
+SHAPES = ((1023,), (7, 33), (1,), (5000,))
+STEPS = 12
+FUSED = {"Adam", "AdamW"}
+#: at most this share of elements may differ, and only by one unit in the last place
+ULP_SHARE = 1e-3
+
+
+def _grads(dtype: torch.dtype, steps: int = STEPS, seed: int = 0) -> list[list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    # gradients of the size GradScaler-free float16 training sees (about 1e-2 .. 1)
+    return [[(torch.randn(s, generator=g) * 0.5).to(dtype) for s in SHAPES] for _ in range(steps)]
+
+
+def _init(dtype: torch.dtype, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g).to(dtype) for s in SHAPES]
+
+
+def _round_state(opt: torch.optim.Optimizer, dtype: torch.dtype) -> None:
+    with torch.no_grad():
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.copy_(p.to(dtype).float())
+        for st in opt.state.values():
+            for k, v in st.items():
+                if k != "step" and torch.is_tensor(v) and v.is_floating_point():
+                    v.copy_(v.to(dtype).float())
+
+
+def reference(name: str, kw: dict, dtype: torch.dtype, init, grads) -> list[torch.Tensor]:
+    """The reference trajectory's final parameters, as 16-bit tensors."""
+    if name in FUSED:
+        ps = [torch.nn.Parameter(t.clone()) for t in init]
+        opt = getattr(torch.optim, name)(ps, fused=True, **kw)
+        for gs in grads:
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            opt.step()
+        return [p.detach() for p in ps]
+    ps = [torch.nn.Parameter(t.float()) for t in init]
+    opt = getattr(torch.optim, name)(ps, foreach=False, **kw)
+    _round_state(opt, dtype)  # Adagrad's initial accumulator, stored in the 16-bit dtype
+    for gs in grads:
+        for p, g in zip(ps, gs):
+            p.grad = g.float()
+        opt.step()
+        _round_state(opt, dtype)
+    return [p.detach().to(dtype) for p in ps]
+
+
+def assert_lowp_equal(
+    got: torch.Tensor, want: torch.Tensor, share: float = ULP_SHARE, atol: float = 0.0
+) -> None:
+    """Bit-identical, except for at most ``share`` of the elements, each within one unit in the
+    last place of the stored type (or within ``atol``: the float32 parity tests' absolute
+    tolerance, for values that cancel down to a few float32 ulps)."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    a, b = got.reshape(-1).view(torch.int16).int(), want.reshape(-1).view(torch.int16).int()
+    af, bf = got.reshape(-1).float(), want.reshape(-1).float()
+    nan = torch.isnan(af) & torch.isnan(bf)
+    diff = ((a - b).abs() != 0) & ~nan & ~((af - bf).abs() <= atol)
+    if not diff.any():
+        return
+    assert (a[diff] - b[diff]).abs().max().item() <= 1, "more than one unit in the last place"
+    assert diff.float().mean().item() <= share, f"{int(diff.sum())}/{a.numel()} elements differ"
+
+
+def _sync_from(ref: torch.optim.Optimizer, opt: torch.optim.Optimizer) -> None:
+    """Set the float32 reference to pyfastopt's current (16-bit) parameters and state."""
+    with torch.no_grad():
+        for q, p in zip(ref.param_groups[0]["params"], opt.param_groups[0]["params"]):
+            q.copy_(p.float())
+            for k, v in opt.state[p].items():
+                if k == "step":
+                    ref.state[q][k] = v.clone()
+                elif torch.is_tensor(v):
+                    ref.state[q][k] = v.float().clone()
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", cases(), ids=case_id)
+def test_low_precision_parity(case, dtype):
+    """Adam/AdamW: the whole trajectory against torch's fused kernel. The others: every step
+    against torch's float32 for-loop applied to pyfastopt's own upcast state, rounded once."""
+    name, kw = case
+    require_torch_options(name, kw)
+    init, grads = _init(dtype), _grads(dtype)
+    ps = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = getattr(pyfastopt, name)(ps, **kw)
+    refs = [torch.nn.Parameter(t.float()) for t in init]
+    ref = None if name in FUSED else getattr(torch.optim, name)(refs, foreach=False, **kw)
+    for gs in grads:
+        if ref is not None and opt.state:
+            _sync_from(ref, opt)
+        for p, q, g in zip(ps, refs, gs):
+            p.grad, q.grad = g.clone(), g.float()
+        opt.step()
+        if ref is not None:
+            ref.step()
+            for p, q in zip(ps, refs):
+                assert_lowp_equal(p.detach(), q.detach().to(dtype), atol=1e-6)
+                for k, v in opt.state[p].items():
+                    if k != "step" and torch.is_tensor(v):
+                        assert_lowp_equal(v, ref.state[q][k].to(dtype), atol=1e-6)
+    if ref is None:
+        want = reference(name, kw, dtype, init, grads)
+        for p, w in zip(ps, want):
+            assert_lowp_equal(p.detach(), w)
+    for st in opt.state.values():  # torch's layout: buffers in the parameter's dtype
+        for k, v in st.items():
+            if k == "step":
+                assert v.dtype == torch.float32 and v.dim() == 0
+            else:
+                assert v.dtype == dtype, k
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_group_may_mix_float32_and_bfloat16(name):
+    kw = {"lr": 0.01}
+    a32, a16 = torch.randn(300), torch.randn(300).bfloat16()
+    grads = [(torch.randn(300), torch.randn(300).bfloat16()) for _ in range(5)]
+    ps = [torch.nn.Parameter(a32.clone()), torch.nn.Parameter(a16.clone())]
+    opt = getattr(pyfastopt, name)(ps, **kw)
+    for g32, g16 in grads:
+        ps[0].grad, ps[1].grad = g32.clone(), g16.clone()
+        opt.step()
+    ref32 = torch.nn.Parameter(a32.clone())
+    r = getattr(torch.optim, name)([ref32], foreach=False, **kw)
+    for g32, _ in grads:
+        ref32.grad = g32.clone()
+        r.step()
+    torch.testing.assert_close(ps[0].detach(), ref32.detach(), rtol=1e-5, atol=1e-6)
+    want = reference(name, kw, torch.bfloat16, [a16], [[g] for _, g in grads])
+    assert_lowp_equal(ps[1].detach(), want[0])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_low_precision_results_do_not_depend_on_the_thread_count(threads):
+    init = torch.randn(200_003).bfloat16()
+    grads = [torch.randn(200_003).bfloat16() for _ in range(3)]
+
+    def run(n: int) -> torch.Tensor:
+        pyfastopt.set_num_threads(n)
+        p = torch.nn.Parameter(init.clone())
+        opt = pyfastopt.Adam([p], lr=0.01, stochastic_rounding=False)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        return p.detach()
+
+    assert torch.equal(run(threads), run(1))
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("direction", ["fast->torch", "torch->fast"])
+def test_state_dict_hand_over_with_torch_fused_adam(dtype, direction):
+    init, grads = _init(dtype), _grads(dtype, steps=10)
+    first, second = (pyfastopt, torch.optim)
+    if direction == "torch->fast":
+        first, second = second, first
+    # fused=True on both sides: the group options travel with the checkpoint
+    kw1 = kw2 = {"fused": True}
+    ps = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = first.Adam(ps, lr=0.01, **kw1)
+    for gs in grads[:5]:
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    opt2 = second.Adam(ps, lr=0.01, **kw2)
+    opt2.load_state_dict(sd)
+    for gs in grads[5:]:
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt2.step()
+    want = reference("Adam", {"lr": 0.01}, dtype, init, grads)
+    for p, w in zip(ps, want):
+        assert_lowp_equal(p.detach(), w)
+
+
+# ---- GradScaler in the kernel --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Adagrad"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_grad_scaler_fused_matches_torch_fused(name, dtype):
+    """fused=True: GradScaler hands the step its scale and inf flag. The kernel skips exactly
+    when torch's fused step does, unscales in float32 and writes the rounded gradient back."""
+    kw = {"lr": 0.01, "momentum": 0.9} if name == "SGD" else {"lr": 0.01}
+    g = torch.Generator().manual_seed(3)
+    init = torch.randn(517, generator=g).to(dtype)
+    # scaled gradients: tiny ones that are subnormal in float16 once unscaled
+    raw = [torch.randn(517, generator=g) * 10 ** torch.empty(517).uniform_(-7, -2, generator=g)
+           for _ in range(6)]  # fmt: skip
+    raw[2][5] = float("inf")  # this step is skipped
+    results = []
+    for module in (torch.optim, pyfastopt):
+        if module is torch.optim and name in ("SGD", "Adagrad") and dtype != torch.float32:
+            # torch's fused SGD never writes 16-bit parameters (pytorch #191763); its fused
+            # Adagrad rounds lr, eps and weight_decay to the 16-bit type (../shared/notes/lowp.md)
+            continue
+        p = torch.nn.Parameter(init.clone())
+        opt = getattr(module, name)([p], fused=True, **kw)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
+        grads_after, scales = [], []
+        for r in raw:
+            scaler.scale(torch.ones(()))  # as scaler.scale(loss) does: the scale exists
+            scales.append(scaler.get_scale())
+            p.grad = (r * scales[-1]).to(dtype)
+            scaler.step(opt)
+            scaler.update()
+            grads_after.append(p.grad.clone())
+        results.append((p.detach().clone(), grads_after, scaler.get_scale(), opt.state[p]))
+    if len(results) == 1:
+        # no torch reference: the float32 rule on upcast values and the float32-unscaled
+        # gradient, rounded once per step; skipped where the scaled gradient is not finite
+        q = torch.nn.Parameter(init.float())
+        ref = getattr(torch.optim, name)([q], foreach=False, **kw)
+        p_f, g_f = results[0][0], results[0][1]
+        for r, scale, g_after in zip(raw, scales, g_f):
+            scaled = (r * scale).to(dtype)
+            if not torch.isfinite(scaled.float()).all():
+                assert torch.equal(g_after, scaled)  # left scaled, as torch's fused step does
+                continue
+            q.grad = scaled.float() / scale
+            assert torch.equal(g_after, q.grad.to(dtype))
+            ref.step()
+            _round_state(ref, dtype)
+        assert_lowp_equal(p_f, q.detach().to(dtype), atol=1e-6)
+        return
+    (p_t, g_t, s_t, st_t), (p_f, g_f, s_f, st_f) = results
+    assert s_t == s_f
+    for a, b in zip(g_f, g_t):  # unscaled (or, on the skipped step, still scaled) gradients
+        assert torch.equal(a, b)
+    if dtype == torch.float32:
+        torch.testing.assert_close(p_f, p_t, rtol=1e-6, atol=1e-7)
+    else:
+        assert_lowp_equal(p_f, p_t)
+    if "step" in st_t:
+        assert float(st_f["step"]) == float(st_t["step"]) == 5.0
+
+
+def test_grad_scaler_skip_on_the_first_sgd_step_leaves_no_buffer():
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
+    opt = pyfastopt.SGD([p], lr=0.1, momentum=0.9, fused=True)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(torch.ones(()))
+    p.grad = torch.full((4,), float("inf"), dtype=torch.float16)
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(p.detach(), torch.ones(4, dtype=torch.float16))
+    assert "momentum_buffer" not in opt.state.get(p, {})
+    scaler.scale(torch.ones(()))
+    p.grad = torch.full((4,), scaler.get_scale(), dtype=torch.float16)  # 1.0 once unscaled
+    scaler.step(opt)
+    # the first real step takes torch's first-step semantics: buffer = gradient
+    assert torch.equal(opt.state[p]["momentum_buffer"], torch.ones(4, dtype=torch.float16))
+
+
+# ---- master weights ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", LOWP, ids=["bf16", "fp16"])
+def test_master_weights_follow_the_float32_rule(name, dtype):
+    kw = {"lr": 0.01}
+    init, grads = _init(dtype), _grads(dtype, steps=8)
+    ps = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = getattr(pyfastopt, name)(ps, master_weights=True, **kw)
+    for gs in grads:
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt.step()
+    refs = [torch.nn.Parameter(t.float()) for t in init]
+    r = getattr(torch.optim, name)(refs, foreach=False, **kw)
+    for gs in grads:
+        for q, g in zip(refs, gs):
+            q.grad = g.float()
+        r.step()
+    for p, q in zip(ps, refs):
+        master = opt.state[p]["master_weight"]
+        assert master.dtype == torch.float32
+        torch.testing.assert_close(master, q.detach(), rtol=2e-6, atol=1e-7)
+        assert torch.equal(p.detach(), master.to(dtype))  # the parameter is the rounded master
+        for k, v in opt.state[p].items():
+            if k != "step":
+                assert v.dtype == torch.float32, k
+
+
+def test_master_weights_survive_a_state_dict_round_trip():
+    init, grads = _init(torch.bfloat16), _grads(torch.bfloat16, steps=6)
+    ps = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = pyfastopt.AdamW(ps, lr=0.01, master_weights=True)
+    for gs in grads[:3]:
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    opt2 = pyfastopt.AdamW(qs, lr=0.01, master_weights=True)
+    opt2.load_state_dict(sd)
+    for q in qs:
+        assert opt2.state[q]["master_weight"].dtype == torch.float32
+        assert opt2.state[q]["exp_avg"].dtype == torch.float32
+    for gs in grads[3:]:
+        for p, q, g in zip(ps, qs, gs):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        opt2.step()
+    for p, q in zip(ps, qs):
+        assert torch.equal(p.detach(), q.detach())
+        assert torch.equal(opt.state[p]["master_weight"], opt2.state[q]["master_weight"])
+
+
+def test_master_weights_checkpoint_loads_into_torch():
+    init, grads = _init(torch.bfloat16), _grads(torch.bfloat16, steps=4)
+    ps = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = pyfastopt.Adam(ps, lr=0.01, master_weights=True)
+    for gs in grads:
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt.step()
+    t = torch.optim.Adam(ps, lr=0.01)
+    t.load_state_dict(opt.state_dict())  # torch casts the buffers to bfloat16 and steps on
+    for p, g in zip(ps, grads[0]):
+        p.grad = g.clone()
+    t.step()
+    assert all(torch.isfinite(p.detach().float()).all() for p in ps)
+
+
+# ---- stochastic rounding ---------------------------------------------------------------------
+
+
+def _sr_run(seed: int, threads: int, steps: int = 4) -> torch.Tensor:
+    pyfastopt.set_num_threads(threads)
+    torch.manual_seed(seed)
+    p = torch.nn.Parameter(torch.ones(100_003, dtype=torch.bfloat16))
+    opt = pyfastopt.SGD([p], lr=1.0, stochastic_rounding=True)
+    for _ in range(steps):
+        p.grad = torch.full_like(p, 1e-3)
+        opt.step()
+    return p.detach()
+
+
+def test_stochastic_rounding_is_reproducible_and_thread_count_independent():
+    a = _sr_run(0, 1)
+    assert torch.equal(a, _sr_run(0, 1))
+    assert torch.equal(a, _sr_run(0, 2))
+    assert not torch.equal(a, _sr_run(1, 1))
+
+
+def test_stochastic_rounding_is_unbiased_where_nearest_stalls():
+    steps = 4
+    sr = _sr_run(0, 1, steps).float()
+    p = torch.nn.Parameter(torch.ones(1000, dtype=torch.bfloat16))
+    opt = pyfastopt.SGD([p], lr=1.0)
+    for _ in range(steps):
+        p.grad = torch.full_like(p, 1e-3)
+        opt.step()
+    assert torch.equal(p.detach().float(), torch.ones(1000))  # 1e-3 is below half a bf16 ulp
+    # unbiased: the mean moves by the true amount (4e-3) within a few standard errors
+    assert abs(sr.mean().item() - (1 - steps * 1e-3)) < 3e-4
+    assert sr.min().item() >= 1 - steps * 2**-8 and sr.max().item() <= 1.0  # a bf16 ulp a step
+
+
+def test_stochastic_rounding_state_is_saved():
+    p = torch.nn.Parameter(torch.ones(10, dtype=torch.bfloat16))
+    opt = pyfastopt.Adam([p], lr=0.1, stochastic_rounding=True)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    group = opt.state_dict()["param_groups"][0]
+    assert group["stochastic_rounding"] is True
+    assert group["sr_step"] == 1 and isinstance(group["sr_seed"], int)
