@@ -35,9 +35,11 @@ template <class Pols, std::size_t I>
 using PolicyAt = std::tuple_element_t<I, Pols>;
 
 template <class Pols, class Rule, std::size_t... I>
-inline void apply_span(const Rule& rule, const int64_t* ptrs, int64_t begin, int64_t n,
+inline void apply_span(const Rule& rule_in, const int64_t* ptrs, int64_t begin, int64_t n,
                        uint64_t salt, std::index_sequence<I...>) {
   using C = typename Rule::value_type;
+  const Rule rule = rule_in;  // a local copy: its scalars are loop invariants, not memory that
+                              // the stores might alias (else 16-bit loops stay scalar)
   constexpr bool kRandom = (PolicyAt<Pols, I>::kRandom || ...);
   std::tuple<typename PolicyAt<Pols, I>::storage*...> a{
       (reinterpret_cast<typename PolicyAt<Pols, I>::storage*>(ptrs[I]) + begin)...};

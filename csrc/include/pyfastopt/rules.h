@@ -13,7 +13,10 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include "pyfastopt/macros.h"
@@ -41,6 +44,28 @@ PFO_HD T fmadd(T a, T b, T c) {
 #endif
 }
 
+// A choice made once per tensor (a flag of the rule), applied per element as bit masks: `a` where
+// the mask is all ones, `b` where it is zero. Exact, and vectorisable whatever the storage type
+// (GCC does not vectorise a select on a scalar flag once 16-bit arrays set the vector length).
+template <typename T>
+using MaskOf = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
+
+template <typename T>
+PFO_HD MaskOf<T> mask_of(bool flag) {
+  return flag ? ~MaskOf<T>(0) : MaskOf<T>(0);
+}
+
+template <typename T>
+PFO_HD T pick(MaskOf<T> mask, T a, T b) {
+  MaskOf<T> x, y;
+  std::memcpy(&x, &a, sizeof x);
+  std::memcpy(&y, &b, sizeof y);
+  const MaskOf<T> r = (x & mask) | (y & ~mask);
+  T out;
+  std::memcpy(&out, &r, sizeof out);
+  return out;
+}
+
 // torch.maximum: NaN in either operand propagates.
 template <typename T>
 PFO_HD T max_nan(T a, T b) {
@@ -51,14 +76,15 @@ PFO_HD T max_nan(T a, T b) {
 template <typename T>
 struct Lerp {
   T coeff;
-  bool small;
+  MaskOf<T> small;
   explicit Lerp(double weight) {
     const T w = static_cast<T>(weight);
-    small = std::fabs(w) < T(0.5);
-    coeff = small ? w : w - T(1);
+    const bool is_small = std::fabs(w) < T(0.5);
+    small = mask_of<T>(is_small);
+    coeff = is_small ? w : w - T(1);
   }
   PFO_HD T operator()(T start, T end) const {
-    return fmadd(coeff, end - start, small ? start : end);
+    return fmadd(coeff, end - start, pick(small, start, end));
   }
 };
 
@@ -85,7 +111,7 @@ struct SgdRule {
   using value_type = T;
   static constexpr int kArrays = MOMENTUM ? 3 : 2;
   T sign, neg_lr, wd, momentum, one_minus_dampening;
-  bool first, nesterov;
+  MaskOf<T> first, nesterov;
 
   SgdRule(const SgdParams& hp, bool first_step)
       : sign(sign_of<T>(hp.maximize)),
@@ -93,8 +119,8 @@ struct SgdRule {
         wd(static_cast<T>(hp.weight_decay)),
         momentum(static_cast<T>(hp.momentum)),
         one_minus_dampening(static_cast<T>(1.0 - hp.dampening)),
-        first(first_step),
-        nesterov(hp.nesterov) {}
+        first(mask_of<T>(first_step)),
+        nesterov(mask_of<T>(hp.nesterov)) {}
 
   PFO_HD void operator()(T& p, const T& g0) const {
     const T g = prepare_grad<T, L2>(g0, p, wd, sign);
@@ -103,9 +129,9 @@ struct SgdRule {
 
   PFO_HD void operator()(T& p, const T& g0, T& buf) const {
     T g = prepare_grad<T, L2>(g0, p, wd, sign);
-    const T b = first ? g : fmadd(one_minus_dampening, g, buf * momentum);
+    const T b = pick(first, g, fmadd(one_minus_dampening, g, buf * momentum));
     buf = b;
-    g = nesterov ? fmadd(momentum, b, g) : b;  // both computed, one selected: no branch
+    g = pick(nesterov, fmadd(momentum, b, g), b);
     p = fmadd(neg_lr, g, p);
   }
 };

@@ -13,7 +13,8 @@
 // reads it, and the traversal computes it only for a policy with `kRandom`. Every conversion is
 // exact integer arithmetic (or the IEEE conversion instruction, which is the same function), the
 // same on every SIMD build, on the CUDA build, and in the low-memory state of a later issue,
-// whose block-quantised policies plug in here.
+// whose block-quantised policies plug in here. No per-element branch survives: the few
+// conditionals below are if-converted to selects, so every policy vectorises.
 #pragma once
 
 #include <cstdint>
@@ -29,11 +30,9 @@
 #include <cuda_fp16.h>
 #endif
 
-// _Float16 (GCC >= 12, Clang >= 15 on x86-64): the compiler converts with F16C's vcvtph2ps /
-// vcvtps2ph where the build enables it, and exactly in software elsewhere.
-#if !defined(__CUDACC__) && !defined(PFO_NO_FLOAT16) && defined(__FLT16_MANT_DIG__)
-#define PFO_HAVE_FLOAT16 1
-#endif
+// float16 on the host: exact integer arithmetic (plus one exact float subtraction for
+// subnormals). GCC 12 does not vectorise _Float16 conversions without AVX512-FP16, while these
+// vectorise on every SIMD build; tests/test_lowp.py checks them against torch's conversions.
 
 namespace pyfastopt {
 inline namespace PFO_ISA_NS {
@@ -77,10 +76,6 @@ PFO_HD uint16_t f32_to_bf16_stochastic(float f, uint32_t random) {
 PFO_HD float fp16_to_f32(uint16_t h) {
 #if defined(__CUDA_ARCH__)
   return __half2float(__ushort_as_half(h));
-#elif defined(PFO_HAVE_FLOAT16)
-  _Float16 x;
-  std::memcpy(&x, &h, sizeof x);
-  return static_cast<float>(x);
 #else
   // exact: rebias the exponent; subnormals through one exact float subtraction
   const uint32_t em = static_cast<uint32_t>(h & 0x7FFFu) << 13;
@@ -103,11 +98,6 @@ PFO_HD float fp16_to_f32(uint16_t h) {
 PFO_HD uint16_t f32_to_fp16(float v) {
 #if defined(__CUDA_ARCH__)
   return __half_as_ushort(__float2half_rn(v));
-#elif defined(PFO_HAVE_FLOAT16)
-  const _Float16 x = static_cast<_Float16>(v);
-  uint16_t h;
-  std::memcpy(&h, &x, sizeof h);
-  return h;
 #else
   uint32_t u = f32_bits(v);
   const uint32_t sign = u & 0x80000000u;

@@ -1,0 +1,110 @@
+"""bfloat16/float16 steps against torch's: ``python -m pyfastopt.bench.lowp``.
+
+For each optimizer and MNIST MLP, times ``opt.step()`` on 16-bit parameters with fixed 16-bit
+gradients: torch's for-loop, foreach and fused implementations, pyfastopt (torch's layout),
+pyfastopt with master weights and with stochastic rounding, and a streaming kernel moving the
+bytes pyfastopt's default step moves (the roofline). All interleaved in one process; medians
+of ``--rounds`` samples; ratios against the best torch implementation.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+import torch
+
+import pyfastopt
+
+from .harness import interleaved
+from .roofline import streaming_kernel
+from .workloads import parse_workload
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: bytes a step moves per element in torch's layout (16-bit param, grad and state):
+#: param read+write, grad read, each buffer read+write
+BUFFERS = {"Adam": 2, "AdamW": 2, "SGD": 1, "Adagrad": 1, "RMSprop": 1, "Adadelta": 2}
+KW = {
+    "Adam": {"lr": 1e-3},
+    "AdamW": {"lr": 1e-3},
+    "SGD": {"lr": 1e-3, "momentum": 0.9},
+    "Adagrad": {"lr": 1e-3},
+    "RMSprop": {"lr": 1e-3},
+    "Adadelta": {"lr": 1e-3},
+}
+FUSED_OK = ("Adam", "AdamW")  # torch's fused SGD and Adagrad are wrong for 16-bit parameters
+
+
+Shapes = Sequence[tuple[int, ...]]
+
+
+def _step_of(
+    make: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+    shapes: Shapes,
+    dtype: torch.dtype,
+) -> Callable[[], object]:
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in shapes]
+    for p in params:
+        p.grad = (torch.randn(p.shape, generator=g) * 1e-2).to(dtype)
+    opt = make(params)
+    opt.step()
+    return opt.step
+
+
+def candidates(name: str, shapes: Shapes, dtype: torch.dtype) -> dict[str, Callable[[], object]]:
+    kw = KW[name]
+    tcls, fcls = getattr(torch.optim, name), getattr(pyfastopt, name)
+    out = {
+        "torch": _step_of(lambda ps: tcls(ps, foreach=False, **kw), shapes, dtype),
+        "torch-foreach": _step_of(lambda ps: tcls(ps, foreach=True, **kw), shapes, dtype),
+    }
+    if name in FUSED_OK:
+        out["torch-fused"] = _step_of(lambda ps: tcls(ps, fused=True, **kw), shapes, dtype)
+    out["pyfastopt"] = _step_of(lambda ps: fcls(ps, **kw), shapes, dtype)
+    out["pyfastopt-master"] = _step_of(
+        lambda ps: fcls(ps, master_weights=True, **kw), shapes, dtype
+    )
+    if dtype == torch.bfloat16:
+        out["pyfastopt-sr"] = _step_of(
+            lambda ps: fcls(ps, stochastic_rounding=True, **kw), shapes, dtype
+        )
+    numel = sum(torch.Size(s).numel() for s in shapes)
+    moved = numel * 2 * (2 + 1 + 2 * BUFFERS[name])
+    out["roofline"] = streaming_kernel(moved)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pyfastopt.bench.lowp", description=__doc__)
+    parser.add_argument("--models", default="mlp-128,mlp-512-256,mlp-2048-2048")
+    parser.add_argument("--optimizers", default="Adam,AdamW,SGD")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args(argv)
+    dtype = DTYPES[args.dtype]
+    print(
+        f"torch {torch.__version__}, threads torch {torch.get_num_threads()} pyfastopt "
+        f"{pyfastopt.get_num_threads()}, simd {pyfastopt._core.simd_path()}, {args.dtype}, "
+        f"median of {args.rounds} interleaved rounds"
+    )
+    print(f"{'optimizer':<9} {'model':<14} {'impl':<17} {'median us':>10} {'vs best torch':>14}")
+    for model in args.models.split(","):
+        shapes = parse_workload(model).shapes
+        for name in args.optimizers.split(","):
+            cands = candidates(name, shapes, dtype)
+            timed = interleaved(cands, rounds=args.rounds)
+            times = {k: v.median_ns / 1e3 for k, v in timed.items()}
+            best = min(v for k, v in times.items() if k.startswith("torch"))
+            for impl, us in times.items():
+                if impl == "roofline":
+                    share = us / times["pyfastopt"]
+                    print(f"{name:<9} {model:<14} {impl:<17} {us:>10.1f} {'':>14} "
+                          f"pyfastopt at {share:.0%} of streaming rate")  # fmt: skip
+                else:
+                    print(f"{name:<9} {model:<14} {impl:<17} {us:>10.1f} {best / us:>13.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
