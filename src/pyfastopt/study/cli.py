@@ -2,7 +2,8 @@
 
 ``mnist`` trains the MNIST MLP with every method (pyfastopt and torch.optim); ``surfaces`` draws
 the methods' paths on 2-D test functions; ``sweep`` re-runs the learning-rate sweep behind the
-method table. Expected failures (no or corrupt MNIST files, missing
+method table; ``precision`` trains a bfloat16 MLP plainly, with stochastic rounding and with
+master weights, against float32. Expected failures (no or corrupt MNIST files, missing
 matplotlib, an unwritable output folder) end with a one-line message on stderr and exit code 2.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from ..data import ENV_VAR, MnistFormatError
 from . import methods as method_table
-from . import mnist_study, surface_study, sweep
+from . import mnist_study, precision_study, surface_study, sweep
 from .machine import command_line
 from .plots import MissingDependencyError, require_matplotlib
 from .surfaces import BY_NAME as SURFACES_BY_NAME
@@ -78,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Compare gradient-based optimizers (pyfastopt and torch.optim)."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{mnist,surfaces,sweep}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{mnist,surfaces,sweep,precision}"
+    )
     common = _training_options()
 
     mn = sub.add_parser(
@@ -159,6 +162,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("--epochs", type=_positive, default=5, help="epochs per trial (default 5)")
     sw.set_defaults(func=_sweep)
+
+    pr = sub.add_parser(
+        "precision",
+        help="Adam on a bfloat16 MLP: plain, stochastic rounding, master weights, float32",
+        description="Train one MNIST MLP (784-512-256-10) with Adam in float32, in bfloat16, in "
+        "bfloat16 with stochastic rounding, in bfloat16 with float32 master weights, and with "
+        "torch's fused bfloat16 Adam; final loss, accuracy and time side by side.",
+    )
+    pr.add_argument("--data", metavar="DIR", help=f"MNIST IDX folder (default: ${ENV_VAR})")
+    pr.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        default=Path("study-out/precision"),
+        help="output folder (default study-out/precision)",
+    )
+    pr.add_argument("--epochs", type=_positive, default=3, help="epochs (default 3)")
+    pr.add_argument("--hidden", default="512,256", help="hidden sizes (default 512,256)")
+    pr.add_argument("--lr", type=float, default=1e-3, help="Adam's lr (default 1e-3)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--batch-size", type=_positive, default=128)
+    pr.add_argument("--train-size", type=_positive, help="use the first N training images")
+    pr.add_argument("--test-size", type=_positive, help="use the first N test images")
+    pr.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
+    pr.set_defaults(func=_precision)
     return parser
 
 
@@ -218,6 +246,29 @@ def _sweep(args: argparse.Namespace, argv: Sequence[str]) -> list[Path]:
         command=command_line(argv),
     )
     return sweep.write(sweep.run(options), options)
+
+
+def _precision(args: argparse.Namespace, argv: Sequence[str]) -> list[Path]:
+    try:
+        hidden = tuple(int(h) for h in args.hidden.split(",") if h)
+    except ValueError:
+        raise SystemExit(f"{PROG} precision: error: --hidden takes sizes like 512,256") from None
+    options = precision_study.PrecisionOptions(
+        out=args.out,
+        data=args.data,
+        hidden=hidden,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        train_size=args.train_size,
+        test_size=args.test_size,
+        threads=args.threads,
+        command=command_line(argv),
+    )
+    results = precision_study.run(options)
+    print(precision_study.report(options, results))
+    return precision_study.write(options, results)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,199 @@
+"""What 16-bit training costs and what each remedy buys: ``python -m pyfastopt.study precision``.
+
+One MNIST MLP (784-512-256-10 by default) is trained from the same float32 initial weights and
+the same batches in five ways, and the final training loss, test accuracy and time are set side
+by side:
+
+- ``float32``: weights, gradients and Adam's state in float32 (the baseline);
+- ``bf16``: weights, gradients and state in bfloat16, each stored value rounded to nearest
+  (torch's layout, pyfastopt's default);
+- ``bf16+sr``: as ``bf16``, with the weights rounded stochastically (``stochastic_rounding``);
+- ``bf16+master``: bfloat16 weights and gradients, a float32 master copy and float32 state in
+  the optimizer (``master_weights``);
+- ``torch bf16 fused``: ``torch.optim.Adam(fused=True)`` on the bfloat16 model, for reference.
+
+The forward and backward passes of the bfloat16 runs compute in bfloat16 (torch's CPU kernels);
+the loss is taken in float32. Runs are interleaved batch by batch, so a noisy machine slows all
+alike.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pyfastopt
+
+from .mnist_run import MnistData, load_data
+from .report import table
+
+VARIANTS = ("float32", "bf16", "bf16+sr", "bf16+master", "torch bf16 fused")
+
+
+@dataclass(frozen=True)
+class PrecisionOptions:
+    out: Path
+    data: str | None = None
+    hidden: tuple[int, ...] = (512, 256)
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    train_size: int | None = None
+    test_size: int | None = None
+    threads: int = 1
+    variants: tuple[str, ...] = VARIANTS
+    command: str = ""
+
+
+@dataclass
+class VariantResult:
+    name: str
+    train_loss: list[float] = field(default_factory=list)  # per epoch, 0 = start
+    test_accuracy: list[float] = field(default_factory=list)
+    step_seconds: float = 0.0  # inside optimizer.step()
+    train_seconds: float = 0.0  # forward + backward + step
+
+
+def make_model(hidden: Sequence[int]) -> nn.Module:
+    sizes = [784, *hidden, 10]
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def _optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if name == "bf16+sr":
+        return pyfastopt.Adam(params, lr=lr, stochastic_rounding=True)
+    if name == "bf16+master":
+        return pyfastopt.Adam(params, lr=lr, master_weights=True)
+    if name == "torch bf16 fused":
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    return pyfastopt.Adam(params, lr=lr)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, dtype: torch.dtype, data: MnistData) -> tuple[float, float]:
+    loss = 0.0
+    n = data.x_train.shape[0]
+    for i in range(0, n, 4096):
+        out = model(data.x_train[i : i + 4096].to(dtype)).float()
+        loss += F.cross_entropy(out, data.y_train[i : i + 4096], reduction="sum").item()
+    pred = model(data.x_test.to(dtype)).float().argmax(1)
+    return loss / n, (pred == data.y_test).float().mean().item()
+
+
+def run(options: PrecisionOptions, data: MnistData | None = None) -> list[VariantResult]:
+    if data is None:
+        data = load_data(options.data, options.train_size, options.test_size)
+    torch.set_num_threads(options.threads)
+    torch.manual_seed(options.seed)
+    base = make_model(options.hidden).state_dict()
+    models, opts, results, dtypes = {}, {}, {}, {}
+    for name in options.variants:
+        dtype = torch.float32 if name == "float32" else torch.bfloat16
+        model = make_model(options.hidden)
+        model.load_state_dict(base)
+        model.to(dtype)
+        torch.manual_seed(options.seed)  # stochastic rounding's seed is drawn here
+        models[name], dtypes[name] = model, dtype
+        opts[name] = _optimizer(name, list(model.parameters()), options.lr)
+        results[name] = VariantResult(name)
+    for name in options.variants:
+        loss, acc = _evaluate(models[name], dtypes[name], data)
+        results[name].train_loss.append(loss)
+        results[name].test_accuracy.append(acc)
+    gen = torch.Generator().manual_seed(options.seed)
+    n = data.x_train.shape[0]
+    for _epoch in range(options.epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, options.batch_size):
+            idx = order[start : start + options.batch_size]
+            x, y = data.x_train[idx], data.y_train[idx]
+            for name in options.variants:
+                model, opt, res = models[name], opts[name], results[name]
+                t0 = time.perf_counter()
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x.to(dtypes[name])).float(), y)
+                loss.backward()
+                t1 = time.perf_counter()
+                opt.step()
+                t2 = time.perf_counter()
+                res.step_seconds += t2 - t1
+                res.train_seconds += t2 - t0
+        for name in options.variants:
+            loss, acc = _evaluate(models[name], dtypes[name], data)
+            results[name].train_loss.append(loss)
+            results[name].test_accuracy.append(acc)
+    return [results[name] for name in options.variants]
+
+
+def report(options: PrecisionOptions, results: Sequence[VariantResult]) -> str:
+    hidden = "-".join(map(str, options.hidden))
+    rows = [
+        [
+            r.name,
+            f"{r.train_loss[-1]:.4f}",
+            f"{100 * r.test_accuracy[-1]:.2f}%",
+            f"{r.train_seconds:.1f}",
+            f"{r.step_seconds:.2f}",
+        ]
+        for r in results
+    ]
+    head = [
+        f"# Adam on MNIST 784-{hidden}-10: float32, bfloat16 and the remedies",
+        "",
+        f"{options.epochs} epochs, batch {options.batch_size}, lr {options.lr}, seed "
+        f"{options.seed}, {options.threads} thread(s); command: `{options.command}`",
+        "",
+    ]
+    body = table(
+        ["variant", "final train loss", "test accuracy", "train s", "step s"],
+        rows,
+    )
+    return "\n".join(head) + body + "\n"
+
+
+def plot(results: Sequence[VariantResult], path: Path) -> Path | None:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    ax = fig.subplots()
+    for r in results:
+        ax.plot(range(len(r.train_loss)), r.train_loss, marker="o", label=r.name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.savefig(path)
+    return path
+
+
+def write(options: PrecisionOptions, results: Sequence[VariantResult]) -> list[Path]:
+    options.out.mkdir(parents=True, exist_ok=True)
+    md = options.out / "precision.md"
+    md.write_text(report(options, results))
+    js = options.out / "precision.json"
+    payload: dict[str, Any] = {
+        "hidden": list(options.hidden),
+        "epochs": options.epochs,
+        "lr": options.lr,
+        "results": [r.__dict__ for r in results],
+    }
+    js.write_text(json.dumps(payload, indent=1))
+    written = [md, js]
+    png = plot(results, options.out / "precision_loss.png")
+    if png is not None:
+        written.append(png)
+    return written
