@@ -567,3 +567,11 @@ def test_core_reports_overlap_without_touching_anything():
     )
     assert (status, scaled) == (1, False)
     assert out.item() == 5.0 and g.sum().item() == 8.0
+
+
+def test_fallback_under_torch_compile(fallbacks, monkeypatch):
+    # torch.compile traces torch's own function; the native call would be opaque to it
+    monkeypatch.setattr(clip, "_is_compiling", lambda: True)
+    grads = make_grads(SMALL, torch.float32)
+    _compare_fallback(with_grads(grads), with_grads(grads), 0.5)
+    assert len(fallbacks) == 1

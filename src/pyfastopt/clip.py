@@ -68,6 +68,8 @@ def clip_grad_norm_(
         The total norm of the gradients, a 0-d tensor of their (promoted) dtype on the first
         gradient's device; ``tensor(0.)`` when no parameter has a gradient.
     """
+    if _is_compiling():  # under torch.compile: torch's own function, which it can trace
+        return _torch_clip_grad_norm_(parameters, max_norm, norm_type, error_if_nonfinite, foreach)
     if isinstance(parameters, _Tensor):
         params: list = [parameters]
     else:
@@ -83,7 +85,7 @@ def clip_grad_norm_(
     if len(grads) == 0:
         return torch.tensor(0.0)
     table = _table(grads, p)
-    if table is None or _is_compiling():
+    if table is None:
         return _torch_clip_grad_norm_(params, max_norm, norm_type, error_if_nonfinite, foreach)
     try:
         max_norm_f = float(max_norm)
