@@ -14,6 +14,7 @@
 #include <omp.h>
 #endif
 
+#include "norm_bindings.h"
 #include "plan.h"
 #include "pyfastopt/dispatch.h"
 #include "torch_abi.h"
@@ -263,4 +264,5 @@ PYBIND11_MODULE(_core, m) {
       "SIMD paths this CPU can run, best first.");
   m.def("build_info", &build_info, "Compiler, OpenMP version and build options of the core.");
   m.def("openmp_max_threads", &omp_threads, "omp_get_max_threads() of the OpenMP runtime in use.");
+  pyfastopt::register_norm_bindings(m);
 }

@@ -2,6 +2,7 @@
 
 ``pyfastopt.Adam`` replaces ``torch.optim.Adam`` (likewise SGD, Adagrad, Adadelta, RMSprop and
 AdamW): same arguments, defaults, param_groups and state, one native call per step.
+``pyfastopt.clip_grad_norm_`` replaces ``torch.nn.utils.clip_grad_norm_`` the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ except ImportError as _exc:  # one clear ImportError instead of "partially initi
 
     raise _core_import_error(_exc, __name__, _Path(__file__).parent) from None
 from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
+from .clip import clip_grad_norm_  # noqa: E402
 from .errors import PyfastoptError, StateError, UnsupportedError  # noqa: E402
 from .optim import SGD, Adadelta, Adagrad, Adam, AdamW, RMSprop  # noqa: E402
 
@@ -34,6 +36,7 @@ __all__ = [
     "RMSprop",
     "StateError",
     "UnsupportedError",
+    "clip_grad_norm_",
     "get_num_threads",
     "set_num_threads",
     "show_config",

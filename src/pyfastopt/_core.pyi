@@ -105,6 +105,17 @@ def adam_step(
     num_threads: int,
     parallel_min: int,
 ) -> bool: ...
+def clip_grad_norm(
+    table: Sequence[int],
+    norm_type: float,
+    max_norm: float,
+    out_dtype: int,
+    out_addr: int,
+    scale: bool,
+    error_if_nonfinite: bool,
+    num_threads: int,
+    parallel_min: int,
+) -> tuple[int, float, bool]: ...
 def simd_path() -> str: ...
 def select_simd(name: str) -> str: ...
 def supported_simd() -> list[str]: ...
