@@ -51,6 +51,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(h) for h in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected sizes like 512,256, got {text!r}")
+    return sizes
+
+
 def _training_options() -> argparse.ArgumentParser:
     """Options shared by ``mnist`` and ``sweep``."""
     common = argparse.ArgumentParser(add_help=False)
@@ -179,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="output folder (default study-out/precision)",
     )
     pr.add_argument("--epochs", type=_positive, default=3, help="epochs (default 3)")
-    pr.add_argument("--hidden", default="512,256", help="hidden sizes (default 512,256)")
+    pr.add_argument(
+        "--hidden", type=_sizes, default=(512, 256), help="hidden sizes (default 512,256)"
+    )
     pr.add_argument("--lr", type=float, default=1e-3, help="Adam's lr (default 1e-3)")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--batch-size", type=_positive, default=128)
@@ -249,14 +261,10 @@ def _sweep(args: argparse.Namespace, argv: Sequence[str]) -> list[Path]:
 
 
 def _precision(args: argparse.Namespace, argv: Sequence[str]) -> list[Path]:
-    try:
-        hidden = tuple(int(h) for h in args.hidden.split(",") if h)
-    except ValueError:
-        raise SystemExit(f"{PROG} precision: error: --hidden takes sizes like 512,256") from None
     options = precision_study.PrecisionOptions(
         out=args.out,
         data=args.data,
-        hidden=hidden,
+        hidden=args.hidden,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
