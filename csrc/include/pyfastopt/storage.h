@@ -17,6 +17,7 @@
 // conditionals below are if-converted to selects, so every policy vectorises.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -30,9 +31,9 @@
 #include <cuda_fp16.h>
 #endif
 
-// float16 on the host: exact integer arithmetic (plus one exact float subtraction for
-// subnormals). GCC 12 does not vectorise _Float16 conversions without AVX512-FP16, while these
-// vectorise on every SIMD build; tests/test_lowp.py checks them against torch's conversions.
+// float16 on the host: c10's own bit-exact conversions (integer operations and exact float
+// scalings; they need IEEE subnormals, which this library never turns off). GCC 12 does not
+// vectorise _Float16 conversions without AVX512-FP16, while these vectorise on every SIMD build.
 
 namespace pyfastopt {
 inline namespace PFO_ISA_NS {
@@ -77,20 +78,15 @@ PFO_HD float fp16_to_f32(uint16_t h) {
 #if defined(__CUDA_ARCH__)
   return __half2float(__ushort_as_half(h));
 #else
-  // exact: rebias the exponent; subnormals through one exact float subtraction
-  const uint32_t em = static_cast<uint32_t>(h & 0x7FFFu) << 13;
-  const uint32_t exp = em & 0x0F800000u;
-  uint32_t u = em + (112u << 23);
-  float f;
-  if (exp == 0x0F800000u) {  // Inf / NaN
-    u += 112u << 23;
-    f = bits_f32(u);
-  } else if (exp == 0) {  // zero / subnormal
-    f = bits_f32(u + (1u << 23)) - bits_f32(113u << 23);
-  } else {
-    f = bits_f32(u);
-  }
-  return bits_f32(f32_bits(f) | (static_cast<uint32_t>(h & 0x8000u) << 16));
+  // c10::detail::fp16_ieee_to_fp32_value: normals (and Inf/NaN) by one exact scaling of the
+  // shifted bits, subnormals by one exact subtraction; a select, no branch
+  const uint32_t w = static_cast<uint32_t>(h) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  const float normalized = bits_f32((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  const float denormalized = bits_f32((two_w >> 17) | (126u << 23)) - 0.5f;
+  const uint32_t mag = two_w < (1u << 27) ? f32_bits(denormalized) : f32_bits(normalized);
+  return bits_f32(sign | mag);
 #endif
 }
 
@@ -99,21 +95,20 @@ PFO_HD uint16_t f32_to_fp16(float v) {
 #if defined(__CUDA_ARCH__)
   return __half_as_ushort(__float2half_rn(v));
 #else
-  uint32_t u = f32_bits(v);
-  const uint32_t sign = u & 0x80000000u;
-  u ^= sign;
-  uint32_t o;
-  if (u >= (143u << 23)) {  // >= 65536 (after rounding: Inf), Inf or NaN
-    o = u > 0x7F800000u ? 0x7E00u : 0x7C00u;
-  } else if (u < (113u << 23)) {  // subnormal or zero: the FPU rounds the add (to nearest even)
-    const float magic = bits_f32(126u << 23);
-    o = f32_bits(bits_f32(u) + magic) - (126u << 23);
-  } else {
-    const uint32_t odd = (u >> 13) & 1u;
-    u += (static_cast<uint32_t>(15 - 127) << 23) + 0xFFFu + odd;
-    o = u >> 13;
-  }
-  return static_cast<uint16_t>(o | (sign >> 16));
+  // c10::detail::fp16_ieee_from_fp32_value: the float unit rounds the mantissa (one exact
+  // scaling pair and one add), integer ops assemble the result; a select, no branch
+  const float base0 = (std::fabs(v) * 0x1.0p+112f) * 0x1.0p-110f;
+  const uint32_t w = f32_bits(v);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  bias = bias < 0x71000000u ? 0x71000000u : bias;
+  const float base = bits_f32((bias >> 1) + 0x07800000u) + base0;
+  const uint32_t bits = f32_bits(base);
+  const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
+  const uint32_t mantissa_bits = bits & 0x00000FFFu;
+  const uint32_t nonsign = exp_bits + mantissa_bits;
+  return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
 #endif
 }
 
