@@ -393,3 +393,14 @@ def test_stochastic_rounding_state_is_saved():
     group = opt.state_dict()["param_groups"][0]
     assert group["stochastic_rounding"] is True
     assert group["sr_step"] == 1 and isinstance(group["sr_seed"], int)
+
+
+def test_stochastic_rounding_switched_on_by_hand():
+    p = torch.nn.Parameter(torch.ones(64, dtype=torch.bfloat16))
+    opt = pyfastopt.SGD([p], lr=1.0)
+    opt.param_groups[0]["stochastic_rounding"] = True  # no seed drawn: seed 0
+    for _ in range(3):
+        p.grad = torch.full_like(p, 1e-3)
+        opt.step()
+    assert opt.param_groups[0]["sr_step"] == 3
+    assert (p.detach().float() < 1).any()  # moved where round-to-nearest would stall

@@ -166,9 +166,10 @@ class FastOptimizer(torch.optim.Optimizer):
         """The native call's storage options: None, or (rounding, seed, grad_scale address,
         found_inf address)."""
         amp = self.__dict__.get("_amp_pointers")
-        if call.rounding == 0 and amp is None:
+        if call.rounding == _precision.NEAREST and amp is None:
             return None
-        seed = _precision.call_seed(group, call.salt) if call.rounding == 1 else 0
+        stochastic = call.rounding == _precision.STOCHASTIC
+        seed = _precision.call_seed(group, call.salt) if stochastic else 0
         gs, fi = amp if amp is not None else (0, 0)
         return (call.rounding, seed, gs, fi)
 

@@ -90,7 +90,7 @@ def settle_state(p: torch.Tensor, st: dict, keys: tuple[str, ...], mode: int) ->
 
 def call_seed(group: dict, salt: int) -> int:
     """The stochastic-rounding seed of one native call at this step (the kernel adds the row)."""
-    x = (group["sr_seed"] * 0x9E3779B97F4A7C15 + group.get("sr_step", 0)) & _MASK
+    x = (int(group.get("sr_seed", 0)) * 0x9E3779B97F4A7C15 + int(group.get("sr_step", 0))) & _MASK
     return (x * 0xBF58476D1CE4E5B9 ^ salt) & _MASK
 
 
