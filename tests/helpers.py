@@ -65,9 +65,14 @@ def assert_same_state(ref: torch.optim.Optimizer, fast: torch.optim.Optimizer, *
 
 @functools.cache
 def torch_inits_added_adagrad_groups() -> bool:
-    """Whether this torch's Adagrad gives a group added with ``add_param_group`` its state (torch
-    2.5 does not: its step then raises KeyError('sum'), which pyfastopt does not copy)."""
+    """Whether this torch's Adagrad can step a group added with ``add_param_group`` (torch 2.5
+    cannot: its step raises KeyError('sum'), which pyfastopt does not copy)."""
     p, q = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adagrad([p])
     opt.add_param_group({"params": [q]})
-    return q in opt.state
+    q.grad = torch.ones(1)
+    try:
+        opt.step()
+    except KeyError:
+        return False
+    return True
