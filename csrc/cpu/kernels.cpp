@@ -172,10 +172,14 @@ void check_table(const Table& t, bool has_step) {
 // case: every tensor of a group is at the same step), so pow() runs once per call.
 template <class Rule, class Params>
 struct RuleForStep {
-  explicit RuleForStep(const Params& p) : hp(p), rule(p, 1.0) {}
+  // built for the step row 0 is about to take, so the common case computes pow() once; the
+  // table's step counters must have been checked (check_steps)
+  RuleForStep(const Params& p, const Table& t)
+      : hp(p), rule(p, t.rows > 0 ? cpu::next_step(t, 0) : 1.0), last(rule_step(t)) {}
+  static double rule_step(const Table& t) { return t.rows > 0 ? cpu::next_step(t, 0) : 1.0; }
   const Params& hp;
   Rule rule;
-  double last = 1.0;
+  double last;
   const Rule& operator()(double step) {
     if (step != last) {
       rule = Rule(hp, step);
@@ -245,7 +249,7 @@ void adagrad(const Table& t, DType dtype, const AdagradParams& hp, int nt) {
     using C = typename St::compute;
     with_bool(hp.weight_decay != 0.0, [&](auto l2) {
       using R = AdagradRule<C, decltype(l2)::value>;
-      RuleForStep<R, AdagradParams> rule(hp);
+      RuleForStep<R, AdagradParams> rule(hp, t);
       run<St, R>(t, true, nt, [&](int64_t r) { return rule(cpu::advance_step(t, r)); });
     });
   });
@@ -288,6 +292,7 @@ using DecayTag = std::integral_constant<Decay, D>;
 
 void adam(const Table& t, DType dtype, const AdamParams& hp, int nt) {
   if (skipped(t)) return;
+  check_steps(t);                             // before RuleForStep reads row 0's counter
   if (hp.beta1 == 1.0 || hp.beta1 == -1.0) {  // the only betas whose powers can reach 1 exactly
     refuse_zero_division(t, [&](double step) { return 1.0 - std::pow(hp.beta1, step); });
   }
@@ -312,7 +317,7 @@ void adam(const Table& t, DType dtype, const AdamParams& hp, int nt) {
     with_decay([&](auto dec) {
       with_bool(hp.amsgrad, [&](auto ams) {
         using R = AdamRule<C, decltype(dec)::value, decltype(ams)::value, St::kLowPrecision>;
-        RuleForStep<R, AdamParams> rule(hp);
+        RuleForStep<R, AdamParams> rule(hp, t);
         run<St, R>(t, true, nt, [&](int64_t r) { return rule(cpu::advance_step(t, r)); });
       });
     });
