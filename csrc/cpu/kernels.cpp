@@ -232,11 +232,9 @@ void sgd(const Table& t, DType dtype, const SgdParams& hp, int nt) {
   with_storage<true>(t, dtype, [&](auto st) {
     using St = decltype(st);
     using C = typename St::compute;
-    with_bool(hp.weight_decay != 0.0, [&](auto l2) {
-      with_bool(hp.momentum != 0.0, [&](auto mom) {
-        using R = SgdRule<C, decltype(l2)::value, decltype(mom)::value>;
-        run<St, R>(t, false, nt, [&](int64_t r) { return R(hp, (row_aux(t, r) & 1) != 0); });
-      });
+    with_bool(hp.momentum != 0.0, [&](auto mom) {
+      using R = SgdRule<C, decltype(mom)::value>;
+      run<St, R>(t, false, nt, [&](int64_t r) { return R(hp, (row_aux(t, r) & 1) != 0); });
     });
   });
 }
@@ -246,25 +244,19 @@ void adagrad(const Table& t, DType dtype, const AdagradParams& hp, int nt) {
   refuse_zero_division(t, [&](double step) { return 1.0 + (step - 1.0) * hp.lr_decay; });
   with_storage<true>(t, dtype, [&](auto st) {
     using St = decltype(st);
-    using C = typename St::compute;
-    with_bool(hp.weight_decay != 0.0, [&](auto l2) {
-      using R = AdagradRule<C, decltype(l2)::value>;
-      RuleForStep<R, AdagradParams> rule(hp, t);
-      run<St, R>(t, true, nt, [&](int64_t r) { return rule(cpu::advance_step(t, r)); });
-    });
+    using R = AdagradRule<typename St::compute>;
+    RuleForStep<R, AdagradParams> rule(hp, t);
+    run<St, R>(t, true, nt, [&](int64_t r) { return rule(cpu::advance_step(t, r)); });
   });
 }
 
 void adadelta(const Table& t, DType dtype, const AdadeltaParams& hp, int nt) {
   with_storage<false>(t, dtype, [&](auto st) {
     using St = decltype(st);
-    using C = typename St::compute;
-    with_bool(hp.weight_decay != 0.0, [&](auto l2) {
-      using R = AdadeltaRule<C, decltype(l2)::value>;
-      run<St, R>(t, true, nt, [&](int64_t r) {
-        cpu::advance_step(t, r);
-        return R(hp);
-      });
+    using R = AdadeltaRule<typename St::compute>;
+    run<St, R>(t, true, nt, [&](int64_t r) {
+      cpu::advance_step(t, r);
+      return R(hp);
     });
   });
 }
@@ -273,22 +265,17 @@ void rmsprop(const Table& t, DType dtype, const RmspropParams& hp, int nt) {
   with_storage<false>(t, dtype, [&](auto st) {
     using St = decltype(st);
     using C = typename St::compute;
-    with_bool(hp.weight_decay != 0.0, [&](auto l2) {
-      with_bool(hp.centered, [&](auto cen) {
-        with_bool(hp.momentum > 0.0, [&](auto mom) {
-          using R = RmspropRule<C, decltype(l2)::value, decltype(cen)::value, decltype(mom)::value>;
-          run<St, R>(t, true, nt, [&](int64_t r) {
-            cpu::advance_step(t, r);
-            return R(hp);
-          });
+    with_bool(hp.centered, [&](auto cen) {
+      with_bool(hp.momentum > 0.0, [&](auto mom) {
+        using R = RmspropRule<C, decltype(cen)::value, decltype(mom)::value>;
+        run<St, R>(t, true, nt, [&](int64_t r) {
+          cpu::advance_step(t, r);
+          return R(hp);
         });
       });
     });
   });
 }
-
-template <Decay D>
-using DecayTag = std::integral_constant<Decay, D>;
 
 void adam(const Table& t, DType dtype, const AdamParams& hp, int nt) {
   if (skipped(t)) return;
@@ -296,30 +283,12 @@ void adam(const Table& t, DType dtype, const AdamParams& hp, int nt) {
   if (hp.beta1 == 1.0 || hp.beta1 == -1.0) {  // the only betas whose powers can reach 1 exactly
     refuse_zero_division(t, [&](double step) { return 1.0 - std::pow(hp.beta1, step); });
   }
-  const Decay decay =
-      hp.weight_decay == 0.0 ? Decay::kNone : (hp.decoupled ? Decay::kDecoupled : Decay::kL2);
-  auto with_decay = [&](auto&& f) {
-    switch (decay) {
-      case Decay::kNone:
-        f(DecayTag<Decay::kNone>{});
-        return;
-      case Decay::kL2:
-        f(DecayTag<Decay::kL2>{});
-        return;
-      case Decay::kDecoupled:
-        f(DecayTag<Decay::kDecoupled>{});
-        return;
-    }
-  };
   with_storage<true>(t, dtype, [&](auto st) {
     using St = decltype(st);
-    using C = typename St::compute;
-    with_decay([&](auto dec) {
-      with_bool(hp.amsgrad, [&](auto ams) {
-        using R = AdamRule<C, decltype(dec)::value, decltype(ams)::value, St::kLowPrecision>;
-        RuleForStep<R, AdamParams> rule(hp, t);
-        run<St, R>(t, true, nt, [&](int64_t r) { return rule(cpu::advance_step(t, r)); });
-      });
+    with_bool(hp.amsgrad, [&](auto ams) {
+      using R = AdamRule<typename St::compute, decltype(ams)::value, St::kLowPrecision>;
+      RuleForStep<R, AdamParams> rule(hp, t);
+      run<St, R>(t, true, nt, [&](int64_t r) { return rule(cpu::advance_step(t, r)); });
     });
   });
 }

@@ -4,9 +4,11 @@
 // the same order, the same scalar casts (a Python scalar becomes the tensor's dtype before use)
 // and fused multiply-adds exactly where ATen's vectorised kernels use them (`add(x, alpha=a)` and
 // `lerp`). Step-dependent scalars are computed once per tensor on the host, in double, as torch
-// computes them in Python. Variants that change the arrays or the arithmetic are template
-// parameters, never branches in the inner loop; `maximize` is a multiplication by -1 or 1, which
-// is exact (torch's fused kernels negate the same way).
+// computes them in Python. Variants that change the arrays (momentum, amsgrad, centered) or the
+// arithmetic order (Adam's FUSED) are template parameters; the rest are chosen per tensor without
+// a branch: `maximize` multiplies by -1 or 1, weight decay and Nesterov are bit-mask selects
+// (`pick`), Adam's decoupled decay multiplies by a factor that is exactly 1 when it is off. All
+// exact, and they keep the number of instantiations (one per storage mode and ISA) small.
 //
 // A rule computes in one type T (`value_type`). How each array is stored (float32, float64,
 // bfloat16, float16, a float32 master copy) is the traversal's business (storage.h).
@@ -88,15 +90,14 @@ struct Lerp {
   }
 };
 
-enum class Decay { kNone = 0, kL2 = 1, kDecoupled = 2 };
-
 // torch: grad = -grad if maximize; grad = grad.add(param, alpha=weight_decay) if weight_decay != 0
 // (an fma in the for-loop's vectorised add; FUSED: torch's fused kernels multiply, then add).
-template <typename T, bool L2, bool FUSED = false>
-PFO_HD T prepare_grad(T g, T p, T wd, T sign) {
+// `l2` is all ones when the decay applies: a select, not a template flag, so each rule is built
+// once per storage mode (the decayed value is computed either way; the choice is exact).
+template <typename T, bool FUSED = false>
+PFO_HD T prepare_grad(T g, T p, T wd, T sign, MaskOf<T> l2) {
   g = g * sign;
-  if (L2) g = FUSED ? g + p * wd : fmadd(wd, p, g);
-  return g;
+  return pick(l2, FUSED ? g + p * wd : fmadd(wd, p, g), g);
 }
 
 template <typename T>
@@ -106,12 +107,12 @@ PFO_HD T sign_of(bool maximize) {
 
 // SGD. Arrays: p, g[, momentum_buffer]. `first` marks a tensor whose buffer torch would create by
 // cloning the gradient (the state held no momentum_buffer before this step).
-template <typename T, bool L2, bool MOMENTUM>
+template <typename T, bool MOMENTUM>
 struct SgdRule {
   using value_type = T;
   static constexpr int kArrays = MOMENTUM ? 3 : 2;
   T sign, neg_lr, wd, momentum, one_minus_dampening;
-  MaskOf<T> first, nesterov;
+  MaskOf<T> first, nesterov, l2;
 
   SgdRule(const SgdParams& hp, bool first_step)
       : sign(sign_of<T>(hp.maximize)),
@@ -120,15 +121,16 @@ struct SgdRule {
         momentum(static_cast<T>(hp.momentum)),
         one_minus_dampening(static_cast<T>(1.0 - hp.dampening)),
         first(mask_of<T>(first_step)),
-        nesterov(mask_of<T>(hp.nesterov)) {}
+        nesterov(mask_of<T>(hp.nesterov)),
+        l2(mask_of<T>(hp.weight_decay != 0.0)) {}
 
   PFO_HD void operator()(T& p, const T& g0) const {
-    const T g = prepare_grad<T, L2>(g0, p, wd, sign);
+    const T g = prepare_grad<T>(g0, p, wd, sign, l2);
     p = fmadd(neg_lr, g, p);
   }
 
   PFO_HD void operator()(T& p, const T& g0, T& buf) const {
-    T g = prepare_grad<T, L2>(g0, p, wd, sign);
+    T g = prepare_grad<T>(g0, p, wd, sign, l2);
     const T b = pick(first, g, fmadd(one_minus_dampening, g, buf * momentum));
     buf = b;
     g = pick(nesterov, fmadd(momentum, b, g), b);
@@ -137,20 +139,22 @@ struct SgdRule {
 };
 
 // Adagrad. Arrays: p, g, sum. clr = lr / (1 + (step - 1) * lr_decay), in double.
-template <typename T, bool L2>
+template <typename T>
 struct AdagradRule {
   using value_type = T;
   static constexpr int kArrays = 3;
   T sign, neg_clr, wd, eps;
+  MaskOf<T> l2;
 
   AdagradRule(const AdagradParams& hp, double step)
       : sign(sign_of<T>(hp.maximize)),
         neg_clr(static_cast<T>(-(hp.lr / (1.0 + (step - 1.0) * hp.lr_decay)))),
         wd(static_cast<T>(hp.weight_decay)),
-        eps(static_cast<T>(hp.eps)) {}
+        eps(static_cast<T>(hp.eps)),
+        l2(mask_of<T>(hp.weight_decay != 0.0)) {}
 
   PFO_HD void operator()(T& p, const T& g0, T& sum) const {
-    const T g = prepare_grad<T, L2>(g0, p, wd, sign);
+    const T g = prepare_grad<T>(g0, p, wd, sign, l2);
     const T s = fmadd(g, g, sum);  // state_sum.addcmul_(grad, grad, value=1)
     sum = s;
     const T std_ = std::sqrt(s) + eps;
@@ -159,11 +163,12 @@ struct AdagradRule {
 };
 
 // Adadelta. Arrays: p, g, square_avg, acc_delta.
-template <typename T, bool L2>
+template <typename T>
 struct AdadeltaRule {
   using value_type = T;
   static constexpr int kArrays = 4;
   T sign, neg_lr, wd, rho, one_minus_rho, eps;
+  MaskOf<T> l2;
 
   explicit AdadeltaRule(const AdadeltaParams& hp)
       : sign(sign_of<T>(hp.maximize)),
@@ -171,10 +176,11 @@ struct AdadeltaRule {
         wd(static_cast<T>(hp.weight_decay)),
         rho(static_cast<T>(hp.rho)),
         one_minus_rho(static_cast<T>(1.0 - hp.rho)),
-        eps(static_cast<T>(hp.eps)) {}
+        eps(static_cast<T>(hp.eps)),
+        l2(mask_of<T>(hp.weight_decay != 0.0)) {}
 
   PFO_HD void operator()(T& p, const T& g0, T& sq, T& acc) const {
-    const T g = prepare_grad<T, L2>(g0, p, wd, sign);
+    const T g = prepare_grad<T>(g0, p, wd, sign, l2);
     const T s = fmadd(one_minus_rho * g, g, sq * rho);
     sq = s;
     const T std_ = std::sqrt(s + eps);
@@ -185,12 +191,13 @@ struct AdadeltaRule {
 };
 
 // RMSprop. Arrays: p, g, square_avg[, grad_avg][, momentum_buffer].
-template <typename T, bool L2, bool CENTERED, bool MOMENTUM>
+template <typename T, bool CENTERED, bool MOMENTUM>
 struct RmspropRule {
   using value_type = T;
   static constexpr int kArrays = 3 + (CENTERED ? 1 : 0) + (MOMENTUM ? 1 : 0);
   T sign, neg_lr, wd, alpha, one_minus_alpha, eps, momentum;
   Lerp<T> lerp;
+  MaskOf<T> l2;
 
   explicit RmspropRule(const RmspropParams& hp)
       : sign(sign_of<T>(hp.maximize)),
@@ -200,7 +207,8 @@ struct RmspropRule {
         one_minus_alpha(static_cast<T>(1.0 - hp.alpha)),
         eps(static_cast<T>(hp.eps)),
         momentum(static_cast<T>(hp.momentum)),
-        lerp(1.0 - hp.alpha) {}
+        lerp(1.0 - hp.alpha),
+        l2(mask_of<T>(hp.weight_decay != 0.0)) {}
 
   // Shared by every arity: returns the new square_avg-based denominator pieces.
   PFO_HD T square(T& sq, T g) const {
@@ -221,12 +229,12 @@ struct RmspropRule {
   }
 
   PFO_HD void operator()(T& p, const T& g0, T& sq) const {
-    const T g = prepare_grad<T, L2>(g0, p, wd, sign);
+    const T g = prepare_grad<T>(g0, p, wd, sign, l2);
     plain_update(p, g, std::sqrt(square(sq, g)) + eps);
   }
   // centered xor momentum
   PFO_HD void operator()(T& p, const T& g0, T& sq, T& extra) const {
-    const T g = prepare_grad<T, L2>(g0, p, wd, sign);
+    const T g = prepare_grad<T>(g0, p, wd, sign, l2);
     const T s = square(sq, g);
     if (CENTERED) {
       plain_update(p, g, centered_avg(s, extra, g));
@@ -236,7 +244,7 @@ struct RmspropRule {
   }
   // centered and momentum
   PFO_HD void operator()(T& p, const T& g0, T& sq, T& ga, T& buf) const {
-    const T g = prepare_grad<T, L2>(g0, p, wd, sign);
+    const T g = prepare_grad<T>(g0, p, wd, sign, l2);
     momentum_update(p, buf, g, centered_avg(square(sq, g), ga, g));
   }
 };
@@ -245,28 +253,35 @@ struct RmspropRule {
 // arithmetic of torch's fused CPU kernel (`_fused_adam`, the reference for bfloat16/float16):
 // L2 decay and the second moment as a multiply and an add, where the for-loop's vectorised ops
 // fuse them.
-template <typename T, Decay DECAY, bool AMSGRAD, bool FUSED = false>
+//
+// The decay is chosen per tensor, not per template: L2 through `l2` (see prepare_grad), the
+// decoupled decay as a multiplication of the parameter by `decay_factor`, which is exactly 1
+// (an exact identity) when it does not apply.
+template <typename T, bool AMSGRAD, bool FUSED = false>
 struct AdamRule {
   using value_type = T;
   static constexpr int kArrays = AMSGRAD ? 5 : 4;
-  static constexpr bool kL2 = DECAY == Decay::kL2;
   T sign, wd, decay_factor, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step_size;
   Lerp<T> lerp;
+  MaskOf<T> l2;
 
   AdamRule(const AdamParams& hp, double step)
       : sign(sign_of<T>(hp.maximize)),
         wd(static_cast<T>(hp.weight_decay)),
-        decay_factor(static_cast<T>(1.0 - hp.lr * hp.weight_decay)),
+        decay_factor(hp.decoupled && hp.weight_decay != 0.0
+                         ? static_cast<T>(1.0 - hp.lr * hp.weight_decay)
+                         : T(1)),
         beta2(static_cast<T>(hp.beta2)),
         one_minus_beta2(static_cast<T>(1.0 - hp.beta2)),
         bc2_sqrt(static_cast<T>(std::pow(1.0 - std::pow(hp.beta2, step), 0.5))),
         eps(static_cast<T>(hp.eps)),
         neg_step_size(static_cast<T>(-(hp.lr / (1.0 - std::pow(hp.beta1, step))))),
-        lerp(1.0 - hp.beta1) {}
+        lerp(1.0 - hp.beta1),
+        l2(mask_of<T>(!hp.decoupled && hp.weight_decay != 0.0)) {}
 
   PFO_HD T moments(T& p, T g0, T& m, T& v) const {
-    if (DECAY == Decay::kDecoupled) p = p * decay_factor;
-    const T g = prepare_grad<T, kL2, FUSED>(g0, p, wd, sign);
+    p = p * decay_factor;
+    const T g = prepare_grad<T, FUSED>(g0, p, wd, sign, l2);
     m = lerp(m, g);
     const T s =
         FUSED ? v * beta2 + one_minus_beta2 * g * g : fmadd(one_minus_beta2 * g, g, v * beta2);
