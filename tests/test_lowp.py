@@ -404,3 +404,42 @@ def test_stochastic_rounding_switched_on_by_hand():
         opt.step()
     assert opt.param_groups[0]["sr_step"] == 3
     assert (p.detach().float() < 1).any()  # moved where round-to-nearest would stall
+
+
+@pytest.mark.parametrize("how", ["copy_", "data", "load_state_dict"])
+def test_master_weights_follow_a_parameter_the_user_wrote(how):
+    """Weights written outside the optimizer (a model checkpoint loaded mid-training) re-seed the
+    master copy: the next step continues from them, never from the old master."""
+    model = torch.nn.Linear(8, 4).bfloat16()
+    opt = pyfastopt.AdamW(model.parameters(), lr=0.01, master_weights=True)
+    for _ in range(2):
+        model.zero_grad()
+        model(torch.randn(3, 8).bfloat16()).float().sum().backward()
+        opt.step()
+    new = {k: torch.full_like(v, 0.5) for k, v in model.state_dict().items()}
+    if how == "copy_":
+        with torch.no_grad():
+            for p, v in zip(model.parameters(), new.values()):
+                p.copy_(v)
+    elif how == "data":
+        for p, v in zip(model.parameters(), new.values()):
+            p.data = v.clone()
+    else:
+        model.load_state_dict(new)
+    model.zero_grad()
+    model(torch.randn(3, 8).bfloat16()).float().sum().backward()
+    opt.step()
+    for p in model.parameters():
+        assert (p.detach().float() - 0.5).abs().max() < 0.05  # one small step from 0.5
+        master = opt.state[p]["master_weight"]
+        assert torch.equal(master.to(torch.bfloat16), p.detach())
+
+
+def test_master_weights_keep_their_precision_across_skipped_and_idle_steps():
+    p = torch.nn.Parameter(torch.ones(16, dtype=torch.bfloat16))
+    opt = pyfastopt.SGD([p], lr=1e-4, master_weights=True)
+    for i in range(6):
+        p.grad = None if i % 2 else torch.ones_like(p)  # every other step has no gradient
+        opt.step()
+    master = opt.state[p]["master_weight"]
+    torch.testing.assert_close(master, torch.full((16,), 1 - 3e-4), rtol=0, atol=1e-7)

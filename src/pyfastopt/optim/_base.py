@@ -221,6 +221,7 @@ class FastOptimizer(torch.optim.Optimizer):
             self.state, self.param_groups = old_state, old_groups
             raise StateError(f"cannot load this state_dict: {type(exc).__name__}: {exc}") from exc
         self._fastopt_plans = {}
+        self._fastopt_master_seen = {}  # the master copies now come from the checkpoint
         try:
             for group in self.param_groups:
                 for key in _precision.OPTIONS + ("sr_seed", "sr_step"):
@@ -300,6 +301,8 @@ class FastOptimizer(torch.optim.Optimizer):
         for group in groups:
             if group.get("stochastic_rounding"):  # the step that keys the rounding bits
                 group["sr_step"] = group.get("sr_step", 0) + 1
+            if group.get("master_weights"):
+                _precision.follow_written_params(group, state, self._master_seen())
             plan = plans.get(id(group))
             # a plan is keyed by the options that decide what its tables mean (the buffer
             # names) or whether a step is allowed: any change takes the general path
@@ -311,7 +314,17 @@ class FastOptimizer(torch.optim.Optimizer):
                 elif self._fast_step(plan, group, threads):
                     continue
             plans[id(group)] = self._general_step(group, threads)
+        for group in groups:
+            if group.get("master_weights"):
+                _precision.record_params(group, self._master_seen())
         return loss
+
+    def _master_seen(self) -> dict:
+        """Master weights: each parameter's (version, address) after the last step."""
+        seen = self.__dict__.get("_fastopt_master_seen")
+        if seen is None:
+            seen = self._fastopt_master_seen = {}
+        return seen
 
     def _amp_step(self, loss: Any) -> Any:
         """GradScaler hands a fused optimizer the scale and the inf flag: skip or unscale."""

@@ -16,6 +16,7 @@ beyond torch (constructor keywords of every pyfastopt optimizer, kept per param 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -86,6 +87,34 @@ def settle_state(p: torch.Tensor, st: dict, keys: tuple[str, ...], mode: int) ->
             st[k] = b.detach().to(want)
     if mode == MASTER and MASTER_KEY not in st:
         st[MASTER_KEY] = torch.empty_like(p, dtype=torch.float32).copy_(p.detach())
+
+
+def follow_written_params(group: dict, state: Any, seen: Any) -> None:
+    """Master weights: a parameter written since the last step by anything but this optimizer
+    (``model.load_state_dict``, ``p.copy_``, ``p.data = ...``) re-seeds its master copy, so the
+    step continues from what the user wrote instead of overwriting it with the old master.
+    ``seen`` maps id(parameter) to (weak reference, autograd version, address) as the last step
+    left them (``record_params``); every in-place write advances the version, ``p.data =`` moves
+    the address."""
+    for p in group["params"]:
+        entry = seen.get(id(p))
+        if entry is None or entry[0]() is not p or entry[1:] == (p._version, p.data_ptr()):
+            continue
+        st = state.get(p)
+        master = st.get(MASTER_KEY) if isinstance(st, dict) else None
+        if isinstance(master, torch.Tensor):
+            if master.shape == p.shape and p.dtype in LOW_PRECISION:
+                with torch.no_grad():
+                    master.copy_(p)
+            else:  # another shape or dtype now: made again from the parameter
+                del st[MASTER_KEY]
+
+
+def record_params(group: dict, seen: Any) -> None:
+    """What ``follow_written_params`` compares against at the next step."""
+    for p in group["params"]:
+        if p.dtype in LOW_PRECISION:
+            seen[id(p)] = (weakref.ref(p), p._version, p.data_ptr())
 
 
 def call_seed(group: dict, salt: int) -> int:
