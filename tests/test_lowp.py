@@ -49,15 +49,19 @@ def _round_state(opt: torch.optim.Optimizer, dtype: torch.dtype) -> None:
                     v.copy_(v.to(dtype).float())
 
 
+def _train(opt: torch.optim.Optimizer, params: list, grads, to: torch.dtype | None = None) -> None:
+    """Step ``opt`` once per gradient list of ``grads`` (cast to ``to`` when given)."""
+    for gs in grads:
+        for p, g in zip(params, gs):
+            p.grad = g.clone() if to is None else g.to(to)
+        opt.step()
+
+
 def reference(name: str, kw: dict, dtype: torch.dtype, init, grads) -> list[torch.Tensor]:
     """The reference trajectory's final parameters, as 16-bit tensors."""
     if name in FUSED:
         ps = [torch.nn.Parameter(t.clone()) for t in init]
-        opt = getattr(torch.optim, name)(ps, fused=True, **kw)
-        for gs in grads:
-            for p, g in zip(ps, gs):
-                p.grad = g.clone()
-            opt.step()
+        _train(getattr(torch.optim, name)(ps, fused=True, **kw), ps, grads)
         return [p.detach() for p in ps]
     ps = [torch.nn.Parameter(t.float()) for t in init]
     opt = getattr(torch.optim, name)(ps, foreach=False, **kw)
@@ -289,16 +293,9 @@ def test_master_weights_follow_the_float32_rule(name, dtype):
     init, grads = _init(dtype), _grads(dtype, steps=8)
     ps = [torch.nn.Parameter(t.clone()) for t in init]
     opt = getattr(pyfastopt, name)(ps, master_weights=True, **kw)
-    for gs in grads:
-        for p, g in zip(ps, gs):
-            p.grad = g.clone()
-        opt.step()
+    _train(opt, ps, grads)
     refs = [torch.nn.Parameter(t.float()) for t in init]
-    r = getattr(torch.optim, name)(refs, foreach=False, **kw)
-    for gs in grads:
-        for q, g in zip(refs, gs):
-            q.grad = g.float()
-        r.step()
+    _train(getattr(torch.optim, name)(refs, foreach=False, **kw), refs, grads, torch.float32)
     for p, q in zip(ps, refs):
         master = opt.state[p]["master_weight"]
         assert master.dtype == torch.float32
