@@ -262,6 +262,18 @@ PYBIND11_MODULE(_core, m) {
         return out;
       },
       "SIMD paths this CPU can run, best first.");
+  m.def(
+      "use_lanes",
+      [](bool on) {
+        pyfastopt::set_lanes(on);
+        return pyfastopt::lanes_mode();
+      },
+      py::arg("on") = true,
+      "Switch the AVX-512 build's 16-lane loop for bfloat16/float16 storage on or off (it gives "
+      "the same bits as the compiler-vectorised loop). Returns lanes_mode().");
+  m.def("lanes_mode", &pyfastopt::lanes_mode,
+        "Bit 0: the 16-lane loop is on; bit 1: this CPU has AVX512-BF16 (bfloat16 stores rounded "
+        "to nearest take the loop only then).");
   m.def("build_info", &build_info, "Compiler, OpenMP version and build options of the core.");
   m.def("openmp_max_threads", &omp_threads, "omp_get_max_threads() of the OpenMP runtime in use.");
   pyfastopt::register_norm_bindings(m);

@@ -10,7 +10,8 @@ namespace {
 bool cpu_has_avx512() {
 #if defined(PFO_HAVE_X86_ISAS)
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("f16c");
 #else
   return false;
 #endif
@@ -42,7 +43,25 @@ const KernelSet* best() {
 // set_simd() may write it: atomic (ThreadSanitizer found the plain pointer racing).
 std::atomic<const KernelSet*> g_active{nullptr};
 
+bool cpu_has_avx512bf16() {
+#if defined(PFO_HAVE_X86_ISAS)
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+std::atomic<bool> g_lanes{true};
+
 }  // namespace
+
+int lanes_mode() {
+  static const bool bf16 = cpu_has_avx512bf16();
+  if (!g_lanes.load(std::memory_order_relaxed)) return 0;
+  return kLanesOn | (bf16 ? kLanesBf16 : 0);
+}
+
+void set_lanes(bool on) { g_lanes.store(on, std::memory_order_relaxed); }
 
 const KernelSet& active_kernels() {
   const KernelSet* k = g_active.load(std::memory_order_acquire);

@@ -70,4 +70,12 @@ bool select_kernels(const char* name);
 // Names of the kernel sets this CPU can run, best first.
 const char* const* supported_kernel_names(int* count);
 
+// The AVX-512 build's 16-lane loop for bfloat16/float16 storage (multi_tensor.h): kLanesOn while
+// switched on (the default), kLanesBf16 where the CPU also has AVX512-BF16. Off, 16-bit steps
+// take the compiler-vectorised loop, which gives the same bits.
+constexpr int kLanesOn = 1;
+constexpr int kLanesBf16 = 2;
+int lanes_mode();
+void set_lanes(bool on);
+
 }  // namespace pyfastopt

@@ -11,7 +11,10 @@
 // exact, and they keep the number of instantiations (one per storage mode and ISA) small.
 //
 // A rule computes in one type T (`value_type`). How each array is stored (float32, float64,
-// bfloat16, float16, a float32 master copy) is the traversal's business (storage.h).
+// bfloat16, float16, a float32 master copy) is the traversal's business (storage.h). Its
+// operator() takes the elements as V: T itself, or 16 lanes of T (lanes.h), where the traversal
+// converts 16-bit storage with the CPU's own instructions; the operations are the same IEEE
+// operations either way, so both give the same bits.
 #pragma once
 
 #include <cmath>
@@ -21,6 +24,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "pyfastopt/lanes.h"
 #include "pyfastopt/macros.h"
 #include "pyfastopt/params.h"
 
@@ -74,6 +78,11 @@ PFO_HD T max_nan(T a, T b) {
   return (a != a) ? a : ((a > b) ? a : b);
 }
 
+template <typename T>
+PFO_HD T sqrt_of(T x) {
+  return std::sqrt(x);
+}
+
 // torch.lerp(start, end, w) for a scalar weight, as ATen's vectorised CPU kernel computes it.
 template <typename T>
 struct Lerp {
@@ -85,7 +94,8 @@ struct Lerp {
     small = mask_of<T>(is_small);
     coeff = is_small ? w : w - T(1);
   }
-  PFO_HD T operator()(T start, T end) const {
+  template <typename V>
+  PFO_HD V operator()(V start, V end) const {
     return fmadd(coeff, end - start, pick(small, start, end));
   }
 };
@@ -94,8 +104,8 @@ struct Lerp {
 // (an fma in the for-loop's vectorised add; FUSED: torch's fused kernels multiply, then add).
 // `l2` is all ones when the decay applies: a select, not a template flag, so each rule is built
 // once per storage mode (the decayed value is computed either way; the choice is exact).
-template <typename T, bool FUSED = false>
-PFO_HD T prepare_grad(T g, T p, T wd, T sign, MaskOf<T> l2) {
+template <typename T, bool FUSED = false, typename V>
+PFO_HD V prepare_grad(V g, V p, T wd, T sign, MaskOf<T> l2) {
   g = g * sign;
   return pick(l2, FUSED ? g + p * wd : fmadd(wd, p, g), g);
 }
@@ -124,14 +134,16 @@ struct SgdRule {
         nesterov(mask_of<T>(hp.nesterov)),
         l2(mask_of<T>(hp.weight_decay != 0.0)) {}
 
-  PFO_HD void operator()(T& p, const T& g0) const {
-    const T g = prepare_grad<T>(g0, p, wd, sign, l2);
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0) const {
+    const V g = prepare_grad<T>(g0, p, wd, sign, l2);
     p = fmadd(neg_lr, g, p);
   }
 
-  PFO_HD void operator()(T& p, const T& g0, T& buf) const {
-    T g = prepare_grad<T>(g0, p, wd, sign, l2);
-    const T b = pick(first, g, fmadd(one_minus_dampening, g, buf * momentum));
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& buf) const {
+    V g = prepare_grad<T>(g0, p, wd, sign, l2);
+    const V b = pick(first, g, fmadd(one_minus_dampening, g, buf * momentum));
     buf = b;
     g = pick(nesterov, fmadd(momentum, b, g), b);
     p = fmadd(neg_lr, g, p);
@@ -153,11 +165,12 @@ struct AdagradRule {
         eps(static_cast<T>(hp.eps)),
         l2(mask_of<T>(hp.weight_decay != 0.0)) {}
 
-  PFO_HD void operator()(T& p, const T& g0, T& sum) const {
-    const T g = prepare_grad<T>(g0, p, wd, sign, l2);
-    const T s = fmadd(g, g, sum);  // state_sum.addcmul_(grad, grad, value=1)
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& sum) const {
+    const V g = prepare_grad<T>(g0, p, wd, sign, l2);
+    const V s = fmadd(g, g, sum);  // state_sum.addcmul_(grad, grad, value=1)
     sum = s;
-    const T std_ = std::sqrt(s) + eps;
+    const V std_ = sqrt_of(s) + eps;
     p = p + (neg_clr * g) / std_;  // param.addcdiv_(grad, std, value=-clr)
   }
 };
@@ -179,12 +192,13 @@ struct AdadeltaRule {
         eps(static_cast<T>(hp.eps)),
         l2(mask_of<T>(hp.weight_decay != 0.0)) {}
 
-  PFO_HD void operator()(T& p, const T& g0, T& sq, T& acc) const {
-    const T g = prepare_grad<T>(g0, p, wd, sign, l2);
-    const T s = fmadd(one_minus_rho * g, g, sq * rho);
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& sq, V& acc) const {
+    const V g = prepare_grad<T>(g0, p, wd, sign, l2);
+    const V s = fmadd(one_minus_rho * g, g, sq * rho);
     sq = s;
-    const T std_ = std::sqrt(s + eps);
-    const T delta = (std::sqrt(acc + eps) / std_) * g;
+    const V std_ = sqrt_of(s + eps);
+    const V delta = (sqrt_of(acc + eps) / std_) * g;
     acc = fmadd(one_minus_rho * delta, delta, acc * rho);
     p = fmadd(neg_lr, delta, p);
   }
@@ -211,40 +225,49 @@ struct RmspropRule {
         l2(mask_of<T>(hp.weight_decay != 0.0)) {}
 
   // Shared by every arity: returns the new square_avg-based denominator pieces.
-  PFO_HD T square(T& sq, T g) const {
-    const T s = fmadd(one_minus_alpha * g, g, sq * alpha);
+  template <typename V>
+  PFO_HD V square(V& sq, V g) const {
+    const V s = fmadd(one_minus_alpha * g, g, sq * alpha);
     sq = s;
     return s;
   }
-  PFO_HD T centered_avg(T s, T& ga, T g) const {
-    const T a = lerp(ga, g);
+  template <typename V>
+  PFO_HD V centered_avg(V s, V& ga, V g) const {
+    const V a = lerp(ga, g);
     ga = a;
-    return std::sqrt(fmadd(-a, a, s)) + eps;
+    return sqrt_of(fmadd(-a, a, s)) + eps;
   }
-  PFO_HD void plain_update(T& p, T g, T avg) const { p = p + (neg_lr * g) / avg; }
-  PFO_HD void momentum_update(T& p, T& buf, T g, T avg) const {
-    const T b = buf * momentum + g / avg;
+  template <typename V>
+  PFO_HD void plain_update(V& p, V g, V avg) const {
+    p = p + (neg_lr * g) / avg;
+  }
+  template <typename V>
+  PFO_HD void momentum_update(V& p, V& buf, V g, V avg) const {
+    const V b = buf * momentum + g / avg;
     buf = b;
     p = fmadd(neg_lr, b, p);
   }
 
-  PFO_HD void operator()(T& p, const T& g0, T& sq) const {
-    const T g = prepare_grad<T>(g0, p, wd, sign, l2);
-    plain_update(p, g, std::sqrt(square(sq, g)) + eps);
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& sq) const {
+    const V g = prepare_grad<T>(g0, p, wd, sign, l2);
+    plain_update(p, g, sqrt_of(square(sq, g)) + eps);
   }
   // centered xor momentum
-  PFO_HD void operator()(T& p, const T& g0, T& sq, T& extra) const {
-    const T g = prepare_grad<T>(g0, p, wd, sign, l2);
-    const T s = square(sq, g);
-    if (CENTERED) {
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& sq, V& extra) const {
+    const V g = prepare_grad<T>(g0, p, wd, sign, l2);
+    const V s = square(sq, g);
+    if constexpr (CENTERED) {
       plain_update(p, g, centered_avg(s, extra, g));
     } else {
-      momentum_update(p, extra, g, std::sqrt(s) + eps);
+      momentum_update(p, extra, g, sqrt_of(s) + eps);
     }
   }
   // centered and momentum
-  PFO_HD void operator()(T& p, const T& g0, T& sq, T& ga, T& buf) const {
-    const T g = prepare_grad<T>(g0, p, wd, sign, l2);
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& sq, V& ga, V& buf) const {
+    const V g = prepare_grad<T>(g0, p, wd, sign, l2);
     momentum_update(p, buf, g, centered_avg(square(sq, g), ga, g));
   }
 };
@@ -279,25 +302,33 @@ struct AdamRule {
         lerp(1.0 - hp.beta1),
         l2(mask_of<T>(!hp.decoupled && hp.weight_decay != 0.0)) {}
 
-  PFO_HD T moments(T& p, T g0, T& m, T& v) const {
+  template <typename V>
+  PFO_HD V moments(V& p, V g0, V& m, V& v) const {
     p = p * decay_factor;
-    const T g = prepare_grad<T, FUSED>(g0, p, wd, sign, l2);
+    const V g = prepare_grad<T, FUSED>(g0, p, wd, sign, l2);
     m = lerp(m, g);
-    const T s =
-        FUSED ? v * beta2 + one_minus_beta2 * g * g : fmadd(one_minus_beta2 * g, g, v * beta2);
+    V s;
+    if constexpr (FUSED) {
+      s = v * beta2 + one_minus_beta2 * g * g;
+    } else {
+      s = fmadd(one_minus_beta2 * g, g, v * beta2);
+    }
     v = s;
     return s;
   }
-  PFO_HD void update(T& p, T m, T s) const {
-    const T denom = std::sqrt(s) / bc2_sqrt + eps;
+  template <typename V>
+  PFO_HD void update(V& p, V m, V s) const {
+    const V denom = sqrt_of(s) / bc2_sqrt + eps;
     p = p + (neg_step_size * m) / denom;
   }
 
-  PFO_HD void operator()(T& p, const T& g0, T& m, T& v) const {
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& m, V& v) const {
     update(p, m, moments(p, g0, m, v));
   }
-  PFO_HD void operator()(T& p, const T& g0, T& m, T& v, T& vmax) const {
-    const T s = max_nan(vmax, moments(p, g0, m, v));
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& m, V& v, V& vmax) const {
+    const V s = max_nan(vmax, moments(p, g0, m, v));
     vmax = s;
     update(p, m, s);
   }
@@ -315,8 +346,8 @@ struct Unscaled {
   Rule rule;
   value_type scale;
 
-  template <class... S>
-  PFO_HD void operator()(value_type& p, value_type& g, S&... s) const {
+  template <class V, class... S>
+  PFO_HD void operator()(V& p, V& g, S&... s) const {
     g = g / scale;
     rule(p, g, s...);
   }

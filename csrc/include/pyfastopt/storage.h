@@ -9,6 +9,13 @@
 //   using compute = ...;   // what the rule computes in
 //   static compute load(const storage* p);
 //   static void store(storage* p, compute v, uint32_t random);
+// and, in the AVX-512 build (lanes.h), the same two functions for 16 consecutive elements,
+// `load_lanes` and `store_lanes`, built on the CPU's conversion instructions (VCVTNEPS2BF16,
+// VCVTPS2PH, VCVTPH2PS). Those give the scalar functions' bits: where an instruction differs
+// (VCVTNEPS2BF16 flushes subnormal inputs to zero; VCVTPS2PH keeps a NaN's payload, c10 does
+// not) the affected lanes, found by one test per vector, are recomputed by the scalar rule.
+// tools/check_lanes.cpp compares every float32 input.
+// `kBf16Insn` marks a policy whose lanes store needs AVX512-BF16 (checked at run time).
 // `random` is 32 bits of an element-keyed hash (see `element_random`); only stochastic rounding
 // reads it, and the traversal computes it only for a policy with `kRandom`. Every conversion is
 // exact integer arithmetic (or the IEEE conversion instruction, which is the same function), the
@@ -21,6 +28,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "pyfastopt/lanes.h"
 #include "pyfastopt/macros.h"
 
 #ifndef PFO_ISA_NS
@@ -132,14 +140,112 @@ PFO_HD uint32_t element_random(uint64_t salt, int64_t index) {
 // ---- the policies
 // --------------------------------------------------------------------------------
 
+#if defined(PFO_LANES)
+// ---- 16 lanes (AVX-512 build) ---------------------------------------------------------------
+
+PFO_HD LaneBits lane_bits(Lanes v) { return _mm512_castps_si512(v); }
+PFO_HD Lanes bits_lanes(LaneBits u) { return _mm512_castsi512_ps(u); }
+PFO_HD LaneBits splat(uint32_t x) { return _mm512_set1_epi32(static_cast<int>(x)); }
+
+PFO_HD __m256i load_words(const uint16_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+PFO_HD void store_words(uint16_t* p, __m256i w) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), w);
+}
+
+PFO_HD Lanes bf16_to_f32_lanes(__m256i h) {
+  return bits_lanes(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// f32_to_bf16, lane by lane, in integer arithmetic (a 32-bit result per lane)
+PFO_HD LaneBits f32_to_bf16_exact_lanes(Lanes f) {
+  const LaneBits u = lane_bits(f);
+  const LaneBits odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), splat(1));
+  const LaneBits rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, splat(0x7FFF)), odd), 16);
+  const LaneBits nan = _mm512_or_si512(_mm512_srli_epi32(u, 16), splat(0x40));
+  return _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), rounded, nan);
+}
+
+// VCVTNEPS2BF16 (round to nearest even, a NaN quieted as f32_to_bf16 does; written as an
+// assembler mnemonic, so the kernels need no AVX512-BF16 flag and run it only where cpuid
+// reports it), then the exact rule for the rare subnormal lanes, which the instruction flushes
+// to zero. The branch is per vector of 16, not per element.
+PFO_HD __m256i f32_to_bf16_lanes(Lanes f) {
+  __m256i h;
+  asm("vcvtneps2bf16 %1, %0" : "=v"(h) : "v"(f));
+  const __mmask16 odd = _mm512_fpclass_ps_mask(f, 0x20);  // subnormal
+  if (__builtin_expect(odd != 0, 0)) {
+    h = _mm256_mask_blend_epi16(odd, h, _mm512_cvtepi32_epi16(f32_to_bf16_exact_lanes(f)));
+  }
+  return h;
+}
+
+PFO_HD __m256i f32_to_bf16_stochastic_lanes(Lanes f, LaneBits random) {
+  const LaneBits u = lane_bits(f);
+  const LaneBits rounded =
+      _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_and_si512(random, splat(0xFFFF))), 16);
+  const __mmask16 payload = _mm512_test_epi32_mask(u, splat(0x007FFFFF));
+  const LaneBits special = _mm512_mask_or_epi32(_mm512_srli_epi32(u, 16), payload,
+                                                _mm512_srli_epi32(u, 16), splat(0x40));
+  const __mmask16 inf_nan =
+      _mm512_cmpeq_epi32_mask(_mm512_and_si512(u, splat(0x7F800000)), splat(0x7F800000));
+  return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(inf_nan, rounded, special));
+}
+
+PFO_HD Lanes fp16_to_f32_lanes(__m256i h) { return _mm512_cvtph_ps(h); }
+
+// VCVTPS2PH rounds to nearest even with IEEE subnormals and overflow to Inf, as f32_to_fp16;
+// a NaN becomes (sign | 0x7E00) as in c10.
+PFO_HD __m256i f32_to_fp16_lanes(Lanes f) {
+  __m256i h = _mm512_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
+  if (__builtin_expect(nan != 0, 0)) {
+    const LaneBits canon =
+        _mm512_or_si512(_mm512_srli_epi32(_mm512_and_si512(lane_bits(f), splat(0x80000000u)), 16),
+                        splat(0x7E00));
+    h = _mm256_mask_blend_epi16(nan, h, _mm512_cvtepi32_epi16(canon));
+  }
+  return h;
+}
+
+// element_random for elements index0 .. index0 + 15
+PFO_HD LaneBits element_random_lanes(uint64_t salt, int64_t index0) {
+  const uint64_t base = static_cast<uint64_t>(index0);
+  const LaneBits base_lo = splat(static_cast<uint32_t>(base));
+  const LaneBits lo = _mm512_add_epi32(
+      base_lo, _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  const __mmask16 carry = _mm512_cmplt_epu32_mask(lo, base_lo);
+  const LaneBits hi0 = splat(static_cast<uint32_t>(base >> 32));
+  const LaneBits hi = _mm512_mask_add_epi32(hi0, carry, hi0, splat(1));
+  LaneBits x = _mm512_xor_si512(splat(static_cast<uint32_t>(salt)),
+                                _mm512_mullo_epi32(lo, splat(0x9E3779B9u)));
+  x = _mm512_xor_si512(x, _mm512_add_epi32(splat(static_cast<uint32_t>(salt >> 32)),
+                                           _mm512_mullo_epi32(hi, splat(0x85EBCA6Bu))));
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+  x = _mm512_mullo_epi32(x, splat(0x7FEB352Du));
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+  x = _mm512_mullo_epi32(x, splat(0x846CA68Bu));
+  return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+}
+
+#endif
+
+// ---- the policies ------------------------------------------------------------------------------
+
 // Stored as it is computed (float32, float64).
 template <typename T>
 struct Plain {
   using storage = T;
   using compute = T;
   static constexpr bool kRandom = false;
+  static constexpr bool kBf16Insn = false;
   static PFO_HD T load(const T* p) { return *p; }
   static PFO_HD void store(T* p, T v, uint32_t) { *p = v; }
+#if defined(PFO_LANES)  // used for float32 only
+  static PFO_HD Lanes load_lanes(const storage* p) { return _mm512_loadu_ps(p); }
+  static PFO_HD void store_lanes(storage* p, Lanes v, LaneBits) { _mm512_storeu_ps(p, v); }
+#endif
 };
 
 // bfloat16 storage, float32 compute, rounded to nearest even on store.
@@ -147,8 +253,13 @@ struct Bf16 {
   using storage = uint16_t;
   using compute = float;
   static constexpr bool kRandom = false;
+  static constexpr bool kBf16Insn = true;
   static PFO_HD float load(const uint16_t* p) { return bf16_to_f32(*p); }
   static PFO_HD void store(uint16_t* p, float v, uint32_t) { *p = f32_to_bf16(v); }
+#if defined(PFO_LANES)
+  static PFO_HD Lanes load_lanes(const storage* p) { return bf16_to_f32_lanes(load_words(p)); }
+  static PFO_HD void store_lanes(storage* p, Lanes v, LaneBits) { store_words(p, f32_to_bf16_lanes(v)); }
+#endif
 };
 
 // bfloat16 storage, stochastic rounding on store.
@@ -156,8 +267,13 @@ struct Bf16Stochastic {
   using storage = uint16_t;
   using compute = float;
   static constexpr bool kRandom = true;
+  static constexpr bool kBf16Insn = false;
   static PFO_HD float load(const uint16_t* p) { return bf16_to_f32(*p); }
   static PFO_HD void store(uint16_t* p, float v, uint32_t r) { *p = f32_to_bf16_stochastic(v, r); }
+#if defined(PFO_LANES)
+  static PFO_HD Lanes load_lanes(const storage* p) { return bf16_to_f32_lanes(load_words(p)); }
+  static PFO_HD void store_lanes(storage* p, Lanes v, LaneBits r) { store_words(p, f32_to_bf16_stochastic_lanes(v, r)); }
+#endif
 };
 
 // float16 storage, float32 compute, rounded to nearest even on store.
@@ -165,15 +281,24 @@ struct Fp16 {
   using storage = uint16_t;
   using compute = float;
   static constexpr bool kRandom = false;
+  static constexpr bool kBf16Insn = false;
   static PFO_HD float load(const uint16_t* p) { return fp16_to_f32(*p); }
   static PFO_HD void store(uint16_t* p, float v, uint32_t) { *p = f32_to_fp16(v); }
+#if defined(PFO_LANES)
+  static PFO_HD Lanes load_lanes(const storage* p) { return fp16_to_f32_lanes(load_words(p)); }
+  static PFO_HD void store_lanes(storage* p, Lanes v, LaneBits) { store_words(p, f32_to_fp16_lanes(v)); }
+#endif
 };
 
 // Read, never written (a gradient the step does not unscale).
 template <class P>
 struct ReadOnly : P {
   static constexpr bool kRandom = false;
+  static constexpr bool kBf16Insn = false;
   static PFO_HD void store(typename P::storage*, typename P::compute, uint32_t) {}
+#if defined(PFO_LANES)
+  static PFO_HD void store_lanes(typename P::storage*, Lanes, LaneBits) {}
+#endif
 };
 
 // Written, never read (a low-precision parameter rewritten from its float32 master copy).
@@ -182,6 +307,9 @@ struct WriteOnly : P {
   static PFO_HD typename P::compute load(const typename P::storage*) {
     return typename P::compute(0);
   }
+#if defined(PFO_LANES)
+  static PFO_HD Lanes load_lanes(const typename P::storage*) { return _mm512_setzero_ps(); }
+#endif
 };
 
 }  // namespace PFO_ISA_NS
