@@ -79,6 +79,23 @@ def test_reports_every_impl_with_machine_record(tmp_path, capsys, no_mnist):
     assert "not used" in report["machine"]["data"]  # no train-* workload
 
 
+def test_bf16_rows_check_pyfastopt_against_the_16_bit_reference(tmp_path, no_mnist):
+    """bf16 groups: torch's three paths are timed as the baseline (fused SGD, which does not
+    update 16-bit parameters, is reported as not run); pyfastopt is checked bit for bit."""
+    rc, report = run_json(tmp_path, "--models", "mlp-128:bf16", "--optimizers", "adam,sgd")
+    assert rc == 0
+    rows = {(r["optimizer"], r["impl"]): r for r in report["results"]}
+    for opt in ("adam", "sgd"):
+        fast = rows[(opt, "pyfastopt")]
+        assert fast["parity_ok"] is True and fast["model"] == "mlp-128:bf16"
+        assert fast["bytes_per_step"] == 101_770 * 2 * (7 if opt == "adam" else 5)
+        assert rows[(opt, "torch")]["parity_ok"] is None
+        assert rows[(opt, "torch-foreach")]["parity_ok"] is None
+    assert ("adam", "torch-fused") in rows and ("sgd", "torch-fused") not in rows
+    reasons = [s["reason"] for s in report["skipped"] if s["impl"] == "torch-fused"]
+    assert any("does not update bfloat16" in r for r in reasons)
+
+
 def test_plot_is_a_png(tmp_path, no_mnist):
     pytest.importorskip("matplotlib")
     png = tmp_path / "speedups.png"

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pyfastopt.bench.candidates import build_candidate, is_checked, lowp_reference
 from pyfastopt.bench.harness import interleaved
+from pyfastopt.bench.impls import IMPLS
 from pyfastopt.bench.optimizers import OPTIMIZERS, state_buffers, streams
-from pyfastopt.bench.parity import compare
+from pyfastopt.bench.parity import compare, compare_lowp
 from pyfastopt.bench.roofline import STREAMS, stream_elements
-from pyfastopt.bench.workloads import DEFAULT_WORKLOADS, parse_workload
+from pyfastopt.bench.workloads import DEFAULT_WORKLOADS, make_tensors, parse_workload
 
 OPTION_CASES = [
     ("SGD", {"lr": 0.1}),
@@ -101,3 +103,52 @@ def test_fixed_cost_breakdown_adds_up():
     r = breakdown(tensors=3, numel=8, calls=200, repeats=2)
     assert r["step_us"] > 0 and r["collect_us"] > 0 and r["native_us"] > 0
     assert abs(r["step_us"] - (r["collect_us"] + r["native_us"] + r["python_us"])) < 1e-9
+
+
+def test_sixteen_bit_workloads():
+    w = parse_workload("mlp-2048-2048:bf16")
+    assert (w.dtype, w.lowp, w.itemsize, w.numel) == (torch.bfloat16, True, 2, 5_824_522)
+    assert parse_workload("small-4x100:FP16").dtype == torch.float16
+    assert not parse_workload("mlp-128").lowp and parse_workload("mlp-128").itemsize == 4
+    params, grads = make_tensors(parse_workload("fixed-2x8:bf16"))
+    assert all(t.dtype == torch.bfloat16 for t in params + grads)
+    assert OPTIMIZERS["adam"].bytes_per_step(1000, 2) == 7 * 1000 * 2
+
+
+@pytest.mark.parametrize("name", ["mlp-128:bf8", "train-128:bf16", "mlp-128:", "flat-1K:f32"])
+def test_bad_sixteen_bit_names(name):
+    with pytest.raises(ValueError, match="unknown model"):
+        parse_workload(name)
+
+
+def test_lowp_parity_allows_one_ulp_on_a_tiny_share():
+    ref = torch.randn(10_000).to(torch.bfloat16)
+    assert compare_lowp([ref], [ref.clone()], steps=1).ok
+    one = ref.clone()
+    one.view(torch.int16)[5] += 1  # one unit in the last place, one element in 10,000
+    p = compare_lowp([ref], [one], steps=1)
+    assert p.ok and p.max_abs > 0
+    two = ref.clone()
+    two.view(torch.int16)[5] += 2
+    assert not compare_lowp([ref], [two], steps=1).ok
+    many = ref.clone()
+    many.view(torch.int16)[:20] += 1  # 0.2% of the elements
+    assert not compare_lowp([ref], [many], steps=1).ok
+    nan = torch.full((4,), float("nan"), dtype=torch.bfloat16)
+    assert compare_lowp([nan], [nan.clone()], steps=1).ok
+    assert not compare_lowp([ref], [ref.to(torch.float16)], steps=1).ok
+
+
+@pytest.mark.parametrize("opt", ["adam", "sgd", "adagrad"])
+def test_lowp_reference_is_the_readme_reference(opt):
+    """Adam: torch's fused kernel on the 16-bit tensors; SGD/Adagrad: torch's float32 for-loop
+    on upcast values rounded every step, which pyfastopt matches and torch's for-loop does not."""
+    w = parse_workload("fixed-3x1000:bf16")
+    spec = OPTIMIZERS[opt]
+    ref = lowp_reference(spec, w)
+    assert ref is not None and all(t.dtype == torch.bfloat16 for t in ref)
+    fast = build_candidate(spec, w, IMPLS["pyfastopt"])
+    fast.advance(w.parity_steps)
+    assert fast.check(ref, w.parity_steps).ok
+    assert is_checked(IMPLS["pyfastopt"], w) and not is_checked(IMPLS["torch"], w)
+    assert is_checked(IMPLS["torch"], parse_workload("fixed-3x1000"))

@@ -140,7 +140,8 @@ def test_lanes_with_grad_scaler_in_the_kernel(name, dtype, master, lanes_and_sim
         grads = []
         for step in range(5):
             scaler.scale(torch.ones(()))
-            raw = torch.randn(1000, generator=g) * 10 ** torch.empty(1000).uniform_(-8, -2, generator=g)
+            magnitude = 10 ** torch.empty(1000).uniform_(-8, -2, generator=g)
+            raw = torch.randn(1000, generator=g) * magnitude
             if step == 2:
                 raw[7] = float("inf")
             p.grad = (raw * scaler.get_scale()).to(dtype)
@@ -175,7 +176,7 @@ def test_lane_conversions_match_the_scalar_ones_bit_for_bit(tmp_path):
     if cxx is None:
         pytest.skip("no C++ compiler")
     exe = tmp_path / "check_lanes"
-    flags = "-mavx512f -mavx512vl -mavx512bw -mavx512dq -mfma -mf16c".split()
+    flags = ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mfma", "-mf16c"]
     subprocess.run(
         [cxx, "-O2", "-std=c++17", *flags, "-I", str(include), str(src), "-o", str(exe)],
         check=True,

@@ -5,10 +5,12 @@
 // and fused multiply-adds exactly where ATen's vectorised kernels use them (`add(x, alpha=a)` and
 // `lerp`). Step-dependent scalars are computed once per tensor on the host, in double, as torch
 // computes them in Python. Variants that change the arrays (momentum, amsgrad, centered) or the
-// arithmetic order (Adam's FUSED) are template parameters; the rest are chosen per tensor without
-// a branch: `maximize` multiplies by -1 or 1, weight decay and Nesterov are bit-mask selects
-// (`pick`), Adam's decoupled decay multiplies by a factor that is exactly 1 when it is off. All
-// exact, and they keep the number of instantiations (one per storage mode and ISA) small.
+// arithmetic order (Adam's FUSED) are template parameters; the rest are chosen per tensor:
+// `maximize` multiplies by -1 or 1, weight decay and Nesterov are selects (`choose`), Adam's
+// decoupled decay multiplies by a factor that is exactly 1 when it is off (`times`). Element by
+// element these are bit masks, without a branch; on 16 lanes, one branch per vector that goes
+// the same way for the whole tensor. All exact, and they keep the number of instantiations (one
+// per storage mode and ISA) small.
 //
 // A rule computes in one type T (`value_type`). How each array is stored (float32, float64,
 // bfloat16, float16, a float32 master copy) is the traversal's business (storage.h). Its
@@ -72,6 +74,30 @@ PFO_HD T pick(MaskOf<T> mask, T a, T b) {
   return out;
 }
 
+// A per-tensor choice, made where elements are computed: `a()` where the mask is all ones, else
+// `b()`. Element by element both are computed and the mask selects (vectorisable); on 16 lanes
+// one branch per vector, the same for every vector of the tensor, computes only the one taken.
+template <typename T, typename V, typename A, typename B>
+PFO_HD V choose(MaskOf<T> mask, A&& a, B&& b) {
+  if constexpr (std::is_same_v<V, T>) {
+    return pick(mask, a(), b());
+  } else {
+    return mask ? a() : b();
+  }
+}
+
+// x * f for a per-tensor factor that is exactly 1 unless an option is on (maximize's sign,
+// AdamW's decay): on 16 lanes the multiplication is skipped when f is 1. Multiplying by 1 only
+// quiets a signalling NaN, which the rule's next operation quiets anyway (same bits).
+template <typename T, typename V>
+PFO_HD V times(V x, T f) {
+  if constexpr (std::is_same_v<V, T>) {
+    return x * f;
+  } else {
+    return f == T(1) ? x : x * f;
+  }
+}
+
 // torch.maximum: NaN in either operand propagates.
 template <typename T>
 PFO_HD T max_nan(T a, T b) {
@@ -106,8 +132,9 @@ struct Lerp {
 // once per storage mode (the decayed value is computed either way; the choice is exact).
 template <typename T, bool FUSED = false, typename V>
 PFO_HD V prepare_grad(V g, V p, T wd, T sign, MaskOf<T> l2) {
-  g = g * sign;
-  return pick(l2, FUSED ? g + p * wd : fmadd(wd, p, g), g);
+  g = times(g, sign);
+  return choose<T, V>(
+      l2, [&] { return FUSED ? g + p * wd : fmadd(wd, p, g); }, [&] { return g; });
 }
 
 template <typename T>
@@ -143,9 +170,10 @@ struct SgdRule {
   template <typename V>
   PFO_HD void operator()(V& p, const V& g0, V& buf) const {
     V g = prepare_grad<T>(g0, p, wd, sign, l2);
-    const V b = pick(first, g, fmadd(one_minus_dampening, g, buf * momentum));
+    const V b = choose<T, V>(
+        first, [&] { return g; }, [&] { return fmadd(one_minus_dampening, g, buf * momentum); });
     buf = b;
-    g = pick(nesterov, fmadd(momentum, b, g), b);
+    g = choose<T, V>(nesterov, [&] { return fmadd(momentum, b, g); }, [&] { return b; });
     p = fmadd(neg_lr, g, p);
   }
 };
@@ -304,7 +332,7 @@ struct AdamRule {
 
   template <typename V>
   PFO_HD V moments(V& p, V g0, V& m, V& v) const {
-    p = p * decay_factor;
+    p = times(p, decay_factor);
     const V g = prepare_grad<T, FUSED>(g0, p, wd, sign, l2);
     m = lerp(m, g);
     V s;

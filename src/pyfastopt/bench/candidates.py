@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .impls import IMPLS, REFERENCE, Impl
+from .impls import IMPLS, REFERENCE, Impl, unavailable
 from .optimizers import OPTIMIZERS, OptimizerSpec, get_optimizer
-from .parity import Parity, compare, snapshot
+from .parity import Parity, compare, compare_lowp, round_state, snapshot
 from .training import Batches, TrainStep, make_mlp, train_step
 from .workloads import Workload, as_parameters, make_tensors, parse_workload
 
@@ -36,10 +36,44 @@ class Candidate:
             self.step()
 
     def check(self, reference: Sequence[torch.Tensor], steps: int) -> Parity:
-        """Compare this candidate, after ``steps`` steps, with torch's result after as many."""
+        """Compare this candidate, after ``steps`` steps, with the reference after as many."""
+        if self.params and self.params[0].dtype in (torch.bfloat16, torch.float16):
+            return compare_lowp(reference, self.params, steps=steps)
         return compare(
             reference, self.params, steps=steps, rtol=self.impl.rtol, atol=self.impl.atol
         )
+
+
+def is_checked(impl: Impl, workload: Workload) -> bool:
+    """Whether ``impl``'s result is compared with the reference. In 16-bit workloads torch's
+    own paths are the baseline of the timing but not the reference: the for-loop and foreach
+    paths round every intermediate, fused SGD does not update 16-bit parameters."""
+    return not (workload.lowp and impl.is_torch)
+
+
+def lowp_reference(
+    spec: OptimizerSpec, workload: Workload, *, seed: int = 0
+) -> list[torch.Tensor] | None:
+    """The 16-bit reference after ``workload.parity_steps`` steps from the common start: torch's
+    fused kernel for Adam and AdamW (None where this torch has none), otherwise torch's float32
+    for-loop on upcast values, parameters and state rounded to the 16-bit dtype every step."""
+    params, grads = make_tensors(workload, seed)
+    steps = workload.parity_steps
+    if spec.cls_name in ("Adam", "AdamW"):
+        if unavailable("torch-fused", spec.name, lowp=True):
+            return None
+        ps = as_parameters(params, grads)
+        opt = spec.torch_cls(ps, **spec.hparams, fused=True)
+        for _ in range(steps):
+            opt.step()
+        return snapshot(ps)
+    ps = as_parameters([p.float() for p in params], [g.float() for g in grads])
+    opt = spec.torch_cls(ps, **spec.hparams, foreach=False)
+    round_state(opt, workload.dtype)  # Adagrad's initial accumulator
+    for _ in range(steps):
+        opt.step()
+        round_state(opt, workload.dtype)
+    return [p.detach().to(workload.dtype) for p in ps]
 
 
 def build_candidate(
@@ -67,9 +101,12 @@ def reference_run(
     *,
     seed: int = 0,
     batches: Batches | None = None,
-) -> tuple[Candidate, list[torch.Tensor]]:
+) -> tuple[Candidate | None, list[torch.Tensor] | None]:
     """torch's for-loop candidate after ``workload.parity_steps`` steps from the common start,
-    and a copy of its parameters then (what every other candidate is compared with)."""
+    and a copy of its parameters then (what every other candidate is compared with). For a
+    16-bit workload: no candidate, and :func:`lowp_reference`."""
+    if workload.lowp:
+        return None, lowp_reference(spec, workload, seed=seed)
     ref = build_candidate(spec, workload, IMPLS[REFERENCE], seed=seed, batches=batches)
     ref.advance(workload.parity_steps)
     return ref, snapshot(ref.params)

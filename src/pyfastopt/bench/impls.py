@@ -107,8 +107,9 @@ def get_impl(name: str) -> Impl:
 
 
 @functools.cache
-def unavailable(impl_name: str, opt_name: str) -> str | None:
-    """None when implementation ``impl_name`` can step optimizer ``opt_name`` here, else why not.
+def unavailable(impl_name: str, opt_name: str, lowp: bool = False) -> str | None:
+    """None when implementation ``impl_name`` can step optimizer ``opt_name`` here (on
+    bfloat16 parameters with ``lowp``), else why not.
 
     Optional implementations are probed once per pair with one step on a tiny CPU tensor;
     the others (torch's for-loop and foreach paths, pyfastopt) are never skipped, so that a
@@ -122,10 +123,15 @@ def unavailable(impl_name: str, opt_name: str) -> str | None:
         return reason
     if not impl.applies(spec):
         return f"{impl.name} has no {spec.cls_name}"
+    if lowp and impl.name == "torch-fused" and spec.cls_name == "SGD":
+        return "torch's fused SGD does not update bfloat16/float16 parameters (pytorch #191763)"
+    if lowp and impl.name == "deepspeed":
+        return "not benchmarked on 16-bit parameters"
     if not impl.optional:
         return None
-    param = torch.nn.Parameter(torch.ones(8))
-    param.grad = torch.full((8,), 0.5)
+    dtype = torch.bfloat16 if lowp else torch.float32
+    param = torch.nn.Parameter(torch.ones(8, dtype=dtype))
+    param.grad = torch.full((8,), 0.5, dtype=dtype)
     try:
         impl.build(spec, [param]).step()
     except Exception as exc:  # a probe: whatever fails here means "cannot run it"

@@ -10,7 +10,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .candidates import Candidate, build_candidate
+from .candidates import Candidate, build_candidate, is_checked, lowp_reference
 from .harness import Timing, interleaved
 from .impls import IMPLS, REFERENCE, unavailable
 from .optimizers import OptimizerSpec
@@ -42,12 +42,21 @@ class Group:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def _check(cands: dict[str, Candidate], steps: int) -> dict[str, Parity]:
-    """Step every candidate ``steps`` times from the same start; compare with the reference."""
+def _check(
+    cands: dict[str, Candidate], spec: OptimizerSpec, workload: Workload, seed: int
+) -> dict[str, Parity]:
+    """Step every candidate as often as the reference takes from the same start; compare the
+    checked ones with it (torch's for-loop, or the 16-bit reference)."""
+    steps = workload.parity_steps
     for c in cands.values():
         c.advance(steps)
-    ref = snapshot(cands[REFERENCE].params)
-    return {name: c.check(ref, steps) for name, c in cands.items()}
+    if workload.lowp:
+        ref = lowp_reference(spec, workload, seed=seed)
+    else:
+        ref = snapshot(cands[REFERENCE].params)
+    if ref is None:
+        return {}
+    return {name: c.check(ref, steps) for name, c in cands.items() if is_checked(c.impl, workload)}
 
 
 def run_group(
@@ -62,14 +71,14 @@ def run_group(
     names = [REFERENCE] + [n for n in impl_names if n != REFERENCE]
     cands: dict[str, Candidate] = {}
     for name in names:
-        reason = unavailable(name, spec.name)
+        reason = unavailable(name, spec.name, workload.lowp)
         if reason:
             group.skipped.append(Skipped(spec.name, workload.name, name, reason))
         else:
             cands[name] = build_candidate(
                 spec, workload, IMPLS[name], seed=settings.seed, batches=batches
             )
-    parity = _check(cands, workload.parity_steps) if settings.check else {}
+    parity = _check(cands, spec, workload, settings.seed) if settings.check else {}
 
     timed: dict[str, Callable[[], object]] = {n: c.step for n, c in cands.items()}
     nbytes = None
@@ -81,7 +90,7 @@ def run_group(
             assert c.train is not None
             c.train.fwd_bwd_ns.clear()
     else:
-        nbytes = spec.bytes_per_step(workload.numel)
+        nbytes = spec.bytes_per_step(workload.numel, workload.itemsize)
         timed[ROOFLINE] = streaming_kernel(nbytes)
     timings = interleaved(
         timed,

@@ -4,10 +4,13 @@ Names: ``mlp-H1-H2...`` (an MNIST MLP 784-H1-H2-...-10, ``optimizer.step()`` alo
 gradients), ``train-H1-...`` (forward, backward and step of that MLP on MNIST batches),
 ``small-NxM`` and ``fixed-NxM`` (N tensors of M elements), ``flat-N`` (one tensor of N
 elements). Sizes take a K (×1024) or M (×1024²) suffix: ``flat-32M`` is 33,554,432 elements.
+A ``:bf16`` or ``:fp16`` suffix runs a step-only workload on 16-bit parameters, gradients and
+state (``mlp-2048-2048:bf16``); otherwise they are float32.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Sequence
@@ -27,9 +30,21 @@ DEFAULT_WORKLOADS = (
     "small-500x1k",
     "flat-32M",
     "train-512-256",
+    "mlp-128:bf16",
+    "mlp-512-256:bf16",
+    "mlp-2048-2048:bf16",
 )
 #: what ``--quick`` runs unless ``--models`` says otherwise (the small, fast ones)
-QUICK_WORKLOADS = ("fixed-6x16", "mlp-128", "mlp-512-256", "small-500x1k", "train-512-256")
+QUICK_WORKLOADS = (
+    "fixed-6x16",
+    "mlp-128",
+    "mlp-512-256",
+    "small-500x1k",
+    "train-512-256",
+    "mlp-512-256:bf16",
+)
+#: the 16-bit suffixes of a workload name
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,17 @@ class Workload:
     #: costs), one when training (the next gradients then differ by the rounding of the step,
     #: which e.g. RMSprop amplifies where gradients are tiny, so later steps prove little)
     parity_steps: int = 2
+    #: the dtype of parameters, gradients and state
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def lowp(self) -> bool:
+        """16-bit parameters (checked against the 16-bit reference, see bench/parity.py)."""
+        return self.dtype in (torch.bfloat16, torch.float16)
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
 
     @property
     def numel(self) -> int:
@@ -80,6 +106,13 @@ def mlp_shapes(hidden: Sequence[int]) -> tuple[tuple[int, ...], ...]:
 def parse_workload(name: str) -> Workload:
     """The workload a CLI name describes, or ValueError explaining the accepted forms."""
     key = name.strip()
+    base, _, suffix = key.partition(":")
+    if suffix:
+        if suffix.lower() not in DTYPES or base.startswith("train"):
+            raise ValueError(
+                f"unknown model {name!r}: a step-only workload may end in :bf16 or :fp16"
+            )
+        return dataclasses.replace(parse_workload(base), name=key, dtype=DTYPES[suffix.lower()])
     kind, _, rest = key.partition("-")
     try:
         if kind in ("mlp", "train") and rest:
@@ -105,14 +138,16 @@ def parse_workload(name: str) -> Workload:
 def make_tensors(
     workload: Workload, seed: int = 0
 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """Deterministic float32 start values and fixed gradients for a step-only workload.
+    """Deterministic start values and fixed gradients for a step-only workload, in its dtype
+    (drawn in float32 and rounded, so every dtype starts from the same values).
 
     The latest result is cached (every candidate of a group starts from it): never modify the
     tensors in place; :func:`as_parameters` copies them.
     """
     gen = torch.Generator().manual_seed(seed)
-    params = tuple(torch.randn(s, generator=gen).mul_(0.05) for s in workload.shapes)
-    grads = tuple(torch.randn(s, generator=gen).mul_(0.01) for s in workload.shapes)
+    dt = workload.dtype
+    params = tuple(torch.randn(s, generator=gen).mul_(0.05).to(dt) for s in workload.shapes)
+    grads = tuple(torch.randn(s, generator=gen).mul_(0.01).to(dt) for s in workload.shapes)
     return params, grads
 
 
