@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         default=None,
         help=f"comma-separated workloads (default: {', '.join(DEFAULT_WORKLOADS)}); "
-        "forms: mlp-H1-H2, train-H1-H2, small-NxM, fixed-NxM, flat-N (K/M suffixes)",
+        "forms: mlp-H1-H2, train-H1-H2, small-NxM, fixed-NxM, flat-N (K/M suffixes); "
+        "a step-only workload ending in :bf16 or :fp16 runs on 16-bit parameters",
     )
     p.add_argument(
         "--impls",
