@@ -18,6 +18,7 @@ import torch
 from optim_db import NAMES, case_id, cases, require_torch_options
 
 import pyfastopt
+from pyfastopt.bench.parity import round_state as _round_state
 
 LOWP = [torch.bfloat16, torch.float16]
 SHAPES = ((1023,), (7, 33), (1,), (5000,))
@@ -36,17 +37,6 @@ def _grads(dtype: torch.dtype, steps: int = STEPS, seed: int = 0) -> list[list[t
 def _init(dtype: torch.dtype, seed: int = 1) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(s, generator=g).to(dtype) for s in SHAPES]
-
-
-def _round_state(opt: torch.optim.Optimizer, dtype: torch.dtype) -> None:
-    with torch.no_grad():
-        for group in opt.param_groups:
-            for p in group["params"]:
-                p.copy_(p.to(dtype).float())
-        for st in opt.state.values():
-            for k, v in st.items():
-                if k != "step" and torch.is_tensor(v) and v.is_floating_point():
-                    v.copy_(v.to(dtype).float())
 
 
 def _train(opt: torch.optim.Optimizer, params: list, grads, to: torch.dtype | None = None) -> None:
