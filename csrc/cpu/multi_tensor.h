@@ -66,9 +66,8 @@ struct LanesFor;
 template <class Rule, class... P>
 struct LanesFor<std::tuple<P...>, Rule> {
 #if defined(PFO_LANES)
-  static constexpr bool kPossible =
-      std::is_same_v<typename Rule::value_type, float> &&
-      (std::is_same_v<typename P::storage, uint16_t> || ...);
+  static constexpr bool kPossible = std::is_same_v<typename Rule::value_type, float> &&
+                                    (std::is_same_v<typename P::storage, uint16_t> || ...);
 #else
   static constexpr bool kPossible = false;
 #endif
@@ -91,8 +90,7 @@ inline void apply_span_lanes(const Rule& rule_in, const int64_t* ptrs, int64_t b
   for (; i + kLanes <= n; i += kLanes) {
     Lanes v[sizeof...(I)] = {PolicyAt<Pols, I>::load_lanes(std::get<I>(a) + i)...};
     rule(v[I]...);
-    const LaneBits r =
-        kRandom ? element_random_lanes(salt, begin + i) : _mm512_setzero_si512();
+    const LaneBits r = kRandom ? element_random_lanes(salt, begin + i) : _mm512_setzero_si512();
     (PolicyAt<Pols, I>::store_lanes(std::get<I>(a) + i, v[I], r), ...);
   }
   if (i < n) apply_span<Pols>(rule, ptrs, begin + i, n - i, salt, arrays);
@@ -104,29 +102,31 @@ inline uint64_t row_salt(const Table& t, int64_t r) {
   return t.seed ^ (static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull);
 }
 
+// Elements [begin, begin + n) of one row: the 16-lane loop where the call takes it.
+template <class Pols, class Rule>
+inline void apply_row_span(const Rule& rule, const int64_t* ptrs, int64_t begin, int64_t n,
+                           uint64_t salt, bool lanes) {
+  constexpr auto arrays = std::make_index_sequence<Rule::kArrays>{};
+#if defined(PFO_LANES)
+  if constexpr (LanesFor<Pols, Rule>::kPossible) {
+    if (lanes) return apply_span_lanes<Pols>(rule, ptrs, begin, n, salt, arrays);
+  }
+#endif
+  static_cast<void>(lanes);  // read only by the AVX-512 build
+  apply_span<Pols>(rule, ptrs, begin, n, salt, arrays);
+}
+
 // Applies each row's rule to elements [begin, end) of the rows laid end to end.
 template <class Pols, class Rule>
-void apply_range(const Table& table, const Rule* rules, int64_t begin, int64_t end,
-                 bool lanes) {
-  constexpr auto arrays = std::make_index_sequence<Rule::kArrays>{};
-  static_cast<void>(lanes);  // read only by the AVX-512 build
+void apply_range(const Table& table, const Rule* rules, int64_t begin, int64_t end, bool lanes) {
   int64_t offset = 0;
   for (int64_t r = 0; r < table.rows && offset < end; ++r) {
     const int64_t n = row_numel(table, r);
     const int64_t lo = begin > offset ? begin : offset;
     const int64_t hi = end < offset + n ? end : offset + n;
     if (lo < hi) {
-      const int64_t* ptrs = row_ptrs(table, r);
-#if defined(PFO_LANES)
-      if constexpr (LanesFor<Pols, Rule>::kPossible) {
-        if (lanes) {
-          apply_span_lanes<Pols>(rules[r], ptrs, lo - offset, hi - lo, row_salt(table, r), arrays);
-          offset += n;
-          continue;
-        }
-      }
-#endif
-      apply_span<Pols>(rules[r], ptrs, lo - offset, hi - lo, row_salt(table, r), arrays);
+      apply_row_span<Pols>(rules[r], row_ptrs(table, r), lo - offset, hi - lo, row_salt(table, r),
+                           lanes);
     }
     offset += n;
   }

@@ -39,7 +39,8 @@ PFO_HD Lanes pick(uint32_t mask, Lanes a, Lanes b) {
 
 // torch.maximum: NaN in either operand propagates (`a` if a is NaN or a > b, else b)
 PFO_HD Lanes max_nan(Lanes a, Lanes b) {
-  const __mmask16 take_a = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ);
+  const __mmask16 take_a =
+      _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ);
   return _mm512_mask_blend_ps(take_a, b, a);
 }
 

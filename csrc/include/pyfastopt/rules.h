@@ -133,8 +133,7 @@ struct Lerp {
 template <typename T, bool FUSED = false, typename V>
 PFO_HD V prepare_grad(V g, V p, T wd, T sign, MaskOf<T> l2) {
   g = times(g, sign);
-  return choose<T, V>(
-      l2, [&] { return FUSED ? g + p * wd : fmadd(wd, p, g); }, [&] { return g; });
+  return choose<T, V>(l2, [&] { return FUSED ? g + p * wd : fmadd(wd, p, g); }, [&] { return g; });
 }
 
 template <typename T>

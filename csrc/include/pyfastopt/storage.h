@@ -162,7 +162,8 @@ PFO_HD Lanes bf16_to_f32_lanes(__m256i h) {
 PFO_HD LaneBits f32_to_bf16_exact_lanes(Lanes f) {
   const LaneBits u = lane_bits(f);
   const LaneBits odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), splat(1));
-  const LaneBits rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, splat(0x7FFF)), odd), 16);
+  const LaneBits rounded =
+      _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, splat(0x7FFF)), odd), 16);
   const LaneBits nan = _mm512_or_si512(_mm512_srli_epi32(u, 16), splat(0x40));
   return _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), rounded, nan);
 }
@@ -201,9 +202,8 @@ PFO_HD __m256i f32_to_fp16_lanes(Lanes f) {
   __m256i h = _mm512_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
   if (__builtin_expect(nan != 0, 0)) {
-    const LaneBits canon =
-        _mm512_or_si512(_mm512_srli_epi32(_mm512_and_si512(lane_bits(f), splat(0x80000000u)), 16),
-                        splat(0x7E00));
+    const LaneBits canon = _mm512_or_si512(
+        _mm512_srli_epi32(_mm512_and_si512(lane_bits(f), splat(0x80000000u)), 16), splat(0x7E00));
     h = _mm256_mask_blend_epi16(nan, h, _mm512_cvtepi32_epi16(canon));
   }
   return h;
@@ -258,7 +258,9 @@ struct Bf16 {
   static PFO_HD void store(uint16_t* p, float v, uint32_t) { *p = f32_to_bf16(v); }
 #if defined(PFO_LANES)
   static PFO_HD Lanes load_lanes(const storage* p) { return bf16_to_f32_lanes(load_words(p)); }
-  static PFO_HD void store_lanes(storage* p, Lanes v, LaneBits) { store_words(p, f32_to_bf16_lanes(v)); }
+  static PFO_HD void store_lanes(storage* p, Lanes v, LaneBits) {
+    store_words(p, f32_to_bf16_lanes(v));
+  }
 #endif
 };
 
@@ -272,7 +274,9 @@ struct Bf16Stochastic {
   static PFO_HD void store(uint16_t* p, float v, uint32_t r) { *p = f32_to_bf16_stochastic(v, r); }
 #if defined(PFO_LANES)
   static PFO_HD Lanes load_lanes(const storage* p) { return bf16_to_f32_lanes(load_words(p)); }
-  static PFO_HD void store_lanes(storage* p, Lanes v, LaneBits r) { store_words(p, f32_to_bf16_stochastic_lanes(v, r)); }
+  static PFO_HD void store_lanes(storage* p, Lanes v, LaneBits r) {
+    store_words(p, f32_to_bf16_stochastic_lanes(v, r));
+  }
 #endif
 };
 
@@ -286,7 +290,9 @@ struct Fp16 {
   static PFO_HD void store(uint16_t* p, float v, uint32_t) { *p = f32_to_fp16(v); }
 #if defined(PFO_LANES)
   static PFO_HD Lanes load_lanes(const storage* p) { return fp16_to_f32_lanes(load_words(p)); }
-  static PFO_HD void store_lanes(storage* p, Lanes v, LaneBits) { store_words(p, f32_to_fp16_lanes(v)); }
+  static PFO_HD void store_lanes(storage* p, Lanes v, LaneBits) {
+    store_words(p, f32_to_fp16_lanes(v));
+  }
 #endif
 };
 
