@@ -29,6 +29,9 @@ def main(rank: int, world: int, port: int) -> int:
     w = model[0].weight.detach().clone()
     gathered = [torch.zeros_like(w) for _ in range(world)]
     dist.all_gather(gathered, w)
+    # both ranks leave the collective before either tears gloo down: a rank that destroys its
+    # group while the other still reads from it makes gloo's I/O thread call std::terminate
+    dist.barrier()
     dist.destroy_process_group()
     same = all(torch.equal(gathered[0], x) for x in gathered)
     moved = not torch.equal(w, start)
