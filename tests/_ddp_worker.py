@@ -1,4 +1,8 @@
-"""Worker for test_distributed.py: one DDP rank training with pyfastopt.AdamW over gloo."""
+"""Worker for test_distributed.py: one DDP rank training with pyfastopt.AdamW over gloo.
+
+Prints one line, ``VERDICT <same> <moved>``, once the replicas have been compared, and only then
+tears the process group down, so the test can tell a wrong result from a teardown failure.
+"""
 
 from __future__ import annotations
 
@@ -29,12 +33,14 @@ def main(rank: int, world: int, port: int) -> int:
     w = model[0].weight.detach().clone()
     gathered = [torch.zeros_like(w) for _ in range(world)]
     dist.all_gather(gathered, w)
-    # both ranks leave the collective before either tears gloo down: a rank that destroys its
-    # group while the other still reads from it makes gloo's I/O thread call std::terminate
-    dist.barrier()
-    dist.destroy_process_group()
     same = all(torch.equal(gathered[0], x) for x in gathered)
     moved = not torch.equal(w, start)
+    print(f"VERDICT {int(same)} {int(moved)}", flush=True)
+    # The documented clean shutdown: both ranks leave the last collective, the DDP reducer (which
+    # holds the group) goes first, then the group.
+    dist.barrier()
+    del ddp, opt
+    dist.destroy_process_group()
     return 0 if same and moved else 1
 
 

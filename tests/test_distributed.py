@@ -12,6 +12,13 @@ import torch.distributed as dist
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 
+# gloo's own teardown (torch's C++ process group, after the ranks have compared their replicas)
+# has aborted with this message in some of this project's CI runs (about one in three), and in none
+# of 300 runs of the same two ranks outside pytest, with or without load. It is not the optimizer's
+# doing: by then every step has run and the verdict is printed. Such a run is repeated, once;
+# a wrong verdict or any other failure is not.
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -19,26 +26,55 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo")
-def test_ddp_two_ranks(tmp_path):
+def _run_ranks(tmp_path: Path, world: int = 2) -> list[tuple[int, str, str]]:
     port = _free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(rank), "2", str(port)],
+            [sys.executable, str(WORKER), str(rank), str(world), str(port)],
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
-        for rank in range(2)
+        for rank in range(world)
     ]
-    outs = []
+    results = []
     for p in procs:
         try:
-            outs.append(p.communicate(timeout=120))
+            out, err = p.communicate(timeout=120)
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
             pytest.fail("DDP ranks did not finish in 120 s")
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-2000:]
+        results.append((p.returncode, out, err))
+    return results
+
+
+def _verdict(out: str) -> tuple[bool, bool] | None:
+    for line in out.splitlines():
+        if line.startswith("VERDICT "):
+            _, same, moved = line.split()
+            return same == "1", moved == "1"
+    return None
+
+
+def _teardown_abort(rc: int, out: str, err: str) -> bool:
+    return rc == -6 and _verdict(out) is not None and err.strip().endswith(GLOO_TEARDOWN_ABORT)
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo")
+def test_ddp_two_ranks(tmp_path):
+    for attempt in range(2):
+        results = _run_ranks(tmp_path)
+        for rank, (rc, out, err) in enumerate(results):
+            verdict = _verdict(out)
+            assert verdict is not None, f"rank {rank} gave no verdict (exit {rc}):\n{err[-2000:]}"
+            same, moved = verdict
+            assert same, f"rank {rank}: the replicas differ after 5 DDP steps"
+            assert moved, f"rank {rank}: the parameters did not move"
+        aborted = [r for r, (rc, out, err) in enumerate(results) if _teardown_abort(rc, out, err)]
+        if aborted and attempt == 0:
+            continue  # gloo's teardown, not the step: run once more (see GLOO_TEARDOWN_ABORT)
+        for rank, (rc, _, err) in enumerate(results):
+            assert rc == 0, f"rank {rank} exited with {rc}:\n{err[-2000:]}"
+        return
