@@ -17,6 +17,7 @@
 #include "norm_bindings.h"
 #include "plan.h"
 #include "pyfastopt/dispatch.h"
+#include "quant_bindings.h"
 #include "torch_abi.h"
 
 namespace py = pybind11;
@@ -37,19 +38,24 @@ DType to_dtype(int code) {
 }
 
 // The storage options of a call: None, or (rounding, seed, grad_scale address, found_inf
-// address) with 0 for an absent scalar. The addresses are of float32 scalars that the caller
-// validated and holds for the call.
+// address, state store, block) with 0 for an absent scalar. The addresses are of float32 scalars
+// that the caller validated and holds for the call.
 struct Extra {
   pyfastopt::Rounding rounding = pyfastopt::Rounding::kNearest;
   uint64_t seed = 0;
   const float* grad_scale = nullptr;
   const float* found_inf = nullptr;
+  pyfastopt::StateStore state = pyfastopt::StateStore::kAsParam;
+  int64_t block = 0;
 };
 
 Extra to_extra(py::handle extra) {
   Extra e;
   if (extra.is_none()) return e;
-  auto t = extra.cast<std::tuple<int, uint64_t, int64_t, int64_t>>();
+  if (!py::isinstance<py::tuple>(extra) || py::len(extra) != 6) {
+    throw std::invalid_argument("pyfastopt: extra must be None or a 6-tuple");
+  }
+  auto t = extra.cast<std::tuple<int, uint64_t, int64_t, int64_t, int, int64_t>>();
   const int rounding = std::get<0>(t);
   if (rounding < 0 || rounding > 2) throw std::invalid_argument("pyfastopt: invalid rounding");
   e.rounding = static_cast<pyfastopt::Rounding>(rounding);
@@ -61,6 +67,10 @@ Extra to_extra(py::handle extra) {
   }
   e.grad_scale = reinterpret_cast<const float*>(std::get<2>(t));
   e.found_inf = reinterpret_cast<const float*>(std::get<3>(t));
+  const int state = std::get<4>(t);
+  if (state < 0 || state > 3) throw std::invalid_argument("pyfastopt: invalid state store");
+  e.state = static_cast<pyfastopt::StateStore>(state);
+  e.block = std::get<5>(t);
   return e;
 }
 
@@ -85,7 +95,7 @@ bool run_on(py::handle source, py::handle params, py::handle state, int64_t widt
     data = owned.data();
     size = owned.size();
   }
-  if (width < 4 || width > 8) throw std::invalid_argument("pyfastopt: invalid table row width");
+  if (width < 4 || width > 12) throw std::invalid_argument("pyfastopt: invalid table row width");
   if (size % static_cast<std::size_t>(width) != 0) {
     throw std::invalid_argument("pyfastopt: table length is not a multiple of its row width");
   }
@@ -93,7 +103,8 @@ bool run_on(py::handle source, py::handle params, py::handle state, int64_t widt
                 width,        step_f64,
                 parallel_min, ex.rounding,
                 ex.seed,      ex.grad_scale,
-                ex.found_inf};
+                ex.found_inf, ex.state,
+                ex.block};
   int64_t total = 0;
   for (int64_t r = 0; r < t.rows; ++r) total += data[r * width];
   // Every tensor whose address is in the table is held while the kernel runs: by the Plan (its
@@ -161,7 +172,7 @@ PYBIND11_MODULE(_core, m) {
       "group's parameter list and the optimizer state to re-check a Plan against (None: already "
       "checked); width: row length; dtype: 0 float32, 1 float64, 2 bfloat16, 3 float16; step_f64: "
       "float64 step counters; extra: None or (rounding, seed, grad_scale address, found_inf "
-      "address). Returns False, doing nothing, when a Plan is stale.";
+      "address, state store, block). Returns False, doing nothing, when a Plan is stale.";
 
   m.def(
       "sgd_step",
@@ -277,4 +288,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("build_info", &build_info, "Compiler, OpenMP version and build options of the core.");
   m.def("openmp_max_threads", &omp_threads, "omp_get_max_threads() of the OpenMP runtime in use.");
   pyfastopt::register_norm_bindings(m);
+  pyfastopt::register_quant_bindings(m);
 }

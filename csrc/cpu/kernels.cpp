@@ -46,9 +46,23 @@ void with_bool(bool b, F&& f) {
 
 // ---- storage of a call ----------------------------------------------------------------------
 
+// The 8-bit block-quantised state as a Storage's S: each buffer takes the map of its sign
+// (Block8<true> for the buffers a rule lists in kUnsignedBuffers).
+struct Quantised {};
+
+template <class S, bool Unsigned>
+struct StateAt {
+  using type = S;
+};
+template <bool Unsigned>
+struct StateAt<Quantised, Unsigned> {
+  using type = Block8<Unsigned>;
+};
+
 // The storage policies of one call: P for the parameter (array 0), G for the gradient (array 1),
-// S for the state buffers, O for the rounded parameter copy written after a float32 master
-// (Rounding::kMaster; void otherwise). AMP: GradScaler unscales the gradient in the step.
+// S for the state buffers (a policy, or Quantised), O for the rounded parameter copy written
+// after a float32 master (Rounding::kMaster; void otherwise). AMP: GradScaler unscales the
+// gradient in the step.
 template <class P, class G, class S, class O = void, bool AMP = false>
 struct Storage {
   using param = P;
@@ -62,30 +76,53 @@ struct Storage {
   static constexpr bool kLowPrecision = std::is_same_v<typename G::storage, uint16_t>;
 };
 
-template <class St, std::size_t K, std::size_t I>
+// The policy of array I of rule R (R::kArrays arrays; the state buffers are arrays 2, 3, ...).
+template <class St, class R, std::size_t I>
 using PolicyFor = std::conditional_t<
     I == 0, typename St::param,
     std::conditional_t<
         I == 1, typename St::grad,
-        std::conditional_t<St::kCopy && I + 1 == K, typename St::out, typename St::state>>>;
+        std::conditional_t<
+            St::kCopy && I + 1 == static_cast<std::size_t>(R::kArrays), typename St::out,
+            typename StateAt<typename St::state,
+                             ((R::kUnsignedBuffers >> (I < 2 ? 0 : I - 2)) & 1u) != 0>::type>>>;
 
-template <class St, std::size_t K, std::size_t... I>
-std::tuple<PolicyFor<St, K, I>...> policies_of(std::index_sequence<I...>);
+template <class St, class R, std::size_t... I>
+std::tuple<PolicyFor<St, R, I>...> policies_of(std::index_sequence<I...>);
 
-template <class St, std::size_t K>
-using Policies = decltype(policies_of<St, K>(std::make_index_sequence<K>{}));
+template <class St, class R>
+using Policies = decltype(policies_of<St, R>(std::make_index_sequence<R::kArrays>{}));
 
-template <class St, std::size_t... I>
+template <class St, class R, std::size_t... I>
 constexpr std::array<std::size_t, sizeof...(I)> alignments(std::index_sequence<I...>) {
-  return {alignof(typename PolicyFor<St, sizeof...(I), I>::storage)...};
+  return {alignof(typename PolicyFor<St, R, I>::storage)...};
 }
 
 [[noreturn]] void refuse(const char* what) {
   throw std::invalid_argument(std::string("pyfastopt: ") + what);
 }
 
-// Calls f(Storage<...>{}) for the call's dtype, rounding and GradScaler use. Only the algorithms
-// torch lets GradScaler hand its scale to (fused SGD, Adagrad, Adam, AdamW) instantiate AMP.
+// Calls f(Storage<P, G, ...>) with the call's state store: S (torch's layout, or float32 beside a
+// master copy) or a low-memory one (state_dtype).
+template <class P, class G, class S, class O = void, bool AMP = false, class F>
+void with_state(const Table& t, F&& f) {
+  switch (t.state) {
+    case StateStore::kAsParam:
+      return f(Storage<P, G, S, O, AMP>{});
+    case StateStore::kBf16:
+      if constexpr (std::is_same_v<S, Bf16>) return f(Storage<P, G, S, O, AMP>{});
+      return f(Storage<P, G, Bf16, O, AMP>{});
+    case StateStore::kBf16Stochastic:
+      return f(Storage<P, G, Bf16Stochastic, O, AMP>{});
+    case StateStore::kBlock8:
+      return f(Storage<P, G, Quantised, O, AMP>{});
+  }
+  refuse("unsupported state store code");
+}
+
+// Calls f(Storage<...>{}) for the call's dtype, rounding, GradScaler use and state store. Only
+// the algorithms torch lets GradScaler hand its scale to (fused SGD, Adagrad, Adam, AdamW)
+// instantiate AMP.
 template <bool kAmpCapable, class F>
 void with_storage(const Table& t, DType dtype, F&& f) {
   const bool amp = t.grad_scale != nullptr;
@@ -98,37 +135,46 @@ void with_storage(const Table& t, DType dtype, F&& f) {
         "stochastic rounding with GradScaler is not supported (use float16 with master weights)");
   }
   if (amp && dtype == DType::kFloat64) refuse("float64 gradients are unscaled before the call");
+  if (t.state == StateStore::kBlock8 &&
+      (t.block < 16 || t.block > cpu::kMaxBlock || t.block % 16 != 0)) {
+    refuse("the 8-bit state's block size must be a multiple of 16 between 16 and 4096");
+  }
   const bool master = t.rounding == Rounding::kMaster;
   switch (dtype) {
     case DType::kFloat32:
       if constexpr (kAmpCapable) {
-        if (amp) return f(Storage<Plain<float>, Plain<float>, Plain<float>, void, true>{});
+        if (amp) return with_state<Plain<float>, Plain<float>, Plain<float>, void, true>(t, f);
       }
-      return f(Storage<Plain<float>, ReadOnly<Plain<float>>, Plain<float>>{});
+      return with_state<Plain<float>, ReadOnly<Plain<float>>, Plain<float>>(t, f);
     case DType::kFloat64:
+      if (t.state != StateStore::kAsParam) refuse("float64 parameters keep float64 state");
       return f(Storage<Plain<double>, ReadOnly<Plain<double>>, Plain<double>>{});
     case DType::kBFloat16:
       if constexpr (kAmpCapable) {
         if (amp && master) {
-          return f(Storage<Plain<float>, Bf16, Plain<float>, WriteOnly<Bf16>, true>{});
+          return with_state<Plain<float>, Bf16, Plain<float>, WriteOnly<Bf16>, true>(t, f);
         }
-        if (amp) return f(Storage<Bf16, Bf16, Bf16, void, true>{});
+        if (amp) return with_state<Bf16, Bf16, Bf16, void, true>(t, f);
       }
-      if (master) return f(Storage<Plain<float>, ReadOnly<Bf16>, Plain<float>, WriteOnly<Bf16>>{});
+      if (master) {
+        return with_state<Plain<float>, ReadOnly<Bf16>, Plain<float>, WriteOnly<Bf16>>(t, f);
+      }
       if (t.rounding == Rounding::kStochastic) {
-        return f(Storage<Bf16Stochastic, ReadOnly<Bf16>, Bf16>{});
+        return with_state<Bf16Stochastic, ReadOnly<Bf16>, Bf16>(t, f);
       }
-      return f(Storage<Bf16, ReadOnly<Bf16>, Bf16>{});
+      return with_state<Bf16, ReadOnly<Bf16>, Bf16>(t, f);
     case DType::kFloat16:
       if (t.rounding == Rounding::kStochastic) refuse("stochastic rounding is for bfloat16");
       if constexpr (kAmpCapable) {
         if (amp && master) {
-          return f(Storage<Plain<float>, Fp16, Plain<float>, WriteOnly<Fp16>, true>{});
+          return with_state<Plain<float>, Fp16, Plain<float>, WriteOnly<Fp16>, true>(t, f);
         }
-        if (amp) return f(Storage<Fp16, Fp16, Fp16, void, true>{});
+        if (amp) return with_state<Fp16, Fp16, Fp16, void, true>(t, f);
       }
-      if (master) return f(Storage<Plain<float>, ReadOnly<Fp16>, Plain<float>, WriteOnly<Fp16>>{});
-      return f(Storage<Fp16, ReadOnly<Fp16>, Fp16>{});
+      if (master) {
+        return with_state<Plain<float>, ReadOnly<Fp16>, Plain<float>, WriteOnly<Fp16>>(t, f);
+      }
+      return with_state<Fp16, ReadOnly<Fp16>, Fp16>(t, f);
   }
   refuse("unsupported dtype code");
 }
@@ -148,12 +194,14 @@ void check_steps(const Table& t) {
   }
 }
 
-template <class St, std::size_t K>
+template <class St, class R>
 void check_table(const Table& t, bool has_step) {
-  if (t.width != 2 + static_cast<int64_t>(K)) {
+  constexpr std::size_t K = R::kArrays;
+  constexpr std::size_t Q = cpu::BlockArrays<Policies<St, R>>::kCount;
+  if (t.width != 2 + static_cast<int64_t>(K + Q)) {
     throw std::invalid_argument("pyfastopt: table row width does not match the update rule");
   }
-  constexpr auto align = alignments<St>(std::make_index_sequence<K>{});
+  constexpr auto align = alignments<St, R>(std::make_index_sequence<K>{});
   if (has_step) check_steps(t);
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t n = row_numel(t, r);
@@ -163,6 +211,12 @@ void check_table(const Table& t, bool has_step) {
       const int64_t a = row_ptrs(t, r)[k];
       if (a == 0 || a % static_cast<int64_t>(align[k]) != 0) {
         throw std::invalid_argument("pyfastopt: null or misaligned tensor address");
+      }
+    }
+    for (std::size_t q = 0; q < Q; ++q) {
+      const int64_t a = row_ptrs(t, r)[K + q];
+      if (a == 0 || a % static_cast<int64_t>(alignof(float)) != 0) {
+        throw std::invalid_argument("pyfastopt: null or misaligned scale address");
       }
     }
   }
@@ -219,12 +273,11 @@ auto compose(const Table& t, R rule) {
 template <class St, class R, class Make>
 void run(const Table& t, bool has_step, int num_threads, Make&& make) {
   using Full = decltype(compose<St>(t, std::declval<R>()));
-  constexpr std::size_t K = Full::kArrays;
-  check_table<St, K>(t, has_step);
+  check_table<St, Full>(t, has_step);
   std::vector<Full> rules;
   rules.reserve(static_cast<std::size_t>(t.rows));
   for (int64_t r = 0; r < t.rows; ++r) rules.push_back(compose<St>(t, make(r)));
-  cpu::multi_tensor_apply<Policies<St, K>>(t, rules, num_threads);
+  cpu::multi_tensor_apply<Policies<St, Full>>(t, rules, num_threads);
 }
 
 void sgd(const Table& t, DType dtype, const SgdParams& hp, int nt) {

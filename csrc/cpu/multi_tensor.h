@@ -22,6 +22,7 @@
 #endif
 
 #include "pyfastopt/dispatch.h"
+#include "pyfastopt/quant.h"
 #include "pyfastopt/storage.h"
 
 namespace pyfastopt {
@@ -54,7 +55,7 @@ inline void apply_span(const Rule& rule_in, const int64_t* ptrs, int64_t begin, 
     C v[sizeof...(I)] = {static_cast<C>(PolicyAt<Pols, I>::load(std::get<I>(a) + i))...};
     rule(v[I]...);
     const uint32_t r = kRandom ? element_random(salt, begin + i) : 0u;
-    (PolicyAt<Pols, I>::store(std::get<I>(a) + i, v[I], r), ...);
+    (PolicyAt<Pols, I>::store(std::get<I>(a) + i, v[I], rotate_bits(r, rotation_of(I))), ...);
   }
 }
 
@@ -78,6 +79,15 @@ struct LanesFor<std::tuple<P...>, Rule> {
 };
 
 #if defined(PFO_LANES)
+template <int By>
+inline LaneBits rotate_lanes(LaneBits r) {
+  if constexpr (By == 0) {
+    return r;
+  } else {
+    return _mm512_rol_epi32(r, By);
+  }
+}
+
 // apply_span in steps of 16 elements; the remainder takes apply_span.
 template <class Pols, class Rule, std::size_t... I>
 inline void apply_span_lanes(const Rule& rule_in, const int64_t* ptrs, int64_t begin, int64_t n,
@@ -91,7 +101,8 @@ inline void apply_span_lanes(const Rule& rule_in, const int64_t* ptrs, int64_t b
     Lanes v[sizeof...(I)] = {PolicyAt<Pols, I>::load_lanes(std::get<I>(a) + i)...};
     rule(v[I]...);
     const LaneBits r = kRandom ? element_random_lanes(salt, begin + i) : _mm512_setzero_si512();
-    (PolicyAt<Pols, I>::store_lanes(std::get<I>(a) + i, v[I], r), ...);
+    (PolicyAt<Pols, I>::store_lanes(std::get<I>(a) + i, v[I], rotate_lanes<rotation_of(I)>(r)),
+     ...);
   }
   if (i < n) apply_span<Pols>(rule, ptrs, begin + i, n - i, salt, arrays);
 }
@@ -132,11 +143,130 @@ void apply_range(const Table& table, const Rule* rules, int64_t begin, int64_t e
   }
 }
 
+// ---- 8-bit block-quantised state ------------------------------------------------------------
+//
+// A call whose state is block-quantised (storage.h, Block8) walks blocks instead of elements:
+// each thread takes whole blocks, and for each block it dequantises every quantised buffer into
+// a float32 buffer on its stack, runs the ordinary element loop (apply_row_span, the 16-lane loop
+// included) with those buffers in place of the codes, then finds each buffer's new absolute
+// maximum and requantises it. Blocks start at multiples of `block` in each tensor, so the codes
+// and scales do not depend on the thread count.
+
+template <class Pols>
+struct BlockArrays;
+template <class... P>
+struct BlockArrays<std::tuple<P...>> {
+  static constexpr std::size_t kCount = (std::size_t{P::kBlock} + ... + 0);
+  using Elements = std::tuple<ElementPolicy<P>...>;
+  // the scale slot of array I: how many quantised arrays come before it
+  static constexpr std::size_t slot(std::size_t i) {
+    constexpr bool block[] = {P::kBlock...};
+    std::size_t n = 0;
+    for (std::size_t k = 0; k < i; ++k) n += block[k] ? 1 : 0;
+    return n;
+  }
+};
+
+constexpr int64_t kMaxBlock = 4096;
+
+// Blocks [b0, b1) of row `r`.
+template <class Pols, class Rule, std::size_t... I>
+inline void apply_row_blocks(const Table& t, const Rule& rule, int64_t r, int64_t b0, int64_t b1,
+                             bool lanes, std::index_sequence<I...>) {
+  using BA = BlockArrays<Pols>;
+  constexpr std::size_t Q = BA::kCount;
+  const int64_t n = row_numel(t, r);
+  const int64_t* ptrs = row_ptrs(t, r);
+  float* const* scales = reinterpret_cast<float* const*>(ptrs + sizeof...(I));
+  const uint64_t salt = row_salt(t, r);
+  const int64_t B = t.block;
+  alignas(64) float buf[Q][kMaxBlock];
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t begin = b * B;
+    const int64_t len = n - begin < B ? n - begin : B;
+    int64_t local[sizeof...(I)] = {ptrs[I]...};
+    auto load = [&](auto idx) {
+      constexpr std::size_t k = decltype(idx)::value;
+      using P = PolicyAt<Pols, k>;
+      if constexpr (P::kBlock) {
+        constexpr std::size_t q = BA::slot(k);
+        dequantize_block(reinterpret_cast<const uint8_t*>(ptrs[k]) + begin, scales[q][b],
+                         q8_map<P::kUnsigned>().value, buf[q], len);
+        // apply_span adds `begin` to every address: this one then lands on the buffer
+        local[k] = reinterpret_cast<int64_t>(buf[q]) - begin * static_cast<int64_t>(sizeof(float));
+      }
+    };
+    (load(std::integral_constant<std::size_t, I>{}), ...);
+    apply_row_span<typename BA::Elements>(rule, local, begin, len, salt, lanes);
+    auto store = [&](auto idx) {
+      constexpr std::size_t k = decltype(idx)::value;
+      using P = PolicyAt<Pols, k>;
+      if constexpr (P::kBlock) {
+        constexpr std::size_t q = BA::slot(k);
+        scales[q][b] = quantize_block<P::kUnsigned>(
+            buf[q], len, reinterpret_cast<uint8_t*>(ptrs[k]) + begin, q8_map<P::kUnsigned>());
+      }
+    };
+    (store(std::integral_constant<std::size_t, I>{}), ...);
+  }
+}
+
+inline int64_t row_blocks(const Table& t, int64_t r) {
+  return (row_numel(t, r) + t.block - 1) / t.block;
+}
+
+// Blocks [u0, u1) of the rows' blocks laid end to end.
+template <class Pols, class Rule>
+void apply_block_range(const Table& t, const Rule* rules, int64_t u0, int64_t u1, bool lanes) {
+  int64_t offset = 0;
+  for (int64_t r = 0; r < t.rows && offset < u1; ++r) {
+    const int64_t nb = row_blocks(t, r);
+    const int64_t lo = u0 > offset ? u0 : offset;
+    const int64_t hi = u1 < offset + nb ? u1 : offset + nb;
+    if (lo < hi) {
+      apply_row_blocks<Pols>(t, rules[r], r, lo - offset, hi - offset, lanes,
+                             std::make_index_sequence<Rule::kArrays>{});
+    }
+    offset += nb;
+  }
+}
+
+template <class Pols, class Rule>
+void multi_tensor_apply_blocks(const Table& table, const std::vector<Rule>& rules,
+                               int num_threads) {
+  int64_t total = 0, units = 0;
+  for (int64_t r = 0; r < table.rows; ++r) {
+    total += row_numel(table, r);
+    units += row_blocks(table, r);
+  }
+  if (total == 0) return;
+  const Rule* rs = rules.data();
+  const bool lanes = LanesFor<typename BlockArrays<Pols>::Elements, Rule>::usable(lanes_mode());
+  if (num_threads > 1 && total >= table.parallel_min) {
+#pragma omp parallel num_threads(num_threads)
+    {
+#if defined(_OPENMP)
+      const int64_t t = omp_get_thread_num();
+      const int64_t nt = omp_get_num_threads();
+#else
+      const int64_t t = 0, nt = 1;
+#endif
+      const int64_t per = (units + nt - 1) / nt;
+      const int64_t u0 = t * per < units ? t * per : units;
+      const int64_t u1 = u0 + per < units ? u0 + per : units;
+      apply_block_range<Pols>(table, rs, u0, u1, lanes);
+    }
+  } else {
+    apply_block_range<Pols>(table, rs, 0, units, lanes);
+  }
+}
+
 // Runs `rules[r]` over every element of row r. The elements of all rows form one range that a
 // single OpenMP region splits evenly between its threads (each thread one contiguous span, so
 // the hardware prefetchers see long streams); small calls stay on the calling thread.
 template <class Pols, class Rule>
-void multi_tensor_apply(const Table& table, const std::vector<Rule>& rules, int num_threads) {
+void multi_tensor_apply_elements(const Table& table, const std::vector<Rule>& rules,
+                                 int num_threads) {
   int64_t total = 0;
   for (int64_t r = 0; r < table.rows; ++r) total += row_numel(table, r);
   if (total == 0) return;
@@ -159,6 +289,16 @@ void multi_tensor_apply(const Table& table, const std::vector<Rule>& rules, int 
     }
   } else {
     apply_range<Pols>(table, rs, 0, total, lanes);
+  }
+}
+
+// A call's traversal: by blocks where a state buffer is block-quantised, else by elements.
+template <class Pols, class Rule>
+void multi_tensor_apply(const Table& table, const std::vector<Rule>& rules, int num_threads) {
+  if constexpr (BlockArrays<Pols>::kCount > 0) {
+    multi_tensor_apply_blocks<Pols>(table, rules, num_threads);
+  } else {
+    multi_tensor_apply_elements<Pols>(table, rules, num_threads);
   }
 }
 

@@ -4,7 +4,8 @@
 // `[numel, aux, ptr_0, ..., ptr_{K-1}]`, where aux is the address of the tensor's step counter
 // (algorithms with a step) or a flag word (SGD: bit 0 = first step of the momentum buffer), and
 // ptr_k are the data addresses of the param, its gradient and its state buffers, all dense with
-// the same layout (and, with Rounding::kMaster, of the low-precision parameter last). The kernel
+// the same layout (and, with Rounding::kMaster, of the low-precision parameter last), followed by
+// the scale vectors of 8-bit state (StateStore::kBlock8). The kernel
 // builds check the row width, null and misaligned addresses; the Python layer has already checked
 // every extent.
 #pragma once
@@ -33,6 +34,13 @@ enum class DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3
 //            array at its end, the parameter itself, written as the rounded master.
 enum class Rounding : int { kNearest = 0, kStochastic = 1, kMaster = 2 };
 
+// How the state buffers are stored (the low-memory state of `state_dtype`):
+//   kAsParam: torch's layout (the parameter's dtype; float32 with Rounding::kMaster);
+//   kBf16, kBf16Stochastic: bfloat16, rounded to nearest even or stochastically;
+//   kBlock8: 8-bit codes with one float32 scale per `block` elements (quant.h); each row then
+//            ends with one scale-vector address per quantised buffer, in buffer order.
+enum class StateStore : int { kAsParam = 0, kBf16 = 1, kBf16Stochastic = 2, kBlock8 = 3 };
+
 struct Table {
   const int64_t* data;
   int64_t rows;
@@ -47,6 +55,8 @@ struct Table {
   // which is the same arithmetic).
   const float* grad_scale;
   const float* found_inf;
+  StateStore state;  // how the state buffers are stored
+  int64_t block;     // StateStore::kBlock8: elements per block (a multiple of 16, at most 4096)
 };  // a plain aggregate: no inline code that the per-ISA builds could emit differently
 
 struct KernelSet {

@@ -147,6 +147,7 @@ template <typename T, bool MOMENTUM>
 struct SgdRule {
   using value_type = T;
   static constexpr int kArrays = MOMENTUM ? 3 : 2;
+  static constexpr unsigned kUnsignedBuffers = 0;  // momentum_buffer is signed
   T sign, neg_lr, wd, momentum, one_minus_dampening;
   MaskOf<T> first, nesterov, l2;
 
@@ -182,6 +183,7 @@ template <typename T>
 struct AdagradRule {
   using value_type = T;
   static constexpr int kArrays = 3;
+  static constexpr unsigned kUnsignedBuffers = 1;  // sum
   T sign, neg_clr, wd, eps;
   MaskOf<T> l2;
 
@@ -207,6 +209,7 @@ template <typename T>
 struct AdadeltaRule {
   using value_type = T;
   static constexpr int kArrays = 4;
+  static constexpr unsigned kUnsignedBuffers = 3;  // square_avg, acc_delta
   T sign, neg_lr, wd, rho, one_minus_rho, eps;
   MaskOf<T> l2;
 
@@ -236,6 +239,7 @@ template <typename T, bool CENTERED, bool MOMENTUM>
 struct RmspropRule {
   using value_type = T;
   static constexpr int kArrays = 3 + (CENTERED ? 1 : 0) + (MOMENTUM ? 1 : 0);
+  static constexpr unsigned kUnsignedBuffers = 1;  // square_avg (grad_avg, momentum: signed)
   T sign, neg_lr, wd, alpha, one_minus_alpha, eps, momentum;
   Lerp<T> lerp;
   MaskOf<T> l2;
@@ -311,6 +315,7 @@ template <typename T, bool AMSGRAD, bool FUSED = false>
 struct AdamRule {
   using value_type = T;
   static constexpr int kArrays = AMSGRAD ? 5 : 4;
+  static constexpr unsigned kUnsignedBuffers = AMSGRAD ? 6 : 2;  // exp_avg_sq, max_exp_avg_sq
   T sign, wd, decay_factor, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step_size;
   Lerp<T> lerp;
   MaskOf<T> l2;
@@ -370,6 +375,7 @@ template <class Rule>
 struct Unscaled {
   using value_type = typename Rule::value_type;
   static constexpr int kArrays = Rule::kArrays;
+  static constexpr unsigned kUnsignedBuffers = Rule::kUnsignedBuffers;
   Rule rule;
   value_type scale;
 
@@ -386,6 +392,7 @@ template <class Rule>
 struct WithCopy {
   using value_type = typename Rule::value_type;
   static constexpr int kArrays = Rule::kArrays + 1;
+  static constexpr unsigned kUnsignedBuffers = Rule::kUnsignedBuffers;
   Rule rule;
 
   template <class... A>

@@ -25,8 +25,10 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "pyfastopt/lanes.h"
 #include "pyfastopt/macros.h"
@@ -240,6 +242,7 @@ struct Plain {
   using compute = T;
   static constexpr bool kRandom = false;
   static constexpr bool kBf16Insn = false;
+  static constexpr bool kBlock = false;
   static PFO_HD T load(const T* p) { return *p; }
   static PFO_HD void store(T* p, T v, uint32_t) { *p = v; }
 #if defined(PFO_LANES)  // used for float32 only
@@ -254,6 +257,7 @@ struct Bf16 {
   using compute = float;
   static constexpr bool kRandom = false;
   static constexpr bool kBf16Insn = true;
+  static constexpr bool kBlock = false;
   static PFO_HD float load(const uint16_t* p) { return bf16_to_f32(*p); }
   static PFO_HD void store(uint16_t* p, float v, uint32_t) { *p = f32_to_bf16(v); }
 #if defined(PFO_LANES)
@@ -270,6 +274,7 @@ struct Bf16Stochastic {
   using compute = float;
   static constexpr bool kRandom = true;
   static constexpr bool kBf16Insn = false;
+  static constexpr bool kBlock = false;
   static PFO_HD float load(const uint16_t* p) { return bf16_to_f32(*p); }
   static PFO_HD void store(uint16_t* p, float v, uint32_t r) { *p = f32_to_bf16_stochastic(v, r); }
 #if defined(PFO_LANES)
@@ -286,6 +291,7 @@ struct Fp16 {
   using compute = float;
   static constexpr bool kRandom = false;
   static constexpr bool kBf16Insn = false;
+  static constexpr bool kBlock = false;
   static PFO_HD float load(const uint16_t* p) { return fp16_to_f32(*p); }
   static PFO_HD void store(uint16_t* p, float v, uint32_t) { *p = f32_to_fp16(v); }
 #if defined(PFO_LANES)
@@ -317,6 +323,31 @@ struct WriteOnly : P {
   static PFO_HD Lanes load_lanes(const typename P::storage*) { return _mm512_setzero_ps(); }
 #endif
 };
+
+// 8-bit block-quantised state (quant.h): `Unsigned` picks the map (second moments). The
+// traversal dequantises a block into float32, runs the rule over it as Plain<float>, and
+// requantises it (multi_tensor.h); the element functions are not used.
+template <bool Unsigned>
+struct Block8 {
+  using storage = uint8_t;
+  using compute = float;
+  static constexpr bool kRandom = false;
+  static constexpr bool kBf16Insn = false;
+  static constexpr bool kBlock = true;
+  static constexpr bool kUnsigned = Unsigned;
+};
+
+// What the element loop sees for an array: a block-quantised one as its float32 block buffer.
+template <class P>
+using ElementPolicy = std::conditional_t<P::kBlock, Plain<float>, P>;
+
+// The random bits array I rounds with: the element's hash rotated by a different amount per
+// array, so a parameter and its state buffers do not round up and down together (array 0 takes
+// the hash as it is).
+PFO_HD uint32_t rotate_bits(uint32_t r, int by) {
+  return by == 0 ? r : (r << by) | (r >> (32 - by));
+}
+constexpr int rotation_of(std::size_t array) { return static_cast<int>((array * 11) % 32); }
 
 }  // namespace PFO_ISA_NS
 }  // namespace pyfastopt

@@ -24,7 +24,7 @@ import torch.optim.optimizer as _topt
 
 from .. import _config, _core, _reader  # noqa: F401  (_reader picks the metadata reader)
 from ..errors import StateError, UnsupportedError
-from . import _precision
+from . import _lowmem, _precision
 from ._layout import NATIVE_DTYPES, is_dense, same_layout
 from ._precision import MASTER, MASTER_KEY
 from ._state import check_buffer, check_step, describe
@@ -50,6 +50,7 @@ class _Call:
         "dtype",
         "step_f64",
         "rounding",
+        "store",
         "salt",
         "rows",
         "table",
@@ -59,10 +60,11 @@ class _Call:
         "source",
     )
 
-    def __init__(self, dtype: int, step_f64: bool, rounding: int, salt: int) -> None:
+    def __init__(self, dtype: int, step_f64: bool, rounding: int, store: int, salt: int) -> None:
         self.dtype = dtype
         self.step_f64 = step_f64
         self.rounding = rounding  # _precision.NEAREST / STOCHASTIC / MASTER
+        self.store = store  # _lowmem.AS_PARAM / BF16 / BF16_SR / BLOCK8
         self.salt = salt  # stochastic rounding: tells this call's rows from other calls'
         self.rows: list[tuple] = []  # (param, state dict|None, checks, held tensors)
         self.table: list[int] = []
@@ -103,10 +105,13 @@ class _Plan:
 class _Item:
     """A validated parameter of the general path, before its row is laid out."""
 
-    __slots__ = ("p", "g", "st", "first", "mode")
+    __slots__ = ("p", "g", "st", "first", "mode", "store")
 
-    def __init__(self, p: _Tensor, g: _Tensor, st: dict | None, first: bool, mode: int) -> None:
+    def __init__(
+        self, p: _Tensor, g: _Tensor, st: dict | None, first: bool, mode: int, store: int
+    ) -> None:
         self.p, self.g, self.st, self.first, self.mode = p, g, st, first, mode
+        self.store = store
 
 
 class FastOptimizer(torch.optim.Optimizer):
@@ -124,6 +129,10 @@ class FastOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
         options = _precision.split_options(kwargs)  # master_weights, stochastic_rounding
+        options.update(_lowmem.split_options(kwargs))  # state_dtype, block_size, ...
+        if options.get("state_stochastic_rounding") and "sr_seed" not in options:
+            options["sr_seed"] = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+            options["sr_step"] = 0
         super().__init__(params, *args, **kwargs)
         if options:
             self.defaults.update(options)
@@ -155,6 +164,7 @@ class FastOptimizer(torch.optim.Optimizer):
             group.get("differentiable"),
             group.get("master_weights"),
             group.get("stochastic_rounding"),
+            *(group.get(k) for k in _lowmem.OPTIONS),
         )
 
     def _skipped_by_scaler(self) -> bool:
@@ -166,31 +176,62 @@ class FastOptimizer(torch.optim.Optimizer):
         """The native call's storage options: None, or (rounding, seed, grad_scale address,
         found_inf address)."""
         amp = self.__dict__.get("_amp_pointers")
-        if call.rounding == _precision.NEAREST and amp is None:
+        if call.rounding == _precision.NEAREST and amp is None and call.store == _lowmem.AS_PARAM:
             return None
-        stochastic = call.rounding == _precision.STOCHASTIC
+        stochastic = call.rounding == _precision.STOCHASTIC or call.store == _lowmem.BF16_SR
         seed = _precision.call_seed(group, call.salt) if stochastic else 0
         gs, fi = amp if amp is not None else (0, 0)
-        return (call.rounding, seed, gs, fi)
+        block = int(group.get("block_size", _lowmem.DEFAULTS["block_size"]))
+        return (call.rounding, seed, gs, fi, call.store, block)
 
-    def _restore_master_state(self, state_dict: dict[str, Any]) -> None:
-        """torch's loader casts floating state to the parameter's dtype; with master weights the
-        master copy and the buffers of a low-precision parameter are float32: take them from the
-        checkpoint again."""
+    def _restore_saved_state(self, state_dict: dict[str, Any]) -> None:
+        """torch's loader casts every floating state tensor to its parameter's dtype (8-bit codes
+        included); a native parameter's state takes the tensors of pyfastopt's own layouts from
+        the checkpoint again, as saved (``_lowmem.kept_as_saved``), and the validation then
+        converts them to the group's layout (master copies, bfloat16 or 8-bit state, torch's)."""
         saved = state_dict.get("state", {})
         saved_groups = state_dict.get("param_groups", [])
         for sg, group in zip(saved_groups, self.param_groups):
-            if not group.get("master_weights"):
-                continue
             for pid, p in zip(sg.get("params", []), group["params"]):
                 src, st = saved.get(pid), self.state.get(p)
                 if not isinstance(src, dict) or not isinstance(st, dict):
                     continue
-                if p.dtype not in _precision.LOW_PRECISION:
+                if not _native_tensor(p):
                     continue
                 for k, v in src.items():
-                    if k != "step" and isinstance(v, torch.Tensor) and v.dtype == torch.float32:
+                    if k != "step" and _lowmem.kept_as_saved(k, v, p):
                         st[k] = v.detach().to(device=p.device, copy=True)
+
+    def _settle(
+        self, p: _Tensor, st: dict, keys: tuple, mode: int, store: int, group: dict, where: str
+    ) -> None:
+        """Bring ``p``'s state to the group's layout (master copy, state store) and check it."""
+        _precision.ensure_master(p, st, mode)
+        block = int(group.get("block_size", _lowmem.DEFAULTS["block_size"]))
+        as_param = _precision.state_dtype(p, mode)
+        _lowmem.settle(p, st, keys, store, as_param, block, where)
+        _lowmem.check_state(p, st, keys, store, as_param, block, where, check_buffer)
+        if store != _lowmem.BLOCK8:
+            for k in keys:
+                st.pop(k + _lowmem.ABSMAX, None)
+                st.pop(k + _lowmem.QMAP, None)
+
+    def torch_state_dict(self) -> dict[str, Any]:
+        """This optimizer's ``state_dict`` in torch's layout, every state buffer a float32 tensor
+        (8-bit state dequantised, bfloat16 state widened) and without pyfastopt's own group keys
+        or master copies: ``torch.optim`` (and pyfastopt with any ``state_dtype``) loads it."""
+        sd = self.state_dict()
+        block_of = {}
+        for g in sd["param_groups"]:
+            for pid in g["params"]:
+                block_of[pid] = int(g.get("block_size", _lowmem.DEFAULTS["block_size"]))
+        state = {
+            pid: _lowmem.float32_state(st, block_of.get(pid, 256)) if isinstance(st, dict) else st
+            for pid, st in sd["state"].items()
+        }
+        own = set(_precision.OPTIONS) | set(_lowmem.OPTIONS) | {"sr_seed", "sr_step"}
+        groups = [{k: v for k, v in g.items() if k not in own} for g in sd["param_groups"]]
+        return {"state": state, "param_groups": groups}
 
     def _uses_state(self, group: dict) -> bool:
         return True
@@ -224,10 +265,10 @@ class FastOptimizer(torch.optim.Optimizer):
         self._fastopt_master_seen = {}  # the master copies now come from the checkpoint
         try:
             for group in self.param_groups:
-                for key in _precision.OPTIONS + ("sr_seed", "sr_step"):
+                for key in _precision.OPTIONS + _lowmem.OPTIONS + ("sr_seed", "sr_step"):
                     if key in self.defaults:
                         group.setdefault(key, self.defaults[key])
-            self._restore_master_state(state_dict)
+            self._restore_saved_state(state_dict)
             for group in self.param_groups:
                 _check_group_options(self, group)
                 self._validate_loaded(group)
@@ -251,13 +292,10 @@ class FastOptimizer(torch.optim.Optimizer):
             if not st or not _native_tensor(p):
                 continue
             mode = _precision.row_mode(p, group, where)
-            _precision.settle_state(p, st, keys, mode)
-            sdt = _precision.state_dtype(p, mode)
-            for key in keys:
-                # SGD's buffer may legitimately be absent until the first step with a gradient.
-                if key in self._lazy_buffers and st.get(key) is None:
-                    continue
-                check_buffer(p, st, key, where, sdt)
+            store = _lowmem.row_store(p, group, mode == MASTER, where)
+            # SGD's buffer may legitimately be absent until the first step with a gradient.
+            present = tuple(k for k in keys if not (k in self._lazy_buffers and st.get(k) is None))
+            self._settle(p, st, present, mode, store, group, where)
             if mode == MASTER:
                 check_buffer(p, st, MASTER_KEY, where, torch.float32)
             if self._has_step:
@@ -299,7 +337,8 @@ class FastOptimizer(torch.optim.Optimizer):
             for key in [k for k in plans if k not in live]:
                 del plans[key]
         for group in groups:
-            if group.get("stochastic_rounding"):  # the step that keys the rounding bits
+            if group.get("stochastic_rounding") or group.get("state_stochastic_rounding"):
+                # the step that keys the rounding bits
                 group["sr_step"] = group.get("sr_step", 0) + 1
             if group.get("master_weights"):
                 _precision.follow_written_params(group, state, self._master_seen())
@@ -400,6 +439,7 @@ class FastOptimizer(torch.optim.Optimizer):
             st: dict | None = None
             first = firsts.get(id(p))
             mode = _precision.row_mode(p, group, where)
+            store = _lowmem.row_store(p, group, mode == MASTER, where) if uses_state else 0
             if uses_state or mode == MASTER:
                 st = self.state[p]
                 if not isinstance(st, dict):
@@ -422,16 +462,17 @@ class FastOptimizer(torch.optim.Optimizer):
                                 memory_format=torch.preserve_format,
                             )
                         first = True
-                _precision.settle_state(p, st, keys, mode)
-                sdt = _precision.state_dtype(p, mode)
+                self._settle(p, st, keys, mode, store, group, where)
+                for k in (MASTER_KEY,) if mode == MASTER else ():
+                    check_buffer(p, st, k, where, torch.float32)
                 for k in (*keys, MASTER_KEY) if mode == MASTER else keys:
-                    b = check_buffer(p, st, k, where, torch.float32 if k == MASTER_KEY else sdt)
+                    b = st[k]
                     if not _native_tensor(b):  # a neg/conj view or a subclass: a plain copy
                         st[k] = torch.empty_like(b).copy_(b)
                 if self._has_step:
                     check_step(st, where)
             firsts[id(p)] = bool(first)
-            items.append(_Item(p, g, st, bool(first), mode))
+            items.append(_Item(p, g, st, bool(first), mode, store))
         if fallback:  # first: torch raises here for what it refuses (sparse Adam gradients)
             self._torch_step(group, fallback)
         calls: list[_Call] = []
@@ -450,11 +491,13 @@ class FastOptimizer(torch.optim.Optimizer):
                     st is not None and self._has_step and st["step"].dtype == torch.float64
                 )
                 own = (MASTER_KEY,) if it.mode == MASTER else ()
+                if it.store == _lowmem.BLOCK8:
+                    own += _lowmem.aux_keys(keys)
                 checks = () if st is None else tuple((k, st[k]) for k in (*keys, *own, *step_key))
-                ck = (code, step_f64, it.mode)
+                ck = (code, step_f64, it.mode, it.store)
                 if ck not in wave_calls:  # salt: group and call, for stochastic rounding
                     salt = (gi << 24) + (len(calls) << 4) + len(wave_calls)
-                    wave_calls[ck] = _Call(code, step_f64, it.mode, salt)
+                    wave_calls[ck] = _Call(code, step_f64, it.mode, it.store, salt)
                 wave_calls[ck].add(it.p, st, checks, held, row, self._row_aux(st, False))
             for call in wave_calls.values():
                 call.build(params)
@@ -487,13 +530,17 @@ class FastOptimizer(torch.optim.Optimizer):
         """
         p, g, st = it.p, it.g, it.st
         master = it.mode == MASTER
+        quantised = it.store == _lowmem.BLOCK8
+        scales = _lowmem.scale_tensors(st, keys) if quantised and st is not None else []
         if master:
             keys = (MASTER_KEY, *keys)  # laid out like a buffer, table array 0
         cacheable = True
-        if is_dense(p):
+        # 8-bit codes and their blocks follow the parameter's logical order: in place only
+        # when the parameter is contiguous
+        if is_dense(p) and not (quantised and not p.is_contiguous()):
             if st is not None:
                 for k in keys:
-                    if not same_layout(st[k], p):
+                    if not same_layout(st[k], p) and st[k].dtype != torch.uint8:
                         st[k] = torch.empty_like(p, dtype=st[k].dtype).copy_(st[k])
             bufs = [st[k] for k in keys] if st is not None else []
             pt = p
@@ -520,10 +567,12 @@ class FastOptimizer(torch.optim.Optimizer):
             row.append(g.data_ptr())
             row.extend(b.data_ptr() for b in bufs[1:])
             row.append(pt.data_ptr())
-            return row, (pt, *bufs, *step), g, cacheable
+            row.extend(s.data_ptr() for s in scales)
+            return row, (pt, *bufs, *scales, *step), g, cacheable
         row = [p.numel() * mult, self._row_aux(st, it.first), pt.data_ptr(), g.data_ptr()]
         row.extend(b.data_ptr() for b in bufs)
-        return row, (pt, *bufs, *step), g, cacheable
+        row.extend(s.data_ptr() for s in scales)
+        return row, (pt, *bufs, *scales, *step), g, cacheable
 
     def _torch_step(self, group: dict, params: list[_Tensor]) -> None:
         """torch's own step for ``params`` of ``group`` (devices and layouts we do not take)."""
@@ -630,6 +679,7 @@ def _refuse_non_float(p: _Tensor, where: str) -> None:
 
 
 def _check_group_options(opt: torch.optim.Optimizer, group: dict) -> None:
+    _lowmem.check_group(group, type(opt).__name__)
     if group.get("differentiable"):
         raise UnsupportedError(
             f"{type(opt).__name__}: differentiable=True is not supported by pyfastopt (the "

@@ -69,23 +69,11 @@ def state_dtype(p: torch.Tensor, mode: int) -> torch.dtype:
     return torch.float32 if mode == MASTER else p.dtype
 
 
-def settle_state(p: torch.Tensor, st: dict, keys: tuple[str, ...], mode: int) -> None:
-    """Bring a low-precision parameter's state to its mode after the mode changed or a
-    checkpoint of the other mode was loaded: buffers between float32 and ``p``'s dtype, the
-    master copy made from ``p`` when missing."""
-    if p.dtype not in LOW_PRECISION:
-        return
-    want = state_dtype(p, mode)
-    for k in keys:
-        b = st.get(k)
-        if (
-            isinstance(b, torch.Tensor)
-            and b.dtype != want
-            and b.dtype in (torch.float32, p.dtype)
-            and b.shape == p.shape
-        ):
-            st[k] = b.detach().to(want)
-    if mode == MASTER and MASTER_KEY not in st:
+def ensure_master(p: torch.Tensor, st: dict, mode: int) -> None:
+    """Master weights: make a low-precision parameter's float32 master copy from ``p`` when its
+    state has none (a new mode, or a checkpoint without one). The buffers are brought to their
+    dtype by ``_lowmem.settle``."""
+    if p.dtype in LOW_PRECISION and mode == MASTER and MASTER_KEY not in st:
         st[MASTER_KEY] = torch.empty_like(p, dtype=torch.float32).copy_(p.detach())
 
 

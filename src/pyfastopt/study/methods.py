@@ -41,13 +41,18 @@ class Method:
         return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items()) or "defaults"
 
     def build(
-        self, params: Iterable[torch.Tensor], impl: Impl, lr: float | None = None
+        self,
+        params: Iterable[torch.Tensor],
+        impl: Impl,
+        lr: float | None = None,
+        **options: Any,
     ) -> torch.optim.Optimizer:
-        """The optimizer for ``params``: pyfastopt's class, or torch.optim's for-loop class."""
+        """The optimizer for ``params``: pyfastopt's class, or torch.optim's for-loop class;
+        ``options`` are passed on (pyfastopt's ``state_dtype``, for one)."""
         module: Any = pyfastopt if impl == "pyfastopt" else torch.optim
         extra = TORCH_EXTRA if impl == "torch" else {}
         cls = getattr(module, self.optimizer)
-        return cls(params, lr=self.lr if lr is None else lr, **self.kwargs, **extra)
+        return cls(params, lr=self.lr if lr is None else lr, **self.kwargs, **extra, **options)
 
 
 #: How the MNIST learning rates were chosen (the reasons below quote its final training losses):

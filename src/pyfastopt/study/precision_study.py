@@ -20,18 +20,17 @@ alike.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import pyfastopt
 
+from .lockstep import Trainee, VariantResult, make_mlp, train_lockstep
 from .mnist_run import MnistData, load_data
 from .report import table
 
@@ -54,23 +53,6 @@ class PrecisionOptions:
     command: str = ""
 
 
-@dataclass
-class VariantResult:
-    name: str
-    train_loss: list[float] = field(default_factory=list)  # per epoch, 0 = start
-    test_accuracy: list[float] = field(default_factory=list)
-    step_seconds: float = 0.0  # inside optimizer.step()
-    train_seconds: float = 0.0  # forward + backward + step
-
-
-def make_model(hidden: Sequence[int]) -> nn.Module:
-    sizes = [784, *hidden, 10]
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
-
-
 def _optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     if name == "bf16+sr":
         return pyfastopt.Adam(params, lr=lr, stochastic_rounding=True)
@@ -81,60 +63,23 @@ def _optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.
     return pyfastopt.Adam(params, lr=lr)
 
 
-@torch.no_grad()
-def _evaluate(model: nn.Module, dtype: torch.dtype, data: MnistData) -> tuple[float, float]:
-    loss = 0.0
-    n = data.x_train.shape[0]
-    for i in range(0, n, 4096):
-        out = model(data.x_train[i : i + 4096].to(dtype)).float()
-        loss += F.cross_entropy(out, data.y_train[i : i + 4096], reduction="sum").item()
-    pred = model(data.x_test.to(dtype)).float().argmax(1)
-    return loss / n, (pred == data.y_test).float().mean().item()
-
-
 def run(options: PrecisionOptions, data: MnistData | None = None) -> list[VariantResult]:
     if data is None:
         data = load_data(options.data, options.train_size, options.test_size)
     torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
-    base = make_model(options.hidden).state_dict()
-    models, opts, results, dtypes = {}, {}, {}, {}
+    base = make_mlp(options.hidden).state_dict()
+    trainees = []
     for name in options.variants:
         dtype = torch.float32 if name == "float32" else torch.bfloat16
-        model = make_model(options.hidden)
+        model = make_mlp(options.hidden)
         model.load_state_dict(base)
         model.to(dtype)
         torch.manual_seed(options.seed)  # stochastic rounding's seed is drawn here
-        models[name], dtypes[name] = model, dtype
-        opts[name] = _optimizer(name, list(model.parameters()), options.lr)
-        results[name] = VariantResult(name)
-    for name in options.variants:
-        loss, acc = _evaluate(models[name], dtypes[name], data)
-        results[name].train_loss.append(loss)
-        results[name].test_accuracy.append(acc)
-    gen = torch.Generator().manual_seed(options.seed)
-    n = data.x_train.shape[0]
-    for _epoch in range(options.epochs):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, options.batch_size):
-            idx = order[start : start + options.batch_size]
-            x, y = data.x_train[idx], data.y_train[idx]
-            for name in options.variants:
-                model, opt, res = models[name], opts[name], results[name]
-                t0 = time.perf_counter()
-                opt.zero_grad()
-                loss = F.cross_entropy(model(x.to(dtypes[name])).float(), y)
-                loss.backward()
-                t1 = time.perf_counter()
-                opt.step()
-                t2 = time.perf_counter()
-                res.step_seconds += t2 - t1
-                res.train_seconds += t2 - t0
-        for name in options.variants:
-            loss, acc = _evaluate(models[name], dtypes[name], data)
-            results[name].train_loss.append(loss)
-            results[name].test_accuracy.append(acc)
-    return [results[name] for name in options.variants]
+        opt = _optimizer(name, list(model.parameters()), options.lr)
+        trainees.append(Trainee(model, opt, dtype, VariantResult(name)))
+    train_lockstep(trainees, data, options.epochs, options.batch_size, options.seed)
+    return [t.result for t in trainees]
 
 
 def report(options: PrecisionOptions, results: Sequence[VariantResult]) -> str:
@@ -189,7 +134,7 @@ def write(options: PrecisionOptions, results: Sequence[VariantResult]) -> list[P
         "hidden": list(options.hidden),
         "epochs": options.epochs,
         "lr": options.lr,
-        "results": [r.__dict__ for r in results],
+        "results": [{k: v for k, v in r.__dict__.items() if k != "batch_loss"} for r in results],
     }
     js.write_text(json.dumps(payload, indent=1))
     written = [md, js]
