@@ -19,6 +19,7 @@
 #include "pyfastopt/dispatch.h"
 #include "quant_bindings.h"
 #include "torch_abi.h"
+#include "vector_bindings.h"
 
 namespace py = pybind11;
 using pyfastopt::DType;
@@ -289,4 +290,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("openmp_max_threads", &omp_threads, "omp_get_max_threads() of the OpenMP runtime in use.");
   pyfastopt::register_norm_bindings(m);
   pyfastopt::register_quant_bindings(m);
+  pyfastopt::register_vector_bindings(m);
 }
