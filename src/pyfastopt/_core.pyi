@@ -116,6 +116,33 @@ def clip_grad_norm(
     num_threads: int,
     parallel_min: int,
 ) -> tuple[int, float, bool]: ...
+def vector_program(
+    rows: Sequence[int],
+    lists: int,
+    flats: Sequence[int],
+    dtype: int,
+    code: Sequence[int],
+    scalars: Sequence[float],
+    nresults: int,
+    num_threads: int,
+    parallel_min: int,
+) -> list[float]: ...
+def lbfgs_direction(
+    rows: Sequence[int],
+    lists: int,
+    flats: Sequence[int],
+    dtype: int,
+    g: int,
+    d: int,
+    prev: int,
+    dirs: Sequence[int],
+    stps: Sequence[int],
+    ro: Sequence[float],
+    h_diag: float,
+    first: bool,
+    num_threads: int,
+    parallel_min: int,
+) -> tuple[list[float], float, float, float]: ...
 def simd_path() -> str: ...
 def select_simd(name: str) -> str: ...
 def supported_simd() -> list[str]: ...
