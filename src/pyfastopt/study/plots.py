@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .methods import METHODS, Impl, Method
+from .methods import METHODS, SURFACE_ONLY, Impl, Method
 from .mnist_run import RunResult
 from .surfaces import Path, Surface
 
@@ -40,10 +40,14 @@ def _figure(width: float, height: float) -> Any:
     return require_matplotlib()(figsize=(width, height), layout="constrained")
 
 
+#: colours after matplotlib's ten-colour cycle (C0..C9)
+_MORE_COLORS = ("black", "darkgoldenrod", "deeppink", "teal")
+
+
 def color(name: str) -> str:
     """The colour of a method, the same in every picture."""
-    index = [m.name for m in METHODS].index(name)
-    return f"C{index}"
+    index = [m.name for m in (*METHODS, *SURFACE_ONLY)].index(name)
+    return f"C{index}" if index < 10 else _MORE_COLORS[(index - 10) % len(_MORE_COLORS)]
 
 
 def _save(fig: Any, path: FilePath) -> FilePath:
