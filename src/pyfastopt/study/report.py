@@ -292,6 +292,14 @@ def mnist_report(study: MnistStudy, pictures: Sequence[str]) -> str:
     return "\n".join(parts)
 
 
+#: the distance to the minimum (or saddle point) at which a path counts as having reached it
+REACHED = 1e-3
+
+
+def _or_dash(value: int | None) -> Any:
+    return "—" if value is None else value
+
+
 def _surface_rows(surface: Surface, paths: Sequence[Path]) -> list[list[Any]]:
     rows = []
     for p in paths:
@@ -303,6 +311,7 @@ def _surface_rows(surface: Surface, paths: Sequence[Path]) -> list[list[Any]]:
                 f"({x:.4g}, {y:.4g})",
                 fmt(p.values[-1]),
                 fmt(p.distance(surface.target)),
+                _or_dash(p.reached(surface.target, REACHED)),
                 p.left_at if p.left_at is not None else "—",
             ]
         )
@@ -323,8 +332,12 @@ def surfaces_report(
         "",
         f"Each path: up to {steps} steps of a pyfastopt optimizer on one two-element float64 "
         "parameter (f, `backward()`, `step()`), from the marked start. Mini-batch SGD is the "
-        "same as GD here (there is no data to sample), so GD stands for both. A path that "
-        "leaves the plotted area by more than half its width is stopped (*left at step*).\n",
+        "same as GD here (there is no data to sample), so GD stands for both; so is mini-batch "
+        "L-BFGS for L-BFGS. L-BFGS and BFGS (`step(closure)`) take one iteration per step, "
+        "with the function evaluations their line search needs. A path that leaves the plotted "
+        "area by more than half its width is stopped (*left at step*); *within "
+        f"{REACHED:g} at step* is the first step that ends that close to the marked point, "
+        "how fast a method gets there.\n",
     ]
     for (surface, paths), picture in zip(results, pictures):
         parts += [
@@ -337,6 +350,7 @@ def surfaces_report(
                     "final point",
                     "f there",
                     f"distance to the {surface.target_label.split(' (')[0]}",
+                    f"within {REACHED:g} at step",
                     "left at step",
                 ],
                 _surface_rows(surface, paths),

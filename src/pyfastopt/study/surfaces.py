@@ -193,6 +193,10 @@ class Path:
     def distance(self, to: Point) -> float:
         return math.dist(self.end, to)
 
+    def reached(self, to: Point, within: float) -> int | None:
+        """The first step after which the path is within ``within`` of ``to`` (None: never)."""
+        return next((i for i, p in enumerate(self.points) if math.dist(p, to) < within), None)
+
 
 def _inside(surface: Surface, point: Point) -> bool:
     # paths may wander a little past the plotted area; half its width past an edge, they are gone
