@@ -15,9 +15,9 @@ from ._vectors import Grad, Space
 _Tensor = torch.Tensor
 
 #: The most elements BFGS takes: its inverse Hessian is a dense float64 matrix of numel**2
-#: elements, 512 MiB at 8192, and every iteration reads and writes it about four times (one
-#: matrix-vector product for the direction, one for the update, three rank-one updates): some
-#: 2 GB of memory traffic per iteration, a fraction of a second on a desktop CPU, where the
+#: elements, 512 MiB at 8192, and every iteration reads it five times and writes it three times
+#: (matrix-vector products for the update and the direction, three rank-one updates): 4 GiB of
+#: memory traffic per iteration at the limit, most of a second on a desktop CPU, where the
 #: parameters' own vectors cost nothing. Beyond that, L-BFGS (pyfastopt.LBFGS) is the tool.
 MAX_NUMEL = 8192
 
