@@ -19,8 +19,9 @@ import torch
 from optim_db import TOL
 
 import pyfastopt
+from pyfastopt.errors import OperandError
 from pyfastopt.optim import _vectors
-from pyfastopt.optim._vectors import OperandError, Space
+from pyfastopt.optim._vectors import Space
 
 
 @pytest.fixture

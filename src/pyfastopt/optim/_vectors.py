@@ -23,7 +23,7 @@ from typing import Union
 import torch
 
 from .. import _config, _core
-from ..errors import PyfastoptError
+from ..errors import OperandError
 from ._base import _bump_versions
 
 _Tensor = torch.Tensor
@@ -44,11 +44,6 @@ _OPS = {
     "max_abs": _MAX_ABS,
 }
 _WRITES = {"copy", "scale", "axpy", "sub"}
-
-
-class OperandError(PyfastoptError, ValueError):
-    """A tensor handed to a vector operation does not fit it (changed shape, dtype or memory
-    during the step, or shares memory with a tensor the operation writes)."""
 
 
 class Grad:
@@ -372,15 +367,14 @@ def _check_writes(spans: list[tuple[int, int, int]], written: set[int]) -> None:
     """Refuse a call in which memory that it writes is also reached through another operand, or
     through another segment of the same one (the same operand in two roles, ``p = p + t*d``, is
     elementwise in place and fine; so are read-only operands that share memory, like the zeros
-    that stand for every missing gradient)."""
-    active: list[tuple[int, int, int]] = []
-    for lo, hi, k in sorted(spans):
-        active = [s for s in active if s[1] > lo]
-        for _, _, pk in active:
-            if pk in written or k in written:
+    that stand for every missing gradient). ``spans``: (first byte, end, operand) per segment."""
+    for i, (lo, hi, k) in enumerate(spans):
+        if k not in written:
+            continue
+        for j, (lo2, hi2, _k2) in enumerate(spans):
+            if j != i and lo < hi2 and lo2 < hi:
                 raise OperandError(
                     "a tensor the optimizer writes shares memory with another tensor of the "
                     "same operation (a gradient that is a view of a parameter or of the "
                     "optimizer's state, or two parameters that became views of one tensor?)"
                 )
-        active.append((lo, hi, k))
