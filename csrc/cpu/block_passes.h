@@ -38,16 +38,17 @@ constexpr int64_t kBlock = 4096;
 constexpr int kLanes = 32;
 static_assert(kBlock % kLanes == 0, "a block must hold whole lane rounds");
 
-// The reduction of `n` terms `term(0..n-1)` (doubles) with `join`, in the fixed lane order.
-template <class Join, class Term>
-inline double reduce_lanes(double identity, Join join, Term term, int64_t n) {
+// The reduction of elements 0..n-1 in the fixed lane order: lane j starts at `identity` and
+// takes `acc = step(acc, i)` for its elements i in order; the lanes are combined with `join`.
+template <class Join, class Step>
+inline double reduce_lanes(double identity, Join join, Step step, int64_t n) {
   double acc[kLanes];
   for (int j = 0; j < kLanes; ++j) acc[j] = identity;
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) acc[j] = join(acc[j], term(i + j));
+    for (int j = 0; j < kLanes; ++j) acc[j] = step(acc[j], i + j);
   }
-  for (int j = 0; i + j < n; ++j) acc[j] = join(acc[j], term(i + j));
+  for (int j = 0; i + j < n; ++j) acc[j] = step(acc[j], i + j);
   for (int w = kLanes / 2; w > 0; w /= 2) {
     for (int j = 0; j < w; ++j) acc[j] = join(acc[j], acc[j + w]);
   }

@@ -137,7 +137,8 @@ template <class P, class Op>
 double reduce_block(const Op& op, int64_t addr, int64_t begin, int64_t n) {
   const auto* x = reinterpret_cast<const typename P::storage*>(addr) + begin;
   return cpu::reduce_lanes(
-      op.identity(), Op::join, [&](int64_t i) { return op.term(P::load(x + i)); }, n);
+      op.identity(), Op::join,
+      [&](double acc, int64_t i) { return Op::join(acc, op.term(P::load(x + i))); }, n);
 }
 
 template <class Op>

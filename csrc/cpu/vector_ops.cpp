@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "block_passes.h"
@@ -65,23 +66,38 @@ void sub(T* out, const T* a, const T* b, int64_t n) {
 constexpr auto plus = [](double a, double b) { return a + b; };
 constexpr auto larger = [](double a, double b) { return max_nan(a, b); };  // a NaN wins
 
+// acc + a*b in double. For float32 inputs the product is exact in double, so a fused
+// multiply-add gives the same bits as the product and the sum (and saves an instruction where
+// the CPU has FMA); for float64 inputs the product rounds, and is kept apart so that every SIMD
+// build sums alike.
+template <typename T>
+double add_product(double acc, T a, T b) {
+  const double x = static_cast<double>(a), y = static_cast<double>(b);
+  if constexpr (std::is_same_v<T, float>) {
+    return fmadd(x, y, acc);
+  } else {
+    return acc + x * y;
+  }
+}
+
 template <typename T>
 double dot(const T* a, const T* b, int64_t n) {
   return cpu::reduce_lanes(
-      0.0, plus, [&](int64_t i) { return static_cast<double>(a[i]) * static_cast<double>(b[i]); },
-      n);
+      0.0, plus, [&](double acc, int64_t i) { return add_product(acc, a[i], b[i]); }, n);
 }
 
 template <typename T>
 double sum_abs(const T* a, int64_t n) {
   return cpu::reduce_lanes(
-      0.0, plus, [&](int64_t i) { return std::fabs(static_cast<double>(a[i])); }, n);
+      0.0, plus, [&](double acc, int64_t i) { return acc + std::fabs(static_cast<double>(a[i])); },
+      n);
 }
 
 template <typename T>
 double max_abs(const T* a, int64_t n) {
   return cpu::reduce_lanes(
-      0.0, larger, [&](int64_t i) { return std::fabs(static_cast<double>(a[i])); }, n);
+      0.0, larger,
+      [&](double acc, int64_t i) { return max_nan(acc, std::fabs(static_cast<double>(a[i]))); }, n);
 }
 
 // ---- operands ---------------------------------------------------------------------------------

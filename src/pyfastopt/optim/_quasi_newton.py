@@ -47,16 +47,22 @@ class Direction(Protocol):
 
 
 class _Evaluator:
-    """``_directional_evaluate`` of the line search: the closure at ``x + t*d``."""
+    """``_directional_evaluate`` of the line search: the closure at ``x + t*d``. The first
+    evaluation also takes ``x`` (torch's ``_clone_param``), in the same pass."""
 
     def __init__(self, space: Space, closure: Callable[[], Any]) -> None:
         self.space = space
         self.closure = closure
         self.displaced = False  # params hold x + t*d of a finished evaluation, not x
+        self.cloned = False
 
     def __call__(self, x: _Tensor, t: Any, d: _Tensor) -> tuple[float, Grad]:
         self.displaced = False
-        self.space.run(("axpy", self.space, t, d, x))
+        if self.cloned:
+            self.space.run(("axpy", self.space, t, d, x))
+        else:
+            self.space.run(("copy", x, self.space), ("axpy", self.space, t, d, x))
+            self.cloned = True
         loss = float(self.closure())
         flat_grad = self.space.grad()
         self.displaced = True
@@ -153,9 +159,8 @@ def run_step(
             if line_search_fn != "strong_wolfe":
                 raise RuntimeError("only 'strong_wolfe' is supported")
             else:
-                x_init = space.new()  # _clone_param, as one flat vector
-                space.run(("copy", x_init, space))
-                evaluate = _Evaluator(space, closure)
+                x_init = space.new()  # _clone_param, as one flat vector (the first evaluation
+                evaluate = _Evaluator(space, closure)  # fills it)
                 try:
                     loss, flat_grad, t, ls_func_evals = strong_wolfe(
                         evaluate,
@@ -173,9 +178,10 @@ def run_step(
                         space.run(("copy", space, x_init))
                     raise
                 mem["t"] = t
-            # _add_grad(t, d) on the parameters, which torch has put back at x_init
-            space.run(("axpy", space, t, d, x_init))
-            opt_cond = _max_abs(space, flat_grad) <= tolerance_grad
+            # _add_grad(t, d) on the parameters, which torch has put back at x_init, and
+            # flat_grad.abs().max() in the same pass
+            (max_abs_g,) = space.run(("axpy", space, t, d, x_init), ("max_abs", flat_grad))
+            opt_cond = scalar(space, max_abs_g) <= tolerance_grad
         else:
             # no line search, simply move with fixed-step
             space.run(("axpy", space, t, d, space))

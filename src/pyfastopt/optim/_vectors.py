@@ -154,9 +154,10 @@ class Space:
             out.append(p.data_ptr())
         return out
 
-    def _grad_tensors(self) -> list[_Tensor] | None:
+    def _grad_tensors(self, apart: bool = True) -> list[_Tensor] | None:
         """The gradients as they can be read in place, or None where one cannot (sparse,
-        non-contiguous, a tensor subclass, memory shared with a parameter, ...)."""
+        non-contiguous, a tensor subclass, with ``apart`` memory shared with a parameter or
+        another gradient, ...)."""
         grads: list[_Tensor] = []
         missing = 0
         for p, n in zip(self.params, self.numels):
@@ -181,11 +182,12 @@ class Space:
             if z is None or z.numel() < missing:
                 z = self._zeros = torch.zeros(missing, dtype=self.dtype)
             grads = [z if g is None else g for g in grads]
-        spans = [_span(p) for p in self.params] + [
-            _span(g) for g, n in zip(grads, self.numels) if g is not self._zeros and n
-        ]
-        if _overlap(spans):  # torch's gather copies such a gradient before anything writes
-            return None
+        if apart:  # torch's gather copies such a gradient before anything writes
+            spans = [_span(p) for p in self.params] + [
+                _span(g) for g, n in zip(grads, self.numels) if g is not self._zeros and n
+            ]
+            if _overlap(spans):
+                return None
         return grads
 
     def grad(self) -> Grad:
@@ -225,8 +227,8 @@ class Space:
             elif isinstance(o, Grad):
                 if o.generation != self.generation:
                     raise RuntimeError("pyfastopt: internal error: a stale gradient was used")
-                if o.flat is None:
-                    grads = self._grad_tensors()
+                if o.flat is None:  # memory shared with what the call writes: _check_writes
+                    grads = self._grad_tensors(apart=False)
                     if grads is None:
                         raise OperandError("a gradient changed during the optimizer step")
                     addrs = [g.data_ptr() for g in grads]
@@ -235,7 +237,8 @@ class Space:
             if addrs is not None:
                 ids.append(len(lists))
                 lists.append(addrs)
-                spans += [(a, a + n * esize, k) for a, n in zip(addrs, self.numels) if n]
+                if written:
+                    spans += [(a, a + n * esize, k) for a, n in zip(addrs, self.numels) if n]
                 continue
             if not self.fits(o):
                 raise OperandError(
@@ -247,7 +250,8 @@ class Space:
             ids.append(-1 - len(flats))
             flats.append(a)
             spans.append((a, a + self.numel * esize, k))
-        _check_writes(spans, written)
+        if written:
+            _check_writes(spans, written)
         nl = len(lists)
         rows: list[int] = []
         for r, n in enumerate(self.numels):
@@ -262,12 +266,11 @@ class Space:
         :class:`Grad`, or the space itself (the parameters). Returns the reductions' results
         (double) in program order."""
         ops: list[Operand] = []
-        slot: dict[int, int] = {}
+        slot: dict[int, int] = {}  # id(operand) -> its index in ops
 
         def operand(o: Operand) -> int:
-            k = slot.get(id(o))
-            if k is None:
-                k = slot[id(o)] = len(ops)
+            k = slot.setdefault(id(o), len(ops))
+            if k == len(ops):
                 ops.append(o)
             return k
 
