@@ -41,7 +41,7 @@ def _figure(width: float, height: float) -> Any:
 
 
 #: colours after matplotlib's ten-colour cycle (C0..C9)
-_MORE_COLORS = ("black", "darkgoldenrod", "deeppink", "teal")
+_MORE_COLORS = ("darkgoldenrod", "deeppink", "black", "teal")
 
 
 def color(name: str) -> str:
@@ -173,7 +173,7 @@ def step_time_plot(runs: Runs, methods: Sequence[Method], path: FilePath) -> Fil
             hatch=hatch,
             edgecolor="black",
             linewidth=0.5,
-            label="pyfastopt" if impl == "pyfastopt" else "torch.optim (foreach=False)",
+            label="pyfastopt" if impl == "pyfastopt" else "torch.optim (for-loop, foreach=False)",
         )
     ax.set_xticks(pos, [m.label for m in methods], rotation=30, ha="right", fontsize="small")
     ax.set_yscale("log")
