@@ -86,6 +86,21 @@ double dot(const T* a, const T* b, int64_t n) {
       0.0, plus, [&](double acc, int64_t i) { return add_product(acc, a[i], b[i]); }, n);
 }
 
+// d = s * y + d, then the dot product of z with the new d, in one loop over the elements (the
+// three streams advance together). d shares no memory with y or z (the callers' operands are
+// distinct, checked in Python).
+template <typename T>
+double axpy_dot(T* PFO_RESTRICT d, T s, const T* y, const T* z, int64_t n) {
+  return cpu::reduce_lanes(
+      0.0, plus,
+      [&](double acc, int64_t i) {
+        const T v = fmadd(s, y[i], d[i]);
+        d[i] = v;
+        return add_product(acc, z[i], v);
+      },
+      n);
+}
+
 template <typename T>
 double sum_abs(const T* a, int64_t n) {
   return cpu::reduce_lanes(
@@ -274,10 +289,11 @@ void program(const VecCall& call, const VecProgram& p) {
 //   for i = 0 .. m-1:  be_i = (y_i . d) * ro_i;  d += (al_i - be_i) * s_i
 //   prev_flat_grad = g;  gtd = g . d
 // Each pass applies the update that the previous dot product allowed and computes the next dot
-// product on the same block (still in cache): pass 0 negates g and reduces s_{m-1} . q; pass k
-// (1 <= k <= m) applies al_{m-k}, and reduces s_{m-k-1} . q (k < m) or scales by H_diag and
-// reduces y_0 . d (k = m); pass m + 1 + j applies al_j - be_j and reduces y_{j+1} . d, the last
-// pass instead copies g and reduces g . d, sum |g| and max |d|.
+// product in the same loop over a block (axpy_dot: the three streams advance together, and the
+// sums are those of an update followed by a dot product). Pass 0 negates g and reduces
+// s_{m-1} . q; pass k (1 <= k <= m) applies al_{m-k}, and reduces s_{m-k-1} . q (k < m) or
+// scales by H_diag and reduces y_0 . d (k = m); pass m + 1 + j applies al_j - be_j and reduces
+// y_{j+1} . d; the last pass instead copies g and reduces g . d, sum |g| and max |d|.
 
 template <typename T>
 void run_direction(const VecCall& call, const LbfgsDirection& L) {
@@ -312,19 +328,21 @@ void run_direction(const VecCall& call, const LbfgsDirection& L) {
         partial[b * kOut] = dot(ops.at(L.stps[m - 1], blk), d, n);
       } else if (k <= m) {
         const int64_t i = m - k;
-        axpy(d, static_cast<T>(-al[static_cast<std::size_t>(i)]), ops.at(L.dirs[i], blk), d, n);
+        const T a = -al[static_cast<std::size_t>(i)];
         if (k < m) {
-          partial[b * kOut] = dot(ops.at(L.stps[i - 1], blk), d, n);
+          partial[b * kOut] = axpy_dot(d, a, ops.at(L.dirs[i], blk), ops.at(L.stps[i - 1], blk), n);
         } else {
+          axpy(d, a, ops.at(L.dirs[i], blk), d, n);
           scale(d, h, d, n);
           partial[b * kOut] = dot(ops.at(L.dirs[0], blk), d, n);
         }
       } else {
         const auto j = static_cast<std::size_t>(k - m - 1);
-        axpy(d, static_cast<T>(al[j] - be[j]), ops.at(L.stps[j], blk), d, n);
+        const T a = al[j] - be[j];
         if (k < passes - 1) {
-          partial[b * kOut] = dot(ops.at(L.dirs[j + 1], blk), d, n);
+          partial[b * kOut] = axpy_dot(d, a, ops.at(L.stps[j], blk), ops.at(L.dirs[j + 1], blk), n);
         } else {
+          axpy(d, a, ops.at(L.stps[j], blk), d, n);
           last(b, blk, d);
         }
       }

@@ -29,9 +29,9 @@ class LBFGS(torch.optim.LBFGS):
       evaluation); the line search copies one out only where torch clones it;
     - ``p += t*d`` and the line search's trial points are one native pass over all parameters;
     - the two-loop recursion is ``2*m + 1`` passes over the elements for ``m`` history pairs,
-      each applying one update and taking the next dot product on the same block of memory
-      (torch: ``4*m`` passes and about ``6*m`` small tensor ops); it also copies the gradient
-      into ``prev_flat_grad`` and takes ``g.d``, ``sum |g|`` and ``max |d|`` on its last pass;
+      each applying one update and taking the next dot product in the same loop (torch: ``4*m``
+      passes and about ``6*m`` small tensor ops); it also copies the gradient into
+      ``prev_flat_grad`` and takes ``g.d``, ``sum |g|`` and ``max |d|`` on its last pass;
     - dot products and sums accumulate in double in an order fixed by the element count (not
       by the thread count), so the iterates match torch's within float rounding, not bit for bit.
 
