@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import functools
+import os
+import platform
+import shutil
+import subprocess
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -76,3 +81,33 @@ def torch_inits_added_adagrad_groups() -> bool:
     except KeyError:
         return False
     return True
+
+
+ROOT = Path(__file__).resolve().parent.parent
+#: the AVX-512 build's flags (CMakeLists.txt), for the native checks in tests/native/
+AVX512_FLAGS = ("-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mfma", "-mf16c")
+
+
+def run_native_check(tmp_path: Path, source: str, args: Sequence[str], extra: Sequence[str] = ()):
+    """Compile ``tests/native/<source>`` (plus ``extra`` sources of the tree) with the AVX-512
+    build's flags and run it; skips (visibly) without the source tree, a compiler or x86-64."""
+    import pytest
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86-64 only")
+    src = ROOT / "tests" / "native" / source
+    include = ROOT / "csrc" / "include"
+    sources = [src, *(ROOT / e for e in extra)]
+    if not include.exists() or not all(p.exists() for p in sources):
+        pytest.skip("needs the source tree (csrc/)")
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path / Path(source).stem
+    subprocess.run(
+        [cxx, "-O2", "-std=c++17", *AVX512_FLAGS, "-I", str(include), *map(str, sources)]
+        + ["-o", str(exe)],
+        check=True,
+        capture_output=True,
+    )
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300)

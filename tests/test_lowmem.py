@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from helpers import run_native_check
 
 import pyfastopt
 from pyfastopt import StateError, UnsupportedError, _core
@@ -126,6 +127,36 @@ def test_every_map_value_and_midpoint_neighbour(unsigned):
     codes, scales = _lowmem.quantize(x, unsigned, 4096)
     rc, _ = ref_quantize(x, unsigned, 4096)
     assert torch.equal(codes, rc)
+
+
+def test_arithmetic_encoder_is_exact_over_the_float_range(tmp_path):
+    """The AVX-512 build encodes by arithmetic on x * (1 / scale) and re-encodes flagged vectors
+    exactly (quant.h); tests/native/check_quant.cpp proves an unflagged code exact for one float32
+    in 61 of [0, 2) and every value near a threshold (`check_quant 1`: every pattern)."""
+    out = run_native_check(tmp_path, "check_quant.cpp", ["61"], ["csrc/cpu/quant_maps.cpp"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert " 0 mismatches" in out.stdout
+
+
+@pytest.mark.parametrize("unsigned", [False, True])
+def test_every_simd_build_and_decoder_gives_the_same_codes(unsigned):
+    """The arithmetic encoder and the byte-permute decoder (AVX-512, VBMI) give the bits of the
+    table encoder and the 16-lane permute decoder, and of the AVX2 and baseline builds."""
+    x = _wide(70001, 7, unsigned)
+    results = []
+    try:
+        for simd in _core.supported_simd():
+            for lanes in (True, False):
+                _core.select_simd(simd)
+                _core.use_lanes(lanes)
+                codes, scales = _lowmem.quantize(x, unsigned, 256)
+                results.append((codes, scales, _lowmem.dequantize(codes, scales, unsigned, 256)))
+    finally:
+        _core.select_simd("auto")
+        _core.use_lanes(True)
+    for got in results[1:]:
+        for a, b in zip(got, results[0]):
+            assert torch.equal(a, b)
 
 
 def test_nonfinite_block_scale_is_nan_and_contained():

@@ -284,7 +284,8 @@ PYBIND11_MODULE(_core, m) {
       "the same bits as the compiler-vectorised loop). Returns lanes_mode().");
   m.def("lanes_mode", &pyfastopt::lanes_mode,
         "Bit 0: the 16-lane loop is on; bit 1: this CPU has AVX512-BF16 (bfloat16 stores rounded "
-        "to nearest take the loop only then).");
+        "to nearest take the loop only then); bit 2: it has AVX512-VBMI (8-bit state decodes "
+        "with byte permutes). 0 while the loop is switched off.");
   m.def("build_info", &build_info, "Compiler, OpenMP version and build options of the core.");
   m.def("openmp_max_threads", &omp_threads, "omp_get_max_threads() of the OpenMP runtime in use.");
   pyfastopt::register_norm_bindings(m);

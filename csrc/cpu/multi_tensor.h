@@ -172,7 +172,9 @@ constexpr int64_t kMaxBlock = 4096;
 // Blocks [b0, b1) of row `r`.
 template <class Pols, class Rule, std::size_t... I>
 inline void apply_row_blocks(const Table& t, const Rule& rule, int64_t r, int64_t b0, int64_t b1,
-                             bool lanes, std::index_sequence<I...>) {
+                             int mode, std::index_sequence<I...>) {
+  const bool lanes = LanesFor<typename BlockArrays<Pols>::Elements, Rule>::usable(mode);
+  const bool vbmi = (mode & kLanesVbmi) != 0;
   using BA = BlockArrays<Pols>;
   constexpr std::size_t Q = BA::kCount;
   const int64_t n = row_numel(t, r);
@@ -191,7 +193,7 @@ inline void apply_row_blocks(const Table& t, const Rule& rule, int64_t r, int64_
       if constexpr (P::kBlock) {
         constexpr std::size_t q = BA::slot(k);
         dequantize_block(reinterpret_cast<const uint8_t*>(ptrs[k]) + begin, scales[q][b],
-                         q8_map<P::kUnsigned>().value, buf[q], len);
+                         q8_map<P::kUnsigned>(), buf[q], len, vbmi);
         // apply_span adds `begin` to every address: this one then lands on the buffer
         local[k] = reinterpret_cast<int64_t>(buf[q]) - begin * static_cast<int64_t>(sizeof(float));
       }
@@ -217,14 +219,14 @@ inline int64_t row_blocks(const Table& t, int64_t r) {
 
 // Blocks [u0, u1) of the rows' blocks laid end to end.
 template <class Pols, class Rule>
-void apply_block_range(const Table& t, const Rule* rules, int64_t u0, int64_t u1, bool lanes) {
+void apply_block_range(const Table& t, const Rule* rules, int64_t u0, int64_t u1, int mode) {
   int64_t offset = 0;
   for (int64_t r = 0; r < t.rows && offset < u1; ++r) {
     const int64_t nb = row_blocks(t, r);
     const int64_t lo = u0 > offset ? u0 : offset;
     const int64_t hi = u1 < offset + nb ? u1 : offset + nb;
     if (lo < hi) {
-      apply_row_blocks<Pols>(t, rules[r], r, lo - offset, hi - offset, lanes,
+      apply_row_blocks<Pols>(t, rules[r], r, lo - offset, hi - offset, mode,
                              std::make_index_sequence<Rule::kArrays>{});
     }
     offset += nb;
@@ -241,7 +243,7 @@ void multi_tensor_apply_blocks(const Table& table, const std::vector<Rule>& rule
   }
   if (total == 0) return;
   const Rule* rs = rules.data();
-  const bool lanes = LanesFor<typename BlockArrays<Pols>::Elements, Rule>::usable(lanes_mode());
+  const int mode = lanes_mode();
   if (num_threads > 1 && total >= table.parallel_min) {
 #pragma omp parallel num_threads(num_threads)
     {
@@ -254,10 +256,10 @@ void multi_tensor_apply_blocks(const Table& table, const std::vector<Rule>& rule
       const int64_t per = (units + nt - 1) / nt;
       const int64_t u0 = t * per < units ? t * per : units;
       const int64_t u1 = u0 + per < units ? u0 + per : units;
-      apply_block_range<Pols>(table, rs, u0, u1, lanes);
+      apply_block_range<Pols>(table, rs, u0, u1, mode);
     }
   } else {
-    apply_block_range<Pols>(table, rs, 0, units, lanes);
+    apply_block_range<Pols>(table, rs, 0, units, mode);
   }
 }
 

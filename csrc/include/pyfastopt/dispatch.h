@@ -66,6 +66,12 @@ struct KernelSet {
   void (*adadelta)(const Table&, DType, const AdadeltaParams&, int num_threads);
   void (*rmsprop)(const Table&, DType, const RmspropParams&, int num_threads);
   void (*adam)(const Table&, DType, const AdamParams&, int num_threads);
+  // 8-bit state as a step stores it (quant.h): n float32 values <-> n codes and ceil(n / block)
+  // scales, for the bindings' quantize_blockwise / dequantize_blockwise
+  void (*quantize)(const float* src, uint8_t* codes, float* scales, int64_t n, int64_t block,
+                   bool is_unsigned);
+  void (*dequantize)(const uint8_t* codes, const float* scales, float* dst, int64_t n,
+                     int64_t block, bool is_unsigned);
 };
 
 // Defined by the three builds of cpu/kernels.cpp.
@@ -85,6 +91,7 @@ const char* const* supported_kernel_names(int* count);
 // take the compiler-vectorised loop, which gives the same bits.
 constexpr int kLanesOn = 1;
 constexpr int kLanesBf16 = 2;
+constexpr int kLanesVbmi = 4;  // AVX512-VBMI: 8-bit state decodes with byte permutes (quant.h)
 int lanes_mode();
 void set_lanes(bool on);
 
