@@ -56,7 +56,7 @@ def test_every_simd_path_matches_torch(name, simd):
         torch.testing.assert_close(pb, pa, **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop"])
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop", "NAdam", "RAdam", "ASGD", "Rprop"])
 def test_tensor_lr_matches_float_lr(name):
     kw = {"momentum": 0.9} if name == "SGD" else {}
     a, b = make_params(torch.float32)
