@@ -298,3 +298,31 @@ def test_native_core_refuses_malformed_scalar_tails():
         assert (float(step), float(eta)) == before  # nothing was written
     assert _asgd([*head, eta64.data_ptr(), mu.data_ptr(), 1], 8) is True  # flag bit 0: float64
     assert float(step) == 2.0 and float(eta64) != 0.01
+
+
+# ---- non-finite values --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_nonfinite_gradients_propagate_like_torch(name):
+    """NaN and infinite gradients: torch.maximum propagates NaN into Adamax's exp_inf, sign(NaN)
+    is 0 in Rprop, and so on; the same elements end up NaN, infinite or unchanged."""
+    a, b = make_params(torch.float32, shapes=((64,), (3, 5)))
+    ref, fast = make_pair(name, KW[name], a, b)
+    g = torch.Generator().manual_seed(7)
+    for step in range(4):
+        grads = [torch.randn(p.shape, generator=g) for p in a]
+        flat = grads[0].view(-1)
+        flat[step::9] = float("nan")
+        flat[step + 3 :: 11] = float("inf")
+        flat[step + 5 :: 13] = float("-inf")
+        flat[step + 7 :: 17] = 0.0
+        for params, opt in ((a, ref), (b, fast)):
+            for p, gr in zip(params, grads):
+                p.grad = gr.clone()
+            opt.step()
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pb, pa, equal_nan=True, **TOL[torch.float32])
+    for pa, pb in zip(a, b):
+        for k, v in ref.state[pa].items():
+            torch.testing.assert_close(fast.state[pb][k], v, equal_nan=True, **TOL[torch.float32])
