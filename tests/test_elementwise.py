@@ -109,7 +109,9 @@ def test_scalars_set_by_hand_are_converted_keeping_their_value(case):
 
 
 @pytest.mark.parametrize(
-    "bad", [torch.zeros(2), "x", None, torch.tensor(1j)], ids=["two", "str", "none", "complex"]
+    "bad",
+    [torch.zeros(2), "x", None, torch.tensor(1j), torch.empty((), device="meta")],
+    ids=["two", "str", "none", "complex", "meta"],
 )
 @pytest.mark.parametrize("name,key", [("NAdam", "mu_product"), ("ASGD", "eta"), ("ASGD", "mu")])
 def test_bad_scalars_raise_and_write_nothing(name, key, bad):

@@ -453,24 +453,25 @@ void asgd(const Table& t, DType dtype, const AsgdParams& hp, int nt) {
   if (hp.default_dtype < 0 || hp.default_dtype > 3) refuse("invalid default dtype code");
   const auto as_tensor = static_cast<DType>(hp.default_dtype);
   cpu::check_scalars(t, 2);  // eta, mu
-  // the next eta is lr / base ** alpha: Python raises for a zero divisor (or 0.0 to a negative
-  // power) and makes a complex number of a negative base to a non-integer power
-  Memo<double, std::pair<double, double>> next;  // (eta, mu) after a step, as torch stores them
+  // (eta, mu) after a step, as torch stores them. The next eta is lr / base ** alpha: Python
+  // raises for a zero divisor (or 0.0 to a negative power) and makes a complex number of a
+  // negative base to a non-integer power.
+  Memo<double, std::pair<double, double>> next;
   auto next_at = [&](double step) {
     return next(step, [&] {
+      const double base = asgd_eta_base(hp, step);
+      if (base < 0.0 && std::trunc(hp.alpha) != hp.alpha && !std::isnan(hp.alpha)) {
+        complex_scalar("ASGD's eta");
+      }
+      if (base == 0.0 && hp.alpha < 0.0) {
+        throw ZeroDivision("0.0 cannot be raised to a negative power");
+      }
+      if (std::pow(base, hp.alpha) == 0.0) throw ZeroDivision("float division by zero");
       return std::make_pair(cpu::as_tensor_value(asgd_eta(hp, step), as_tensor),
                             cpu::as_tensor_value(asgd_mu(hp, step), as_tensor));
     });
   };
-  check_next_steps(t, [&](double step, int64_t) {
-    const double base = asgd_eta_base(hp, step);
-    if (base < 0.0 && std::trunc(hp.alpha) != hp.alpha && !std::isnan(hp.alpha)) {
-      complex_scalar("ASGD's eta");
-    }
-    if (base == 0.0 && hp.alpha < 0.0)
-      throw ZeroDivision("0.0 cannot be raised to a negative power");
-    if (std::pow(base, hp.alpha) == 0.0) throw ZeroDivision("float division by zero");
-  });
+  check_next_steps(t, [&](double step, int64_t) { next_at(step); });
   with_storage<false>(t, dtype, [&](auto st) {
     using St = decltype(st);
     using R = AsgdRule<typename St::compute>;

@@ -590,6 +590,7 @@ inline double asgd_eta(const AsgdParams& hp, double step) {
 inline double asgd_mu(const AsgdParams& hp, double step) {
   return step - hp.t0 > 1.0 ? 1.0 / (step - hp.t0) : 1.0;
 }
+
 template <typename T>
 struct AsgdRule {
   using value_type = T;

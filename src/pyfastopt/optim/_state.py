@@ -98,7 +98,10 @@ def check_scalar(state: dict, key: str, where: str) -> torch.Tensor:
         plain = type(s) is torch.Tensor and not s.is_neg() and s.device.type == "cpu"
         if plain and s.dtype in STEP_DTYPES:
             return s
-        value = float(s.detach().to("cpu", torch.float64).item())
+        try:
+            value = float(s.detach().to("cpu", torch.float64).item())
+        except (RuntimeError, NotImplementedError) as exc:  # a meta tensor has no value
+            raise StateError(f"{where}: state[{key!r}] cannot be read: {describe(s)}") from exc
         dtype = s.dtype if s.dtype in STEP_DTYPES else _get_scalar_dtype()
     elif isinstance(s, (int, float)) and not isinstance(s, bool):
         value, dtype = float(s), _get_scalar_dtype()
