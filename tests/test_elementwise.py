@@ -328,3 +328,29 @@ def test_nonfinite_gradients_propagate_like_torch(name):
     for pa, pb in zip(a, b):
         for k, v in ref.state[pa].items():
             torch.testing.assert_close(fast.state[pb][k], v, equal_nan=True, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_grad_scaler_unscales_outside_the_step_like_torch(name):
+    """torch has no fused kernel for these, so GradScaler unscales the gradients itself and skips
+    the step on inf; the state (step counters and scalars included) matches torch's."""
+    results = []
+    for module in (torch.optim, pyfastopt):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(6, 3)
+        opt = getattr(module, name)(model.parameters(), **KW[name])
+        assert not getattr(opt, "_step_supports_amp_scaling", False)
+        scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+        for i in range(5):
+            opt.zero_grad()
+            loss = model(torch.randn(4, 6, generator=torch.Generator().manual_seed(i))).sum()
+            if i == 2:
+                loss = loss * float("inf")  # skipped
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        results.append((model.weight.detach().clone(), opt))
+    (w_ref, ref), (w_fast, fast) = results
+    torch.testing.assert_close(w_fast, w_ref, **TOL[torch.float32])
+    assert_same_state(ref, fast, **TOL[torch.float32])
+    assert float(fast.state[fast.param_groups[0]["params"][0]]["step"]) == 4.0
