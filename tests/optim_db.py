@@ -11,7 +11,19 @@ from typing import Any
 
 import torch
 
-NAMES = ("SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW")
+NAMES = (
+    "SGD",
+    "Adagrad",
+    "Adadelta",
+    "RMSprop",
+    "Adam",
+    "AdamW",
+    "NAdam",
+    "RAdam",
+    "Adamax",
+    "ASGD",
+    "Rprop",
+)
 
 CONFIGS: dict[str, list[dict[str, Any]]] = {
     "SGD": [
@@ -86,6 +98,72 @@ CONFIGS: dict[str, list[dict[str, Any]]] = {
         {"lr": 0.01, "amsgrad": True},
         {"lr": 0.01, "maximize": True},
         {"lr": 0.01, "betas": (0.6, 0.9), "eps": 1e-6, "amsgrad": True, "maximize": True},
+    ],
+    "NAdam": [
+        {"lr": 0.01},
+        {"lr": 0.01, "betas": (0.8, 0.99)},
+        {"lr": 0.01, "eps": 1e-3},
+        {"lr": 0.01, "weight_decay": 0.1},
+        {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True},
+        {"lr": 0.01, "momentum_decay": 0.02},
+        {"lr": 0.01, "momentum_decay": 0.0},
+        {"lr": 0.01, "maximize": True},
+        {
+            "lr": 0.01,
+            "betas": (0.7, 0.95),
+            "weight_decay": 0.05,
+            "momentum_decay": 0.01,
+            "decoupled_weight_decay": True,
+            "maximize": True,
+        },
+    ],
+    "RAdam": [
+        {"lr": 0.01},  # rectified from step 6 on
+        {"lr": 0.01, "betas": (0.8, 0.9)},
+        {"lr": 0.01, "betas": (0.9, 0.6)},  # rho_inf = 4: never rectified
+        {"lr": 0.01, "eps": 1e-3},
+        {"lr": 0.01, "weight_decay": 0.1},
+        {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True},
+        {"lr": 0.01, "maximize": True},
+        {
+            "lr": 0.01,
+            "betas": (0.7, 0.95),
+            "eps": 1e-6,
+            "weight_decay": 0.05,
+            "decoupled_weight_decay": True,
+            "maximize": True,
+        },
+    ],
+    "Adamax": [
+        {"lr": 0.01},
+        {"lr": 0.01, "betas": (0.8, 0.99)},
+        {"lr": 0.01, "eps": 1e-3},
+        {"lr": 0.01, "weight_decay": 0.1},
+        {"lr": 0.01, "maximize": True},
+        {"lr": 0.01, "betas": (0.7, 0.95), "eps": 1e-6, "weight_decay": 0.05, "maximize": True},
+    ],
+    "ASGD": [
+        {"lr": 0.01},  # t0 = 1e6: ax copies the parameter
+        {"lr": 0.01, "t0": 10},  # averaging from step 13 on
+        {"lr": 0.01, "lambd": 0.1},
+        {"lr": 0.01, "alpha": 0.5, "lambd": 0.01},
+        {"lr": 0.01, "weight_decay": 0.1},
+        {"lr": 0.01, "maximize": True},
+        {
+            "lr": 0.02,
+            "lambd": 0.01,
+            "alpha": 0.9,
+            "t0": 20,
+            "weight_decay": 0.05,
+            "maximize": True,
+        },
+    ],
+    "Rprop": [
+        {"lr": 0.01},
+        {"lr": 0.01, "etas": (0.3, 1.5)},
+        {"lr": 0.01, "step_sizes": (1e-3, 0.02)},  # both bounds reached
+        {"lr": 0.01, "maximize": True},
+        {"lr": 0.02, "etas": (0.4, 1.3), "step_sizes": (1e-4, 1.0), "maximize": True},
     ],
 }
 

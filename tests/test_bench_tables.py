@@ -23,6 +23,11 @@ OPTION_CASES = [
     ("Adam", {}),
     ("Adam", {"amsgrad": True}),
     ("AdamW", {"amsgrad": True, "weight_decay": 0.1}),
+    ("NAdam", {}),
+    ("RAdam", {}),
+    ("Adamax", {}),
+    ("ASGD", {}),
+    ("Rprop", {}),
 ]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import run_native_check
-from optim_db import case_id, cases
+from optim_db import NAMES, case_id, cases
 
 import pyfastopt
 from pyfastopt import _core
@@ -106,7 +106,7 @@ def test_lanes_give_the_bits_of_the_vectorised_loop(case, dtype, specials, lanes
     ],
     ids=lambda m: m[0],
 )
-@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta"])
+@pytest.mark.parametrize("name", NAMES)
 def test_lanes_in_every_storage_mode(name, mode, lanes_and_simd):
     _, dtype, extra = mode
     kw = {"lr": 0.01, "momentum": 0.9} if name == "SGD" else {"lr": 0.01}

@@ -18,7 +18,9 @@ from helpers import run_native_check
 
 import pyfastopt
 from pyfastopt import StateError, UnsupportedError, _core
+from pyfastopt.bench.parity import lowp_hparams
 from pyfastopt.optim import _lowmem
+from pyfastopt.optim._state import SCALAR_KEYS
 
 UNSIGNED = _lowmem.UNSIGNED_KEYS
 
@@ -181,6 +183,11 @@ CASES = [
     ("RMSprop", torch.optim.RMSprop, {"lr": 1e-2, "centered": True, "momentum": 0.9}),
     ("Adagrad", torch.optim.Adagrad, {"lr": 0.1, "initial_accumulator_value": 0.1}),
     ("Adadelta", torch.optim.Adadelta, {"lr": 1.0, "weight_decay": 0.01}),
+    ("NAdam", torch.optim.NAdam, {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("RAdam", torch.optim.RAdam, {"lr": 1e-2, "weight_decay": 0.1}),  # rectified at step 6
+    ("Adamax", torch.optim.Adamax, {"lr": 1e-2, "maximize": True}),
+    ("ASGD", torch.optim.ASGD, {"lr": 1e-2, "t0": 2, "lambd": 0.01}),  # averages from step 5
+    ("Rprop", torch.optim.Rprop, {"lr": 1e-2, "etas": (0.4, 1.3)}),
 ]
 SHAPES = [(64, 80), (5000,), (300,), (4097,), (0,)]
 
@@ -196,7 +203,7 @@ def _round_torch_state(opt: torch.optim.Optimizer, block: int, minimum: int) -> 
         if p.numel() < minimum:
             continue
         for k, v in list(st.items()):
-            if k == "step" or not isinstance(v, torch.Tensor):
+            if k in SCALAR_KEYS or not isinstance(v, torch.Tensor):
                 continue
             c, s = ref_quantize(v, k in UNSIGNED, block)
             st[k] = ref_dequantize(c, s, k in UNSIGNED, block).to(v.dtype)
@@ -228,8 +235,8 @@ def test_8bit_step_is_float32_step_on_dequantised_state(name, cls, kw, block):
         for a, b in zip(ref_p, fast_p):
             sr, sf = ref.state.get(a, {}), fast.state.get(b, {})
             for k, v in sr.items():
-                if k == "step":
-                    assert float(v) == float(sf[k])
+                if k in SCALAR_KEYS:  # 0-d: never quantised
+                    assert torch.equal(sf[k], v), k
                     continue
                 if a.numel() >= 4096:
                     c, s = ref_quantize(v, k in UNSIGNED, block)
@@ -320,7 +327,8 @@ def test_small_tensors_keep_float32_state_and_threshold_is_a_knob():
 @pytest.mark.parametrize("name,cls,kw", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_bf16_state_is_torch_step_on_upcast_state_rounded_once(name, cls, kw):
     ref_p, fast_p = _params(), _params()
-    ref = getattr(pyfastopt, name)(ref_p, **kw)  # float32 state (torch parity: test_parity)
+    # float32 state (torch parity: test_parity); Rprop's initial step size is lr in bfloat16
+    ref = getattr(pyfastopt, name)(ref_p, **lowp_hparams(name, kw, torch.bfloat16))
     fast = getattr(pyfastopt, name)(fast_p, state_dtype=torch.bfloat16, **kw)
     g = torch.Generator().manual_seed(1)
     for _ in range(5):
@@ -329,14 +337,16 @@ def test_bf16_state_is_torch_step_on_upcast_state_rounded_once(name, cls, kw):
             a.grad, b.grad = gr.clone(), gr.clone()
         for a in ref_p:  # the state as bfloat16 holds it (Adagrad's initial value too)
             for k, v in ref.state.get(a, {}).items():
-                if k != "step":
+                if k not in SCALAR_KEYS:
                     ref.state[a][k] = v.to(torch.bfloat16).float()
         ref.step()
         fast.step()
         for a, b in zip(ref_p, fast_p):
             assert torch.equal(a, b)
             for k, v in ref.state.get(a, {}).items():
-                if k != "step":  # rounded once per step
+                if k in SCALAR_KEYS:  # 0-d scalars keep their float32
+                    assert torch.equal(fast.state[b][k], v), k
+                else:  # rounded once per step
                     assert fast.state[b][k].dtype == torch.bfloat16
                     assert torch.equal(fast.state[b][k], v.to(torch.bfloat16)), k
 

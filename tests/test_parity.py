@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import assert_same_state, make_params, run_steps
-from optim_db import TOL, case_id, cases, make_pair
+from optim_db import NAMES, TOL, case_id, cases, make_pair
 
 import pyfastopt
 
@@ -37,12 +37,12 @@ def test_parity_complex(case):
         torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW"])
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("simd", ["avx512", "avx2", "baseline"])
 def test_every_simd_path_matches_torch(name, simd):
     if simd not in pyfastopt._core.supported_simd():
         pytest.skip(f"this CPU cannot run the {simd} build")
-    kw = {"lr": 0.01, "weight_decay": 0.01}
+    kw = {"lr": 0.01} if name == "Rprop" else {"lr": 0.01, "weight_decay": 0.01}  # no decay
     if name == "SGD":
         kw["momentum"] = 0.9
     try:
@@ -56,7 +56,7 @@ def test_every_simd_path_matches_torch(name, simd):
         torch.testing.assert_close(pb, pa, **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop"])
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop", "NAdam", "RAdam", "ASGD", "Rprop"])
 def test_tensor_lr_matches_float_lr(name):
     kw = {"momentum": 0.9} if name == "SGD" else {}
     a, b = make_params(torch.float32)

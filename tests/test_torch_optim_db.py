@@ -1,6 +1,6 @@
 """torch's own optimizer test data (torch.testing._internal.common_optimizers.optim_db).
 
-Every CPU configuration torch tests its six optimizers with (including the global foreach/fused
+Every CPU configuration torch tests pyfastopt's optimizers with (including the global foreach/fused
 variants) must give torch's for-loop results, and every error input torch expects must raise the
 same exception type and message (or warning) from pyfastopt.
 """

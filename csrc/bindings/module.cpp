@@ -237,6 +237,70 @@ PYBIND11_MODULE(_core, m) {
             [&](const Table& t) { pyfastopt::active_kernels().adam(t, dt, hp, num_threads); });
       },
       doc);
+  m.def(
+      "nadam_step",
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double lr, double beta1, double beta2, double eps, double weight_decay,
+         double momentum_decay, bool maximize, bool decoupled, int num_threads,
+         int64_t parallel_min, py::handle extra) {
+        const pyfastopt::NadamParams hp{lr,           beta1,          beta2,    eps,
+                                        weight_decay, momentum_decay, maximize, decoupled};
+        const DType dt = to_dtype(dtype);
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().nadam(t, dt, hp, num_threads); });
+      },
+      doc);
+  m.def(
+      "radam_step",
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double lr, double beta1, double beta2, double eps, double weight_decay,
+         bool maximize, bool decoupled, int num_threads, int64_t parallel_min, py::handle extra) {
+        const pyfastopt::RadamParams hp{lr, beta1, beta2, eps, weight_decay, maximize, decoupled};
+        const DType dt = to_dtype(dtype);
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().radam(t, dt, hp, num_threads); });
+      },
+      doc);
+  m.def(
+      "adamax_step",
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double lr, double beta1, double beta2, double eps, double weight_decay,
+         bool maximize, int num_threads, int64_t parallel_min, py::handle extra) {
+        const pyfastopt::AdamaxParams hp{lr, beta1, beta2, eps, weight_decay, maximize};
+        const DType dt = to_dtype(dtype);
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().adamax(t, dt, hp, num_threads); });
+      },
+      doc);
+  m.def(
+      "asgd_step",
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double lr, double lambd, double alpha, double t0, double weight_decay,
+         bool maximize, int default_dtype, int num_threads, int64_t parallel_min,
+         py::handle extra) {
+        const pyfastopt::AsgdParams hp{lr, lambd, alpha, t0, weight_decay, default_dtype, maximize};
+        const DType dt = to_dtype(dtype);
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().asgd(t, dt, hp, num_threads); });
+      },
+      "As the other step functions; default_dtype: the dtype code of torch.get_default_dtype() "
+      "(torch.as_tensor rounds the new eta and mu to it).");
+  m.def(
+      "rprop_step",
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double etaminus, double etaplus, double step_size_min, double step_size_max,
+         bool maximize, int num_threads, int64_t parallel_min, py::handle extra) {
+        const pyfastopt::RpropParams hp{etaminus, etaplus, step_size_min, step_size_max, maximize};
+        const DType dt = to_dtype(dtype);
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().rprop(t, dt, hp, num_threads); });
+      },
+      doc);
 
   m.def(
       "use_torch_abi",

@@ -20,6 +20,11 @@ _BASE_BUFFERS: Mapping[str, tuple[str, ...]] = {
     "RMSprop": ("square_avg",),
     "Adam": ("exp_avg", "exp_avg_sq"),
     "AdamW": ("exp_avg", "exp_avg_sq"),
+    "NAdam": ("exp_avg", "exp_avg_sq"),
+    "RAdam": ("exp_avg", "exp_avg_sq"),
+    "Adamax": ("exp_avg", "exp_inf"),
+    "ASGD": ("ax",),
+    "Rprop": ("prev", "step_size"),
 }
 #: ... and the buffers an option adds when it is set (non-zero / True).
 _OPTION_BUFFERS: Mapping[tuple[str, str], str] = {
@@ -45,7 +50,9 @@ def streams(cls_name: str, hparams: Mapping[str, Any]) -> int:
     """Arrays of ``numel`` elements one step moves: read p and g, write p, read+write each buffer.
 
     Adam: reads p, g, m, v and writes p, m, v, so 7. Weight decay, Nesterov and the like
-    reuse values already read, so they add nothing.
+    reuse values already read, so they add nothing. ASGD's ``ax`` counts as read and written
+    although torch only writes it while ``mu`` is 1 (a copy of the parameter): the fused step
+    reads it either way.
     """
     return 3 + 2 * len(state_buffers(cls_name, hparams))
 
@@ -89,6 +96,11 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
         "rmsprop": _spec("rmsprop", "RMSprop", lr=0.01),
         "adam": _spec("adam", "Adam", lr=1e-3),
         "adamw": _spec("adamw", "AdamW", lr=1e-3, weight_decay=0.01),
+        "nadam": _spec("nadam", "NAdam", lr=2e-3),
+        "radam": _spec("radam", "RAdam", lr=1e-3),
+        "adamax": _spec("adamax", "Adamax", lr=2e-3),
+        "asgd": _spec("asgd", "ASGD", lr=0.01),
+        "rprop": _spec("rprop", "Rprop", lr=0.01),
     }
 )
 

@@ -27,7 +27,7 @@ from ..errors import StateError, UnsupportedError
 from . import _lowmem, _precision
 from ._layout import NATIVE_DTYPES, is_dense, same_layout
 from ._precision import MASTER, MASTER_KEY
-from ._state import check_buffer, check_step, describe
+from ._state import check_buffer, check_scalar, check_step, describe
 
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter
@@ -122,6 +122,9 @@ class FastOptimizer(torch.optim.Optimizer):
     _torch_cls: ClassVar[type[torch.optim.Optimizer]]
     #: whether state holds a 'step' counter the kernel advances
     _has_step: ClassVar[bool] = True
+    #: other 0-d state scalars the kernel reads and writes through their addresses (NAdam's
+    #: mu_product, ASGD's eta and mu): each row ends with their addresses and a dtype flag word
+    _scalar_keys: ClassVar[tuple[str, ...]] = ()
     #: buffers torch creates at their first use rather than with the rest of the state
     _lazy_buffers: ClassVar[tuple[str, ...]] = ()
     #: whether torch lets GradScaler hand this optimizer its scale (``fused=True``)
@@ -300,6 +303,8 @@ class FastOptimizer(torch.optim.Optimizer):
                 check_buffer(p, st, MASTER_KEY, where, torch.float32)
             if self._has_step:
                 check_step(st, where)
+            for k in self._scalar_keys:
+                check_scalar(st, k, where)
 
     # ---- step -----------------------------------------------------------------------------
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -471,6 +476,8 @@ class FastOptimizer(torch.optim.Optimizer):
                         st[k] = torch.empty_like(b).copy_(b)
                 if self._has_step:
                     check_step(st, where)
+                for k in self._scalar_keys:
+                    check_scalar(st, k, where)
             firsts[id(p)] = bool(first)
             items.append(_Item(p, g, st, bool(first), mode, store))
         if fallback:  # first: torch raises here for what it refuses (sparse Adam gradients)
@@ -493,6 +500,7 @@ class FastOptimizer(torch.optim.Optimizer):
                 own = (MASTER_KEY,) if it.mode == MASTER else ()
                 if it.store == _lowmem.BLOCK8:
                     own += _lowmem.aux_keys(keys)
+                own += self._scalar_keys
                 checks = () if st is None else tuple((k, st[k]) for k in (*keys, *own, *step_key))
                 ck = (code, step_f64, it.mode, it.store)
                 if ck not in wave_calls:  # salt: group and call, for stochastic rounding
@@ -562,17 +570,20 @@ class FastOptimizer(torch.optim.Optimizer):
                 bufs.append(bc)
         mult = NATIVE_DTYPES[p.dtype][1]
         step = (st["step"],) if st is not None and self._has_step else ()
+        scalars = tuple(st[k] for k in self._scalar_keys) if st is not None else ()
         if master:  # [master, grad, buffers..., parameter]: the parameter is the rounded master
             row = [p.numel() * mult, self._row_aux(st, it.first), bufs[0].data_ptr()]
             row.append(g.data_ptr())
             row.extend(b.data_ptr() for b in bufs[1:])
             row.append(pt.data_ptr())
-            row.extend(s.data_ptr() for s in scales)
-            return row, (pt, *bufs, *scales, *step), g, cacheable
-        row = [p.numel() * mult, self._row_aux(st, it.first), pt.data_ptr(), g.data_ptr()]
-        row.extend(b.data_ptr() for b in bufs)
+        else:
+            row = [p.numel() * mult, self._row_aux(st, it.first), pt.data_ptr(), g.data_ptr()]
+            row.extend(b.data_ptr() for b in bufs)
         row.extend(s.data_ptr() for s in scales)
-        return row, (pt, *bufs, *scales, *step), g, cacheable
+        if scalars:  # their addresses, then bit i: scalar i is float64 (csrc/cpu/row_scalars.h)
+            row.extend(s.data_ptr() for s in scalars)
+            row.append(sum(1 << i for i, s in enumerate(scalars) if s.dtype == torch.float64))
+        return row, (pt, *bufs, *scales, *step, *scalars), g, cacheable
 
     def _torch_step(self, group: dict, params: list[_Tensor]) -> None:
         """torch's own step for ``params`` of ``group`` (devices and layouts we do not take)."""
