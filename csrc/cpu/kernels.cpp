@@ -499,24 +499,26 @@ void rprop(const Table& t, DType dtype, const RpropParams& hp, int nt) {
       return R(hp);
     });
   });
-  // Whole buffers of 8-bit state, block by block: the block functions a step runs.
-  void quantize(const float* x, uint8_t* c, float* s, int64_t n, int64_t block, bool is_unsigned) {
-    for (int64_t b = 0; b * block < n; ++b) {
-      const int64_t o = b * block, len = n - o < block ? n - o : block;
-      s[b] = is_unsigned ? quantize_block<true>(x + o, len, c + o, q8_map<true>())
-                         : quantize_block<false>(x + o, len, c + o, q8_map<false>());
-    }
-  }
+}
 
-  void dequantize(const uint8_t* c, const float* s, float* x, int64_t n, int64_t block,
-                  bool is_unsigned) {
-    const bool vbmi = (lanes_mode() & kLanesVbmi) != 0;
-    const quant::Map& map = is_unsigned ? q8_map<true>() : q8_map<false>();
-    for (int64_t b = 0; b * block < n; ++b) {
-      const int64_t o = b * block, len = n - o < block ? n - o : block;
-      dequantize_block(c + o, s[b], map, x + o, len, vbmi);
-    }
+// Whole buffers of 8-bit state, block by block: the block functions a step runs.
+void quantize(const float* x, uint8_t* c, float* s, int64_t n, int64_t block, bool is_unsigned) {
+  for (int64_t b = 0; b * block < n; ++b) {
+    const int64_t o = b * block, len = n - o < block ? n - o : block;
+    s[b] = is_unsigned ? quantize_block<true>(x + o, len, c + o, q8_map<true>())
+                       : quantize_block<false>(x + o, len, c + o, q8_map<false>());
   }
+}
+
+void dequantize(const uint8_t* c, const float* s, float* x, int64_t n, int64_t block,
+                bool is_unsigned) {
+  const bool vbmi = (lanes_mode() & kLanesVbmi) != 0;
+  const quant::Map& map = is_unsigned ? q8_map<true>() : q8_map<false>();
+  for (int64_t b = 0; b * block < n; ++b) {
+    const int64_t o = b * block, len = n - o < block ? n - o : block;
+    dequantize_block(c + o, s[b], map, x + o, len, vbmi);
+  }
+}
 
 }  // namespace
 }  // namespace PFO_ISA_NS
