@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -13,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "adafactor.h"
 #include "call_storage.h"
 #include "multi_tensor.h"
 #include "pyfastopt/dispatch.h"
@@ -175,13 +177,63 @@ void adam(const Table& t, DType dtype, const AdamParams& hp, int nt) {
   });
 }
 
+// SparseAdam. Gathered rows (multi_tensor.h) `[n, step size, p, g, exp_avg, exp_avg_sq, offsets,
+// width, numel]`: the bits of the float64 `-step_size` torch computes from lr and the row's step
+// count (its bias corrections; the caller computes it as torch does), the parameter and its
+// state (numel elements each, dense, in the layout the offsets index), the gradient's values
+// (n elements). Every block is checked to lie inside the arrays and the offsets to increase
+// strictly (no two blocks share an element), before any write.
+void sparse_adam(const Table& t, DType dtype, const SparseAdamParams& hp, int nt) {
+  with_storage<false, false>(t, dtype, [&](auto st) {
+    using St = decltype(st);
+    using R = SparseAdamRule<typename St::compute>;
+    constexpr int K = R::kArrays;
+    if (t.width != 2 + K + 3) throw std::invalid_argument("pyfastopt: bad sparse table width");
+    constexpr auto align = alignments<St, R>(std::make_index_sequence<K>{});
+    for (int64_t r = 0; r < t.rows; ++r) {
+      const int64_t n = row_numel(t, r);
+      const int64_t* ptrs = row_ptrs(t, r);
+      const int64_t w = ptrs[K + 1], numel = ptrs[K + 2];
+      if (n < 0 || w < 1 || n % w != 0 || numel < w) {
+        if (n == 0 && w >= 1 && numel >= 0) continue;
+        throw std::invalid_argument("pyfastopt: invalid sparse row extents");
+      }
+      for (int k = 0; k <= K; ++k) {
+        const int64_t al = k < K ? static_cast<int64_t>(align[k]) : int64_t{alignof(int64_t)};
+        if (ptrs[k] == 0 || ptrs[k] % al != 0) {
+          throw std::invalid_argument("pyfastopt: null or misaligned tensor address");
+        }
+      }
+      const int64_t* at = reinterpret_cast<const int64_t*>(ptrs[K]);
+      int64_t next = 0;  // the first element the next block may start at
+      for (int64_t k = 0; k < n / w; ++k) {
+        if (at[k] < next || at[k] > numel - w) {
+          throw std::invalid_argument(
+              "pyfastopt: sparse gradient positions out of range or not unique (a gradient "
+              "marked coalesced must not repeat an index)");
+        }
+        next = at[k] + w;
+      }
+    }
+    std::vector<R> rules;
+    rules.reserve(static_cast<std::size_t>(t.rows));
+    for (int64_t r = 0; r < t.rows; ++r) {
+      const int64_t bits = row_aux(t, r);
+      double neg_step = 0.0;
+      std::memcpy(&neg_step, &bits, sizeof neg_step);
+      rules.emplace_back(hp, neg_step);
+    }
+    cpu::multi_tensor_apply_gathered<Policies<St, R>>(t, rules, nt);
+  });
+}
+
 }  // namespace
 }  // namespace PFO_ISA_NS
 
 #define PFO_CAT2(a, b) a##b
 #define PFO_CAT(a, b) PFO_CAT2(a, b)
 extern const KernelSet PFO_CAT(kernels_, PFO_ISA_NAME) = {
-    PFO_STR(PFO_ISA_NAME), PFO_ISA_NS::sgd,     PFO_ISA_NS::adagrad,
-    PFO_ISA_NS::adadelta,  PFO_ISA_NS::rmsprop, PFO_ISA_NS::adam};
+    PFO_STR(PFO_ISA_NAME), PFO_ISA_NS::sgd,  PFO_ISA_NS::adagrad,   PFO_ISA_NS::adadelta,
+    PFO_ISA_NS::rmsprop,   PFO_ISA_NS::adam, PFO_ISA_NS::adafactor, PFO_ISA_NS::sparse_adam};
 
 }  // namespace pyfastopt

@@ -9,7 +9,8 @@
 //
 // Three pieces, each usable alone:
 //  - lane_reduce: one unit's reduction of n terms in a fixed order (element i accumulates into
-//    lane i % kSumLanes, each lane in order, the lanes joined by a fixed pairwise tree);
+//    lane i % kSumLanes, each lane in order, the lanes joined by a fixed pairwise tree), and
+//    run_reduce, the same for runs of any length (short ones joined in order);
 //  - UnitSplit: the units' element counts and the split of the units between threads (each
 //    thread one contiguous range of units, balanced by elements);
 //  - run_passes: parallel passes over the units and serial steps between them, in one OpenMP
@@ -58,6 +59,16 @@ double lane_reduce(const Op& op, int64_t n, Term&& term) {
     for (int j = 0; j < w; ++j) acc[j] = Op::join(acc[j], acc[j + w]);
   }
   return acc[0];
+}
+
+// lane_reduce, cheaper for short runs: fewer than kSumLanes terms are joined one after another
+// in order (the order is still fixed by n alone).
+template <class Op, class Term>
+double run_reduce(const Op& op, int64_t n, Term&& term) {
+  if (n >= kSumLanes) return lane_reduce(op, n, term);
+  double acc = op.identity();
+  for (int64_t i = 0; i < n; ++i) acc = Op::join(acc, term(i));
+  return acc;
 }
 
 // The units of a call, by element count, and which units each thread takes.

@@ -66,6 +66,9 @@ struct KernelSet {
   void (*adadelta)(const Table&, DType, const AdadeltaParams&, int num_threads);
   void (*rmsprop)(const Table&, DType, const RmspropParams&, int num_threads);
   void (*adam)(const Table&, DType, const AdamParams&, int num_threads);
+  // Tables of their own row layouts (cpu/adafactor.cpp, cpu/kernels.cpp: sparse_adam).
+  void (*adafactor)(const Table&, DType, const AdafactorParams&, int num_threads);
+  void (*sparse_adam)(const Table&, DType, const SparseAdamParams&, int num_threads);
 };
 
 // Defined by the three builds of cpu/kernels.cpp.
