@@ -21,7 +21,7 @@ import pyfastopt
 
 pytestmark = pytest.mark.usefixtures("reader")  # every case with both metadata readers
 
-NAMES = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta"]
+NAMES = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adafactor"]
 KW = {
     "SGD": {"lr": 0.1, "momentum": 0.9},
     "Adam": {"lr": 0.1},
@@ -29,6 +29,7 @@ KW = {
     "Adagrad": {"lr": 0.1},
     "RMSprop": {"lr": 0.01, "momentum": 0.5},
     "Adadelta": {"lr": 0.5},
+    "Adafactor": {"lr": 0.05, "weight_decay": 0.01},
 }
 
 

@@ -11,7 +11,7 @@ import torch
 
 from .impls import IMPLS, REFERENCE, Impl, unavailable
 from .optimizers import OPTIMIZERS, OptimizerSpec, get_optimizer
-from .parity import Parity, compare, compare_lowp, round_state, snapshot
+from .parity import Parity, compare, compare_lowp, round_state, snapshot, upcast_hparams
 from .training import Batches, TrainStep, make_mlp, train_step
 from .workloads import Workload, as_parameters, make_tensors, parse_workload
 
@@ -68,7 +68,8 @@ def lowp_reference(
             opt.step()
         return snapshot(ps)
     ps = as_parameters([p.float() for p in params], [g.float() for g in grads])
-    opt = spec.torch_cls(ps, **spec.hparams, foreach=False)
+    hparams = upcast_hparams(spec.cls_name, spec.hparams, workload.dtype)
+    opt = spec.torch_cls(ps, **hparams, foreach=False)
     round_state(opt, workload.dtype)  # Adagrad's initial accumulator
     for _ in range(steps):
         opt.step()

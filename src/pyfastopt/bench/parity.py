@@ -10,8 +10,9 @@ the float32 reference and the 16-bit rule part by a few float32 ulps before roun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -100,6 +101,16 @@ def compare_lowp(
         msg = f"{differ} of {total} elements differ by one unit (more than {ULP_SHARE:.0e})"
         return Parity(False, steps, max_abs, max_rel, msg)
     return Parity(True, steps, max_abs, max_rel)
+
+
+def upcast_hparams(cls_name: str, hparams: Mapping[str, Any], dtype: torch.dtype) -> dict:
+    """The hyper-parameters of the float32 reference for ``dtype`` parameters: Adafactor's
+    ``eps=(None, eps2)`` means ``finfo(dtype).eps`` of the parameter's dtype, which the float32
+    reference is given explicitly (the others as they are)."""
+    out = dict(hparams)
+    if cls_name == "Adafactor" and out.get("eps", (None, 1e-3))[0] is None:
+        out["eps"] = (torch.finfo(dtype).eps, out.get("eps", (None, 1e-3))[1])
+    return out
 
 
 def round_state(opt: torch.optim.Optimizer, dtype: torch.dtype) -> None:
