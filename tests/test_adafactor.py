@@ -230,3 +230,18 @@ def test_checkpoint_of_a_bfloat16_run_loads_with_master_weights():
         assert st["master_weight"].dtype == torch.float32
         assert all(v.dtype == torch.float32 for k, v in st.items() if k != "step")
         assert torch.equal(q.detach(), st["master_weight"].bfloat16())
+
+
+def test_master_weights_checkpoint_round_trip_continues_bit_for_bit():
+    init = [torch.randn(6, 4).bfloat16(), torch.randn(5).bfloat16()]
+    ps = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = pyfastopt.Adafactor(ps, lr=0.05, master_weights=True)
+    run_steps([opt], [ps], 2)
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    opt2 = pyfastopt.Adafactor(qs, lr=0.05, master_weights=True)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))  # float32 factors kept as saved
+    assert opt2.state[qs[0]]["row_var"].dtype == torch.float32
+    run_steps([opt, opt2], [ps, qs], 3, seed=7)
+    for p, q in zip(ps, qs):
+        assert torch.equal(p.detach(), q.detach())
+        assert torch.equal(opt.state[p]["master_weight"], opt2.state[q]["master_weight"])

@@ -16,6 +16,12 @@
 //  - run_passes: parallel passes over the units and serial steps between them, in one OpenMP
 //    region; each thread takes the same units in every pass (still in its cache), and a serial
 //    step runs on one thread after every thread finished the pass before it.
+//
+// Users: the fused clip_grad_norm_ (norms.cpp: blocks of 4096 elements; reduce, combine into the
+// total norm, scale) and Adafactor (adafactor.cpp: tiles of matrices; reduce, combine, reduce,
+// combine, update). Per-tensor norms, LAMB's trust ratios, are the same shape as Adafactor's
+// parameter and update norms: one partial per unit, combined per tensor in unit order by a
+// serial step, read by the next pass.
 #pragma once
 
 #include <algorithm>
