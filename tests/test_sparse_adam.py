@@ -15,6 +15,7 @@ from optim_db import TOL, case_id, require_torch_options, sparse_cases
 import pyfastopt
 from pyfastopt import StateError, UnsupportedError
 from pyfastopt.bench.parity import round_state
+from pyfastopt.optim.sparse_adam import KEYS
 
 #: an embedding table, a vector, and parameters whose gradients index two dims
 SHAPES = ((300, 16), (50,), (20, 30, 4), (6, 7))
@@ -228,3 +229,39 @@ def test_corrupt_checkpoint_raises_and_changes_nothing(corruption):
 def test_pyfastopt_storage_options_are_refused(opts):
     with pytest.raises(UnsupportedError):
         pyfastopt.SparseAdam([torch.nn.Parameter(torch.zeros(3))], **opts)
+
+
+@pytest.mark.parametrize("simd", ["avx512", "avx2", "baseline"])
+def test_every_simd_build_matches_torch(simd):
+    if simd not in pyfastopt._core.supported_simd():
+        pytest.skip(f"this CPU cannot run the {simd} build")
+    try:
+        pyfastopt._config.set_simd(simd)
+        a, b = make_params(torch.float32, SHAPES[:2])
+        ref, fast = _pair({"lr": 0.01}, a, b)
+        run_steps([ref, fast], [a, b], steps=5, grads=sparse_grad_stream(a))
+    finally:
+        pyfastopt._config.set_simd("auto")
+    _assert_same(ref, fast, a, b, torch.float32)
+
+
+@pytest.mark.skipif(
+    "avx512" not in pyfastopt._core.supported_simd(), reason="no AVX-512 (no 16-lane loop)"
+)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_lanes_give_the_bits_of_the_vectorised_loop(dtype):
+    results = []
+    try:
+        pyfastopt._config.set_simd("avx512")
+        for lanes in (True, False):
+            pyfastopt._core.use_lanes(lanes)
+            g = torch.Generator().manual_seed(0)
+            p = torch.nn.Parameter(torch.randn(500, 37, generator=g).to(dtype))
+            opt = pyfastopt.SparseAdam([p], lr=0.01)
+            run_steps([opt], [[p]], steps=4, grads=sparse_grad_stream([p]))
+            results.append([p.detach().clone(), *(opt.state[p][k].clone() for k in KEYS)])
+    finally:
+        pyfastopt._core.use_lanes(True)
+        pyfastopt._config.set_simd("auto")
+    for x, y in zip(*results):
+        assert torch.equal(x.view(torch.int16), y.view(torch.int16))
