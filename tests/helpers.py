@@ -34,14 +34,36 @@ def grad_stream(params: Sequence[torch.Tensor], seed: int = 1) -> Callable[[], l
     return next_grads
 
 
+def sparse_grad_stream(
+    params: Sequence[torch.Tensor], seed: int = 1, share: float = 0.4
+) -> Callable[[], list[torch.Tensor]]:
+    """Sparse COO gradients like an embedding's: about ``share`` of each parameter's rows (its
+    first dim) drawn with repeats and left uncoalesced, so the step must sum the repeats."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def next_grads() -> list[torch.Tensor]:
+        out = []
+        for p in params:
+            rows = p.shape[0] if p.dim() else 1
+            k = max(1, int(rows * share))
+            idx = torch.randint(0, rows, (1, k), generator=gen)
+            vals = torch.randn((k, *p.shape[1:]), generator=gen, dtype=p.dtype)
+            out.append(torch.sparse_coo_tensor(idx, vals, p.shape, check_invariants=True))
+        return out
+
+    return next_grads
+
+
 def run_steps(
     opts: Sequence[torch.optim.Optimizer],
     params: Sequence[Sequence[torch.Tensor]],
     steps: int,
     seed: int = 1,
+    grads: Callable[[], list[torch.Tensor]] | None = None,
 ) -> None:
-    """Step every optimizer ``steps`` times, each seeing the same gradients."""
-    grads = grad_stream(params[0], seed)
+    """Step every optimizer ``steps`` times, each seeing the same gradients (from ``grads``,
+    by default dense ones)."""
+    grads = grad_stream(params[0], seed) if grads is None else grads
     for _ in range(steps):
         gs = grads()
         for opt, ps in zip(opts, params):

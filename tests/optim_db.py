@@ -7,6 +7,7 @@ parameters noticeably (a no-op optimizer would fail every parity test).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -23,7 +24,10 @@ NAMES = (
     "Adamax",
     "ASGD",
     "Rprop",
+    "Adafactor",
 )
+#: optimizers that step on sparse gradients only: their own parity tests (test_sparse_adam.py)
+SPARSE_NAMES = ("SparseAdam",)
 
 CONFIGS: dict[str, list[dict[str, Any]]] = {
     "SGD": [
@@ -165,11 +169,51 @@ CONFIGS: dict[str, list[dict[str, Any]]] = {
         {"lr": 0.01, "maximize": True},
         {"lr": 0.02, "etas": (0.4, 1.3), "step_sizes": (1e-4, 1.0), "maximize": True},
     ],
+    "Adafactor": [
+        {},
+        {"lr": 0.05},
+        {"beta2_decay": -0.5},
+        {"eps": (1e-4, 1e-2)},
+        {"d": 1.2},
+        {"weight_decay": 0.1},
+        {"maximize": True},
+        {
+            "lr": 0.05,
+            "beta2_decay": -0.6,
+            "eps": (1e-5, 1e-3),
+            "d": 2.0,
+            "weight_decay": 0.05,
+            "maximize": True,
+        },
+    ],
+    "SparseAdam": [
+        {},
+        {"lr": 0.01},
+        {"lr": 0.01, "betas": (0.8, 0.99)},
+        {"lr": 0.01, "eps": 1e-4},
+        {"lr": 0.01, "maximize": True},
+        {"lr": 0.01, "betas": (0.6, 0.9), "eps": 1e-6, "maximize": True},
+    ],
 }
+
+#: optimizers torch refuses complex parameters for (pyfastopt raises the same error)
+NO_COMPLEX = ("Adafactor",)
 
 
 def cases() -> list[tuple[str, dict[str, Any]]]:
     return [(name, kw) for name in NAMES for kw in CONFIGS[name]]
+
+
+def sparse_cases() -> list[tuple[str, dict[str, Any]]]:
+    return [(name, kw) for name in SPARSE_NAMES for kw in CONFIGS[name]]
+
+
+def shapes_for(name: str, shapes: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], ...]:
+    """``shapes`` without the empty ones where torch's step divides by a tensor's size
+    (Adafactor: ZeroDivisionError, which pyfastopt raises too)."""
+    if name == "Adafactor":
+        return tuple(s for s in shapes if math.prod(s) > 0)
+    return shapes
 
 
 def case_id(case: tuple[str, dict[str, Any]]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from helpers import make_params, run_steps
@@ -57,6 +59,15 @@ BAD_HYPERPARAMS = {
     "Adamax": [{"lr": -1.0}, {"eps": -1.0}, {"betas": (-0.1, 0.9)}, {"weight_decay": -1.0}],
     "ASGD": [{"lr": -1.0}, {"weight_decay": -1.0}, {"lr": torch.tensor([0.1, 0.2])}],
     "Rprop": [{"lr": -1.0}, {"etas": (1.5, 2.0)}, {"etas": (0.5, 0.9)}, {"etas": (0.0, 1.2)}],
+    "Adafactor": [
+        {"lr": -1.0},
+        {"beta2_decay": 0.5},
+        {"eps": (-1.0, 1e-3)},
+        {"eps": (None, -1.0)},
+        {"d": 0.5},
+        {"weight_decay": -1.0},
+        {"lr": torch.tensor([0.1, 0.2])},
+    ],
 }
 
 
@@ -105,6 +116,10 @@ def test_stochastic_rounding_of_float16_is_refused_at_step(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_differentiable_is_refused(name):
+    if "differentiable" not in inspect.signature(getattr(torch.optim, name).__init__).parameters:
+        with pytest.raises(TypeError, match="differentiable"):  # as torch's class (Adafactor)
+            getattr(pyfastopt, name)([torch.zeros(3, requires_grad=True)], differentiable=True)
+        return
     with pytest.raises(UnsupportedError, match="differentiable"):
         getattr(pyfastopt, name)([torch.zeros(3, requires_grad=True)], lr=0.1, differentiable=True)
 

@@ -18,7 +18,7 @@ from helpers import run_native_check
 
 import pyfastopt
 from pyfastopt import StateError, UnsupportedError, _core
-from pyfastopt.bench.parity import lowp_hparams
+from pyfastopt.bench.parity import upcast_hparams
 from pyfastopt.optim import _lowmem
 from pyfastopt.optim._state import SCALAR_KEYS
 
@@ -328,7 +328,7 @@ def test_small_tensors_keep_float32_state_and_threshold_is_a_knob():
 def test_bf16_state_is_torch_step_on_upcast_state_rounded_once(name, cls, kw):
     ref_p, fast_p = _params(), _params()
     # float32 state (torch parity: test_parity); Rprop's initial step size is lr in bfloat16
-    ref = getattr(pyfastopt, name)(ref_p, **lowp_hparams(name, kw, torch.bfloat16))
+    ref = getattr(pyfastopt, name)(ref_p, **upcast_hparams(name, kw, torch.bfloat16))
     fast = getattr(pyfastopt, name)(fast_p, state_dtype=torch.bfloat16, **kw)
     g = torch.Generator().manual_seed(1)
     for _ in range(5):

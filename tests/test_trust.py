@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("reader")  # every case with both metadata 
 
 NAMES = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "NAdam", "RAdam", "Adamax", "ASGD",
-    "Rprop",
+    "Rprop", "Adafactor",
 ]  # fmt: skip
 KW = {
     "SGD": {"lr": 0.1, "momentum": 0.9},
@@ -37,6 +37,7 @@ KW = {
     "Adamax": {"lr": 0.1},
     "ASGD": {"lr": 0.1, "t0": 0.0},  # averaging (mu != 1) from the third step on
     "Rprop": {"lr": 0.1},
+    "Adafactor": {"lr": 0.05, "weight_decay": 0.01},
 }
 
 

@@ -303,6 +303,36 @@ PYBIND11_MODULE(_core, m) {
       doc);
 
   m.def(
+      "adafactor_step",
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double lr, double beta2_decay, double eps1, double eps2, double d,
+         double weight_decay, bool maximize, int num_threads, int64_t parallel_min,
+         py::handle extra) {
+        const pyfastopt::AdafactorParams hp{lr, beta2_decay, eps1, eps2, d, weight_decay, maximize};
+        const DType dt = to_dtype(dtype);
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().adafactor(t, dt, hp, num_threads); });
+      },
+      "Adafactor: rows [numel, step address, p, g, row_var or variance, col_var or 0, "
+      "(low-precision parameter after a master), rows (0: not factored), cols]; otherwise as "
+      "adam_step (eps1: torch's eps[0], resolved).");
+  m.def(
+      "sparse_adam_step",
+      [](py::handle src, int64_t width, int dtype, double beta1, double beta2, double eps,
+         bool maximize, int num_threads, int64_t parallel_min) {
+        const pyfastopt::SparseAdamParams hp{beta1, beta2, eps, maximize};
+        const DType dt = to_dtype(dtype);
+        return run_on(src, py::none(), py::none(), width, false, parallel_min, py::none(),
+                      [&](const Table& t) {
+                        pyfastopt::active_kernels().sparse_adam(t, dt, hp, num_threads);
+                      });
+      },
+      "SparseAdam on a list table of rows [n, bits of the float64 -step_size, p, values, "
+      "exp_avg, exp_avg_sq, offsets address (int64, strictly increasing), width, numel]: n / "
+      "width blocks of width elements at the offsets, with the gradient's packed values.");
+
+  m.def(
       "use_torch_abi",
       [](py::list samples, bool on) { return pyfastopt::abi::enable(samples.ptr(), on); },
       py::arg("samples"), py::arg("on") = true,

@@ -1,8 +1,8 @@
 """pyfastopt: fused multi-tensor C++ optimizer steps as drop-in ``torch.optim`` optimizers.
 
 ``pyfastopt.Adam`` replaces ``torch.optim.Adam`` (likewise SGD, Adagrad, Adadelta, RMSprop,
-AdamW, NAdam, RAdam, Adamax, ASGD and Rprop): same arguments, defaults, param_groups and state,
-one native call per step.
+AdamW, NAdam, RAdam, Adamax, ASGD, Rprop, Adafactor and SparseAdam): same arguments, defaults,
+param_groups and state, one native call per step.
 ``pyfastopt.clip_grad_norm_`` replaces ``torch.nn.utils.clip_grad_norm_`` the same way.
 """
 
@@ -27,6 +27,7 @@ from .optim import (  # noqa: E402
     ASGD,
     SGD,
     Adadelta,
+    Adafactor,
     Adagrad,
     Adam,
     Adamax,
@@ -35,6 +36,7 @@ from .optim import (  # noqa: E402
     RAdam,
     RMSprop,
     Rprop,
+    SparseAdam,
 )
 
 __version__ = "0.1.0"
@@ -43,6 +45,7 @@ __all__ = [
     "ASGD",
     "SGD",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",
@@ -52,6 +55,7 @@ __all__ = [
     "PyfastoptError",
     "RMSprop",
     "Rprop",
+    "SparseAdam",
     "StateError",
     "UnsupportedError",
     "clip_grad_norm_",

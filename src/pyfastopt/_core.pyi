@@ -193,6 +193,35 @@ def rprop_step(
     parallel_min: int,
     extra: tuple | None,
 ) -> bool: ...
+def adafactor_step(
+    source: _Source,
+    params: list[Any] | None,
+    state: dict | None,
+    width: int,
+    dtype: int,
+    step_f64: bool,
+    lr: float,
+    beta2_decay: float,
+    eps1: float,
+    eps2: float,
+    d: float,
+    weight_decay: float,
+    maximize: bool,
+    num_threads: int,
+    parallel_min: int,
+    extra: tuple | None,
+) -> bool: ...
+def sparse_adam_step(
+    source: Sequence[int],
+    width: int,
+    dtype: int,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    maximize: bool,
+    num_threads: int,
+    parallel_min: int,
+) -> bool: ...
 def clip_grad_norm(
     table: Sequence[int],
     norm_type: float,

@@ -73,6 +73,9 @@ struct KernelSet {
   void (*adamax)(const Table&, DType, const AdamaxParams&, int num_threads);
   void (*asgd)(const Table&, DType, const AsgdParams&, int num_threads);
   void (*rprop)(const Table&, DType, const RpropParams&, int num_threads);
+  // Tables of their own row layouts (cpu/adafactor.cpp, cpu/kernels.cpp: sparse_adam).
+  void (*adafactor)(const Table&, DType, const AdafactorParams&, int num_threads);
+  void (*sparse_adam)(const Table&, DType, const SparseAdamParams&, int num_threads);
   // 8-bit state as a step stores it (quant.h): n float32 values <-> n codes and ceil(n / block)
   // scales, for the bindings' quantize_blockwise / dequantize_blockwise
   void (*quantize)(const float* src, uint8_t* codes, float* scales, int64_t n, int64_t block,

@@ -58,6 +58,7 @@ PFO_HD Lanes max_nan(Lanes a, Lanes b) {
       _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ);
   return _mm512_mask_blend_ps(take_a, b, a);
 }
+PFO_HD Lanes max_nan(Lanes a, float b) { return max_nan(a, _mm512_set1_ps(b)); }
 
 }  // namespace PFO_ISA_NS
 }  // namespace pyfastopt

@@ -59,4 +59,16 @@ struct RpropParams {
   bool maximize;
 };
 
+// eps1: torch's eps[0], resolved (None is finfo(dtype).eps, chosen in Python).
+struct AdafactorParams {
+  double lr, beta2_decay, eps1, eps2, d, weight_decay;
+  bool maximize;
+};
+
+// lr and the step count enter through each row's step size (cpu/kernels.cpp: sparse_adam).
+struct SparseAdamParams {
+  double beta1, beta2, eps;
+  bool maximize;
+};
+
 }  // namespace pyfastopt

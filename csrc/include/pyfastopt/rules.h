@@ -649,6 +649,92 @@ struct RpropRule {
   }
 };
 
+// Adafactor (torch's variant, torch.optim.Adafactor): the element-wise part of a step. The
+// reductions it needs (the parameter's norm, the row and column means of g*g, the update's norm)
+// are the reduction passes' (cpu/adafactor.cpp), which set `coef`, torch's `alpha=` of the final
+// add (-alpha / denom). Array 2 is `variance` for vectors (read and written); for a factored
+// tensor it holds the variance estimate `factored(row, col, rmean)` of each element (read only),
+// which those passes compute from the new row and column factors:
+//   v = lerp(variance, g*g, 1 - beta2_t)   or   v = (row * col) / rmean
+//   u = rsqrt(max(v, eps1^2)) * g          (ATen's rsqrt: 1 / sqrt)
+//   p = p * (1 - lr*wd);  p = p + coef*u   (the decay only when wd != 0: factor exactly 1)
+template <typename T, bool FACTORED>
+struct AdafactorRule {
+  using value_type = T;
+  static constexpr int kArrays = 3;
+  static constexpr unsigned kUnsignedBuffers = 1;  // variance
+  T sign, decay_factor, eps_sq, coef;
+  Lerp<T> lerp;
+
+  AdafactorRule(const AdafactorParams& hp, double one_minus_beta2_t)
+      : sign(sign_of<T>(hp.maximize)),
+        decay_factor(hp.weight_decay != 0.0 ? static_cast<T>(1.0 - hp.lr * hp.weight_decay) : T(1)),
+        eps_sq(static_cast<T>(hp.eps1 * hp.eps1)),
+        coef(0),
+        lerp(one_minus_beta2_t) {}
+
+  // torch: (row_var @ col_var).div_(row_var.mean(dim=-2).clamp_(min=eps1)), one element
+  PFO_HD static T factored(T row, T col, T rmean) { return (row * col) / rmean; }
+
+  template <typename V>
+  PFO_HD V grad(V g0) const {
+    return times(g0, sign);
+  }
+  // the variance estimate from array 2's value `s`
+  template <typename V>
+  PFO_HD V estimate(V s, V g) const {
+    if constexpr (FACTORED) {
+      return s;
+    } else {
+      return lerp(s, g * g);
+    }
+  }
+  template <typename V>
+  PFO_HD V update(V v, V g) const {
+    return (T(1) / sqrt_of(max_nan(v, eps_sq))) * g;
+  }
+
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& s) const {
+    const V g = grad(g0);
+    const V v = estimate(s, g);
+    if constexpr (!FACTORED) s = v;
+    p = fmadd(coef, update(v, g), times(p, decay_factor));
+  }
+};
+
+// SparseAdam (torch.optim.SparseAdam): Adam at the positions a coalesced sparse gradient lists,
+// as torch.optim._functional.sparse_adam computes it. Arrays: p, g (the gradient's value at the
+// position), exp_avg, exp_avg_sq. `neg_step_size` is torch's `-step_size`, computed by the caller
+// as torch computes it (in the type of a tensor lr, if lr is one).
+template <typename T>
+struct SparseAdamRule {
+  using value_type = T;
+  static constexpr int kArrays = 4;
+  static constexpr unsigned kUnsignedBuffers = 2;  // exp_avg_sq
+  T sign, one_minus_beta1, one_minus_beta2, eps, neg_step_size;
+
+  SparseAdamRule(const SparseAdamParams& hp, double neg_step)
+      : sign(sign_of<T>(hp.maximize)),
+        one_minus_beta1(static_cast<T>(1.0 - hp.beta1)),
+        one_minus_beta2(static_cast<T>(1.0 - hp.beta2)),
+        eps(static_cast<T>(hp.eps)),
+        neg_step_size(static_cast<T>(neg_step)) {}
+
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& m, V& v) const {
+    const V g = times(g0, sign);
+    const V m_old = m, v_old = v;
+    const V dm = (g - m_old) * one_minus_beta1;  // grad.sub(old).mul_(1 - beta1)
+    const V dv = (g * g - v_old) * one_minus_beta2;
+    m = m_old + dm;  // exp_avg.add_(sparse(dm))
+    v = v_old + dv;
+    const V numer = dm + m_old;
+    const V denom = sqrt_of(dv + v_old) + eps;
+    p = p + (numer / denom) * neg_step_size;  // param.add_(sparse(-step_size * numer / denom))
+  }
+};
+
 // ---- wrappers the traversal composes with any rule -------------------------------------------
 
 // torch.amp.GradScaler inside the step, as torch's fused kernels do it: the gradient (array 1) is

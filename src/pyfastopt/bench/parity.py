@@ -105,6 +105,19 @@ def compare_lowp(
     return Parity(True, steps, max_abs, max_rel)
 
 
+def upcast_hparams(cls_name: str, hparams: Mapping[str, Any], dtype: torch.dtype) -> dict:
+    """The hyper-parameters of the float32 (or float64) reference of a ``dtype`` run: as given,
+    except where torch derives a value from the parameter's dtype: Adafactor's
+    ``eps=(None, eps2)`` means ``finfo(dtype).eps``, which the reference is given explicitly, and
+    Rprop's lr, whose only use is the initial step size, is stored in the parameter's dtype."""
+    out = dict(hparams)
+    if cls_name == "Adafactor" and out.get("eps", (None, 1e-3))[0] is None:
+        out["eps"] = (torch.finfo(dtype).eps, out.get("eps", (None, 1e-3))[1])
+    if cls_name == "Rprop" and "lr" in out:
+        out["lr"] = float(torch.tensor(float(out["lr"])).to(dtype))
+    return out
+
+
 def round_state(opt: torch.optim.Optimizer, dtype: torch.dtype) -> None:
     """Round a float32 optimizer's parameters and state to ``dtype`` and back, in place (the
     16-bit reference stores every value once per step in the 16-bit type). 0-d state scalars
@@ -118,15 +131,6 @@ def round_state(opt: torch.optim.Optimizer, dtype: torch.dtype) -> None:
             for k, v in st.items():
                 if k not in SCALAR_KEYS and torch.is_tensor(v) and v.is_floating_point():
                     v.copy_(v.to(dtype).float())
-
-
-def lowp_hparams(cls_name: str, hparams: Mapping[str, Any], dtype: torch.dtype) -> dict:
-    """The hyper-parameters of the float32 reference of a 16-bit run: as given, except Rprop's
-    lr, whose only use is the initial step size, which torch stores in the parameter's dtype."""
-    out = dict(hparams)
-    if cls_name == "Rprop" and "lr" in out:
-        out["lr"] = float(torch.tensor(float(out["lr"])).to(dtype))
-    return out
 
 
 def snapshot(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -1,6 +1,7 @@
 """The optimizers: torch.optim classes whose step is one fused native call per group."""
 
 from .adadelta import Adadelta
+from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
@@ -10,6 +11,7 @@ from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
 from .sgd import SGD
+from .sparse_adam import SparseAdam
 
 __all__ = [
     "ASGD",
@@ -23,4 +25,6 @@ __all__ = [
     "RAdam",
     "RMSprop",
     "Rprop",
+    "Adafactor",
+    "SparseAdam",
 ]

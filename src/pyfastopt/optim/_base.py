@@ -148,6 +148,17 @@ class FastOptimizer(torch.optim.Optimizer):
         """State keys of the buffers, in the order the native rule takes them."""
         raise NotImplementedError
 
+    def _buffer_keys_for(self, p: _Tensor, group: dict) -> tuple[str, ...]:
+        """The buffer keys of ``p``'s state (Adafactor's depend on the parameter's shape)."""
+        return self._buffer_keys(group)
+
+    def _takes(self, p: _Tensor) -> bool:
+        """Whether the native step takes ``p`` (else torch's own step, which may raise)."""
+        return True
+
+    def _check_options(self, group: dict) -> None:
+        """Refuse a group's options this optimizer does not support (beyond the shared ones)."""
+
     def _init_state(self, p: _Tensor, state: dict, group: dict) -> None:
         """Fill an empty state dict with torch's initial state for ``p``."""
         raise NotImplementedError
@@ -286,14 +297,14 @@ class FastOptimizer(torch.optim.Optimizer):
 
     def _validate_loaded(self, group: dict) -> None:
         gi = _group_index(self, group)
-        keys = self._buffer_keys(group)
         for i, p in enumerate(group["params"]):
             st = self.state.get(p)
             where = f"param {i} of group {gi}"
             if st is not None and not isinstance(st, dict):
                 raise StateError(f"{where}: state must be a dict, got {describe(st)}")
-            if not st or not _native_tensor(p):
+            if not st or not _native_tensor(p) or not self._takes(p):
                 continue
+            keys = self._buffer_keys_for(p, group)
             mode = _precision.row_mode(p, group, where)
             store = _lowmem.row_store(p, group, mode == MASTER, where)
             # SGD's buffer may legitimately be absent until the first step with a gradient.
@@ -416,7 +427,6 @@ class FastOptimizer(torch.optim.Optimizer):
         """Validate everything, step the group, and return a plan for the next steps (or None)."""
         gi = _group_index(self, group)
         _check_group_options(self, group)  # flags set by hand since the last general step
-        keys = self._buffer_keys(group)
         step_key = ("step",) if self._has_step else ()
         uses_state = self._uses_state(group)
         params = group["params"]
@@ -435,6 +445,7 @@ class FastOptimizer(torch.optim.Optimizer):
                 or not _native_tensor(g)
                 or g.dtype != p.dtype
                 or g.shape != p.shape
+                or not self._takes(p)
             ):
                 # torch's own step, which computes or raises exactly as torch does: other
                 # devices, subclasses, neg/conj views, a gradient of another dtype or shape
@@ -442,6 +453,7 @@ class FastOptimizer(torch.optim.Optimizer):
                 fallback.append(p)
                 continue
             st: dict | None = None
+            keys = self._buffer_keys_for(p, group)
             first = firsts.get(id(p))
             mode = _precision.row_mode(p, group, where)
             store = _lowmem.row_store(p, group, mode == MASTER, where) if uses_state else 0
@@ -489,6 +501,7 @@ class FastOptimizer(torch.optim.Optimizer):
             copy_back: list[tuple[_Tensor, _Tensor]] = []
             keep_alive: list[_Tensor] = []  # gradients and copies the calls read
             for it in (items[j] for j in wave):
+                keys = self._buffer_keys_for(it.p, group)
                 row, held, g, dense_ok = self._lay_out(it, keys, copy_back)
                 keep_alive.append(g)
                 cacheable &= dense_ok
@@ -689,8 +702,9 @@ def _refuse_non_float(p: _Tensor, where: str) -> None:
         raise UnsupportedError(f"{where}: cannot optimize a {p.dtype} tensor")
 
 
-def _check_group_options(opt: torch.optim.Optimizer, group: dict) -> None:
+def _check_group_options(opt: FastOptimizer, group: dict) -> None:
     _lowmem.check_group(group, type(opt).__name__)
+    opt._check_options(group)
     if group.get("differentiable"):
         raise UnsupportedError(
             f"{type(opt).__name__}: differentiable=True is not supported by pyfastopt (the "
