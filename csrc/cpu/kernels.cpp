@@ -6,6 +6,8 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -13,10 +15,13 @@
 #include <utility>
 #include <vector>
 
+#include "adafactor.h"
+#include "call_storage.h"
 #include "multi_tensor.h"
 #include "pyfastopt/dispatch.h"
 #include "pyfastopt/rules.h"
 #include "pyfastopt/storage.h"
+#include "row_scalars.h"
 
 #ifndef PFO_ISA_NS
 #error "PFO_ISA_NS must name the ISA namespace of this build"
@@ -34,175 +39,22 @@ namespace {
 using cpu::row_aux;
 using cpu::row_numel;
 using cpu::row_ptrs;
-
-template <class F>
-void with_bool(bool b, F&& f) {
-  if (b) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
-  }
-}
-
-// ---- storage of a call ----------------------------------------------------------------------
-
-// The 8-bit block-quantised state as a Storage's S: each buffer takes the map of its sign
-// (Block8<true> for the buffers a rule lists in kUnsignedBuffers).
-struct Quantised {};
-
-template <class S, bool Unsigned>
-struct StateAt {
-  using type = S;
-};
-template <bool Unsigned>
-struct StateAt<Quantised, Unsigned> {
-  using type = Block8<Unsigned>;
-};
-
-// The storage policies of one call: P for the parameter (array 0), G for the gradient (array 1),
-// S for the state buffers (a policy, or Quantised), O for the rounded parameter copy written
-// after a float32 master (Rounding::kMaster; void otherwise). AMP: GradScaler unscales the
-// gradient in the step.
-template <class P, class G, class S, class O = void, bool AMP = false>
-struct Storage {
-  using param = P;
-  using grad = G;
-  using state = S;
-  using out = O;
-  using compute = typename P::compute;
-  static constexpr bool kCopy = !std::is_void_v<O>;
-  static constexpr bool kAmp = AMP;
-  // 16-bit gradients: the reference is torch's fused kernels (Adam's fused arithmetic order)
-  static constexpr bool kLowPrecision = std::is_same_v<typename G::storage, uint16_t>;
-};
-
-// The policy of array I of rule R (R::kArrays arrays; the state buffers are arrays 2, 3, ...).
-template <class St, class R, std::size_t I>
-using PolicyFor = std::conditional_t<
-    I == 0, typename St::param,
-    std::conditional_t<
-        I == 1, typename St::grad,
-        std::conditional_t<
-            St::kCopy && I + 1 == static_cast<std::size_t>(R::kArrays), typename St::out,
-            typename StateAt<typename St::state,
-                             ((R::kUnsignedBuffers >> (I < 2 ? 0 : I - 2)) & 1u) != 0>::type>>>;
-
-template <class St, class R, std::size_t... I>
-std::tuple<PolicyFor<St, R, I>...> policies_of(std::index_sequence<I...>);
-
-template <class St, class R>
-using Policies = decltype(policies_of<St, R>(std::make_index_sequence<R::kArrays>{}));
-
-template <class St, class R, std::size_t... I>
-constexpr std::array<std::size_t, sizeof...(I)> alignments(std::index_sequence<I...>) {
-  return {alignof(typename PolicyFor<St, R, I>::storage)...};
-}
-
-[[noreturn]] void refuse(const char* what) {
-  throw std::invalid_argument(std::string("pyfastopt: ") + what);
-}
-
-// Calls f(Storage<P, G, ...>) with the call's state store: S (torch's layout, or float32 beside a
-// master copy) or a low-memory one (state_dtype).
-template <class P, class G, class S, class O = void, bool AMP = false, class F>
-void with_state(const Table& t, F&& f) {
-  switch (t.state) {
-    case StateStore::kAsParam:
-      return f(Storage<P, G, S, O, AMP>{});
-    case StateStore::kBf16:
-      if constexpr (std::is_same_v<S, Bf16>) return f(Storage<P, G, S, O, AMP>{});
-      return f(Storage<P, G, Bf16, O, AMP>{});
-    case StateStore::kBf16Stochastic:
-      return f(Storage<P, G, Bf16Stochastic, O, AMP>{});
-    case StateStore::kBlock8:
-      return f(Storage<P, G, Quantised, O, AMP>{});
-  }
-  refuse("unsupported state store code");
-}
-
-// Calls f(Storage<...>{}) for the call's dtype, rounding, GradScaler use and state store. Only
-// the algorithms torch lets GradScaler hand its scale to (fused SGD, Adagrad, Adam, AdamW)
-// instantiate AMP.
-template <bool kAmpCapable, class F>
-void with_storage(const Table& t, DType dtype, F&& f) {
-  const bool amp = t.grad_scale != nullptr;
-  if (amp && !kAmpCapable) refuse("this optimizer takes no GradScaler scale in its step");
-  if (t.rounding != Rounding::kNearest && (dtype == DType::kFloat32 || dtype == DType::kFloat64)) {
-    refuse("stochastic rounding and master weights apply to bfloat16/float16 parameters");
-  }
-  if (amp && t.rounding == Rounding::kStochastic) {
-    refuse(
-        "stochastic rounding with GradScaler is not supported (use float16 with master weights)");
-  }
-  if (amp && dtype == DType::kFloat64) refuse("float64 gradients are unscaled before the call");
-  if (t.state == StateStore::kBlock8 &&
-      (t.block < 16 || t.block > cpu::kMaxBlock || t.block % 16 != 0)) {
-    refuse("the 8-bit state's block size must be a multiple of 16 between 16 and 4096");
-  }
-  const bool master = t.rounding == Rounding::kMaster;
-  switch (dtype) {
-    case DType::kFloat32:
-      if constexpr (kAmpCapable) {
-        if (amp) return with_state<Plain<float>, Plain<float>, Plain<float>, void, true>(t, f);
-      }
-      return with_state<Plain<float>, ReadOnly<Plain<float>>, Plain<float>>(t, f);
-    case DType::kFloat64:
-      if (t.state != StateStore::kAsParam) refuse("float64 parameters keep float64 state");
-      return f(Storage<Plain<double>, ReadOnly<Plain<double>>, Plain<double>>{});
-    case DType::kBFloat16:
-      if constexpr (kAmpCapable) {
-        if (amp && master) {
-          return with_state<Plain<float>, Bf16, Plain<float>, WriteOnly<Bf16>, true>(t, f);
-        }
-        if (amp) return with_state<Bf16, Bf16, Bf16, void, true>(t, f);
-      }
-      if (master) {
-        return with_state<Plain<float>, ReadOnly<Bf16>, Plain<float>, WriteOnly<Bf16>>(t, f);
-      }
-      if (t.rounding == Rounding::kStochastic) {
-        return with_state<Bf16Stochastic, ReadOnly<Bf16>, Bf16>(t, f);
-      }
-      return with_state<Bf16, ReadOnly<Bf16>, Bf16>(t, f);
-    case DType::kFloat16:
-      if (t.rounding == Rounding::kStochastic) refuse("stochastic rounding is for bfloat16");
-      if constexpr (kAmpCapable) {
-        if (amp && master) {
-          return with_state<Plain<float>, Fp16, Plain<float>, WriteOnly<Fp16>, true>(t, f);
-        }
-        if (amp) return with_state<Fp16, Fp16, Fp16, void, true>(t, f);
-      }
-      if (master) {
-        return with_state<Plain<float>, ReadOnly<Fp16>, Plain<float>, WriteOnly<Fp16>>(t, f);
-      }
-      return with_state<Fp16, ReadOnly<Fp16>, Fp16>(t, f);
-  }
-  refuse("unsupported dtype code");
-}
-
-// GradScaler found an inf or NaN: torch's fused step returns before touching anything.
-bool skipped(const Table& t) { return t.found_inf != nullptr && *t.found_inf == 1.0f; }
+using namespace host;  // NOLINT: the shared host side (call_storage.h)
 
 // Defence in depth: the Python layer validated every extent; here we still refuse a table whose
 // shape does not fit the chosen rule, and null or misaligned addresses.
-void check_steps(const Table& t) {
-  const std::size_t step_align = t.step_f64 ? alignof(double) : alignof(float);
-  for (int64_t r = 0; r < t.rows; ++r) {
-    const int64_t s = row_aux(t, r);
-    if (s == 0 || s % static_cast<int64_t>(step_align) != 0) {
-      throw std::invalid_argument("pyfastopt: invalid step counter address");
-    }
-  }
-}
-
+// `scalars`: how many 0-d state scalars end each row, with their flag word (row_scalars.h).
 template <class St, class R>
-void check_table(const Table& t, bool has_step) {
+void check_table(const Table& t, bool has_step, int scalars) {
   constexpr std::size_t K = R::kArrays;
   constexpr std::size_t Q = cpu::BlockArrays<Policies<St, R>>::kCount;
-  if (t.width != 2 + static_cast<int64_t>(K + Q)) {
+  const int64_t tail = scalars > 0 ? scalars + 1 : 0;
+  if (t.width != 2 + static_cast<int64_t>(K + Q) + tail) {
     throw std::invalid_argument("pyfastopt: table row width does not match the update rule");
   }
   constexpr auto align = alignments<St, R>(std::make_index_sequence<K>{});
   if (has_step) check_steps(t);
+  if (scalars > 0) cpu::check_scalars(t, scalars);
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t n = row_numel(t, r);
     if (n < 0) throw std::invalid_argument("pyfastopt: negative element count");
@@ -243,6 +95,33 @@ struct RuleForStep {
   }
 };
 
+// The last value made for a key, made again only when the key changes (the usual case: every
+// tensor of a group at the same step), so pow() runs about once per call.
+template <class Key, class Value>
+class Memo {
+ public:
+  template <class Make>
+  const Value& operator()(const Key& key, Make&& make) {
+    if (!value_ || !(key == key_)) {
+      value_.emplace(make());
+      key_ = key;
+    }
+    return *value_;
+  }
+
+ private:
+  Key key_{};
+  std::optional<Value> value_;
+};
+
+// `check(step, row)` for the step each row is about to take, before any counter or tensor is
+// written: it throws where torch's step would raise.
+template <class Check>
+void check_next_steps(const Table& t, Check&& check) {
+  check_steps(t);
+  for (int64_t r = 0; r < t.rows; ++r) check(cpu::next_step(t, r), r);
+}
+
 // Where torch's step divides a Python float by zero it raises ZeroDivisionError; so does this
 // step, before any counter or tensor is written. `divisor(step)` is the host scalar torch divides
 // by at the step a row is about to take.
@@ -254,26 +133,10 @@ void refuse_zero_division(const Table& t, Divisor&& divisor) {
   }
 }
 
-// The rule as the traversal applies it: with the master copy's extra array, with GradScaler's
-// unscaling.
-template <class St, class R>
-auto compose(const Table& t, R rule) {
-  using C = typename St::compute;
-  if constexpr (St::kCopy && St::kAmp) {
-    return Unscaled<WithCopy<R>>{WithCopy<R>{rule}, static_cast<C>(*t.grad_scale)};
-  } else if constexpr (St::kCopy) {
-    return WithCopy<R>{rule};
-  } else if constexpr (St::kAmp) {
-    return Unscaled<R>{rule, static_cast<C>(*t.grad_scale)};
-  } else {
-    return rule;
-  }
-}
-
 template <class St, class R, class Make>
-void run(const Table& t, bool has_step, int num_threads, Make&& make) {
+void run(const Table& t, bool has_step, int num_threads, Make&& make, int scalars = 0) {
   using Full = decltype(compose<St>(t, std::declval<R>()));
-  check_table<St, Full>(t, has_step);
+  check_table<St, Full>(t, has_step, scalars);
   std::vector<Full> rules;
   rules.reserve(static_cast<std::size_t>(t.rows));
   for (int64_t r = 0; r < t.rows; ++r) rules.push_back(compose<St>(t, make(r)));
@@ -346,13 +209,207 @@ void adam(const Table& t, DType dtype, const AdamParams& hp, int nt) {
   });
 }
 
+// ---- NAdam, RAdam, Adamax, ASGD, Rprop --------------------------------------------------------
+
+[[noreturn]] void complex_scalar(const char* what) {
+  throw std::runtime_error(std::string("pyfastopt: ") + what +
+                           " would be complex at this step (torch.optim's step raises or discards "
+                           "the imaginary part); use hyper-parameters in torch's documented range");
+}
+
+void nadam(const Table& t, DType dtype, const NadamParams& hp, int nt) {
+  cpu::check_scalars(t, 1);  // mu_product
+  Memo<double, NadamMomenta> momenta;
+  auto momenta_at = [&](double step) {
+    return momenta(step, [&] { return nadam_momenta(hp, step); });
+  };
+  // torch divides Python floats by 1 - mu_product and by 1 - mu_product * mu_next
+  check_next_steps(t, [&](double step, int64_t r) {
+    const NadamMomenta m = momenta_at(step);
+    const double product = cpu::row_scalar(t, r, 1, 0).times(m.mu);
+    if (1.0 - product == 0.0 || 1.0 - product * m.mu_next == 0.0) {
+      throw ZeroDivision("float division by zero");
+    }
+  });
+  with_storage<false>(t, dtype, [&](auto st) {
+    using St = decltype(st);
+    using R = NadamRule<typename St::compute>;
+    Memo<std::pair<double, double>, R> rules;
+    run<St, R>(
+        t, true, nt,
+        [&](int64_t r) {
+          const double step = cpu::advance_step(t, r);
+          const cpu::RowScalar mu_product = cpu::row_scalar(t, r, 1, 0);
+          const double product = mu_product.times(momenta_at(step).mu);  // mu_product *= mu
+          mu_product.set(product);
+          return rules({step, product}, [&] { return R(hp, step, product); });
+        },
+        1);
+  });
+}
+
+void radam(const Table& t, DType dtype, const RadamParams& hp, int nt) {
+  check_steps(t);                              // before RuleForStep reads row 0's counter
+  if (!(hp.beta2 >= 0.0 && hp.beta2 < 1.0)) {  // only then a divisor or a root can go wrong
+    check_next_steps(t, [&](double step, int64_t) {
+      if (hp.beta2 == 1.0 || 1.0 - std::pow(hp.beta2, step) == 0.0) {
+        throw ZeroDivision("float division by zero");
+      }
+      const RadamRectification r = radam_rectification(hp, step);
+      if (r.on && (r.bc2 < 0.0 || r.rect_squared < 0.0)) complex_scalar("RAdam's rectification");
+    });
+  }
+  with_storage<false>(t, dtype, [&](auto st) {
+    using St = decltype(st);
+    using R = RadamRule<typename St::compute>;
+    RuleForStep<R, RadamParams> rule(hp, t);
+    run<St, R>(t, true, nt, [&](int64_t r) { return rule(cpu::advance_step(t, r)); });
+  });
+}
+
+void adamax(const Table& t, DType dtype, const AdamaxParams& hp, int nt) {
+  check_steps(t);                             // before RuleForStep reads row 0's counter
+  if (hp.beta1 == 1.0 || hp.beta1 == -1.0) {  // the only betas whose powers can reach 1 exactly
+    refuse_zero_division(t, [&](double step) { return 1.0 - std::pow(hp.beta1, step); });
+  }
+  with_storage<false>(t, dtype, [&](auto st) {
+    using St = decltype(st);
+    using R = AdamaxRule<typename St::compute>;
+    RuleForStep<R, AdamaxParams> rule(hp, t);
+    run<St, R>(t, true, nt, [&](int64_t r) { return rule(cpu::advance_step(t, r)); });
+  });
+}
+
+void asgd(const Table& t, DType dtype, const AsgdParams& hp, int nt) {
+  if (hp.default_dtype < 0 || hp.default_dtype > 3) refuse("invalid default dtype code");
+  const auto as_tensor = static_cast<DType>(hp.default_dtype);
+  cpu::check_scalars(t, 2);  // eta, mu
+  // (eta, mu) after a step, as torch stores them. The next eta is lr / base ** alpha: Python
+  // raises for a zero divisor (or 0.0 to a negative power) and makes a complex number of a
+  // negative base to a non-integer power.
+  Memo<double, std::pair<double, double>> next;
+  auto next_at = [&](double step) {
+    return next(step, [&] {
+      const double base = asgd_eta_base(hp, step);
+      if (base < 0.0 && std::trunc(hp.alpha) != hp.alpha && !std::isnan(hp.alpha)) {
+        complex_scalar("ASGD's eta");
+      }
+      if (base == 0.0 && hp.alpha < 0.0) {
+        throw ZeroDivision("0.0 cannot be raised to a negative power");
+      }
+      if (std::pow(base, hp.alpha) == 0.0) throw ZeroDivision("float division by zero");
+      return std::make_pair(cpu::as_tensor_value(asgd_eta(hp, step), as_tensor),
+                            cpu::as_tensor_value(asgd_mu(hp, step), as_tensor));
+    });
+  };
+  check_next_steps(t, [&](double step, int64_t) { next_at(step); });
+  with_storage<false>(t, dtype, [&](auto st) {
+    using St = decltype(st);
+    using R = AsgdRule<typename St::compute>;
+    run<St, R>(
+        t, true, nt,
+        [&](int64_t r) {
+          const double step = cpu::advance_step(t, r);
+          const cpu::RowScalar eta = cpu::row_scalar(t, r, 2, 0), mu = cpu::row_scalar(t, r, 2, 1);
+          const R rule(hp, eta.get(), mu.get());  // this step uses the previous eta and mu
+          const std::pair<double, double> n = next_at(step);
+          eta.set(n.first);
+          mu.set(n.second);
+          return rule;
+        },
+        2);
+  });
+}
+
+void rprop(const Table& t, DType dtype, const RpropParams& hp, int nt) {
+  with_storage<false>(t, dtype, [&](auto st) {
+    using St = decltype(st);
+    using R = RpropRule<typename St::compute>;
+    run<St, R>(t, true, nt, [&](int64_t r) {
+      cpu::advance_step(t, r);
+      return R(hp);
+    });
+  });
+}
+
+// Whole buffers of 8-bit state, block by block: the block functions a step runs.
+void quantize(const float* x, uint8_t* c, float* s, int64_t n, int64_t block, bool is_unsigned) {
+  for (int64_t b = 0; b * block < n; ++b) {
+    const int64_t o = b * block, len = n - o < block ? n - o : block;
+    s[b] = is_unsigned ? quantize_block<true>(x + o, len, c + o, q8_map<true>())
+                       : quantize_block<false>(x + o, len, c + o, q8_map<false>());
+  }
+}
+
+void dequantize(const uint8_t* c, const float* s, float* x, int64_t n, int64_t block,
+                bool is_unsigned) {
+  const bool vbmi = (lanes_mode() & kLanesVbmi) != 0;
+  const quant::Map& map = is_unsigned ? q8_map<true>() : q8_map<false>();
+  for (int64_t b = 0; b * block < n; ++b) {
+    const int64_t o = b * block, len = n - o < block ? n - o : block;
+    dequantize_block(c + o, s[b], map, x + o, len, vbmi);
+  }
+}
+
+// SparseAdam. Gathered rows (multi_tensor.h) `[n, step size, p, g, exp_avg, exp_avg_sq, offsets,
+// width, numel]`: the bits of the float64 `-step_size` torch computes from lr and the row's step
+// count (its bias corrections; the caller computes it as torch does), the parameter and its
+// state (numel elements each, dense, in the layout the offsets index), the gradient's values
+// (n elements). Every block is checked to lie inside the arrays and the offsets to increase
+// strictly (no two blocks share an element), before any write.
+void sparse_adam(const Table& t, DType dtype, const SparseAdamParams& hp, int nt) {
+  with_storage<false, false>(t, dtype, [&](auto st) {
+    using St = decltype(st);
+    using R = SparseAdamRule<typename St::compute>;
+    constexpr int K = R::kArrays;
+    if (t.width != 2 + K + 3) throw std::invalid_argument("pyfastopt: bad sparse table width");
+    constexpr auto align = alignments<St, R>(std::make_index_sequence<K>{});
+    for (int64_t r = 0; r < t.rows; ++r) {
+      const int64_t n = row_numel(t, r);
+      const int64_t* ptrs = row_ptrs(t, r);
+      const int64_t w = ptrs[K + 1], numel = ptrs[K + 2];
+      if (n < 0 || w < 1 || n % w != 0 || numel < w) {
+        if (n == 0 && w >= 1 && numel >= 0) continue;
+        throw std::invalid_argument("pyfastopt: invalid sparse row extents");
+      }
+      for (int k = 0; k <= K; ++k) {
+        const int64_t al = k < K ? static_cast<int64_t>(align[k]) : int64_t{alignof(int64_t)};
+        if (ptrs[k] == 0 || ptrs[k] % al != 0) {
+          throw std::invalid_argument("pyfastopt: null or misaligned tensor address");
+        }
+      }
+      const int64_t* at = reinterpret_cast<const int64_t*>(ptrs[K]);
+      int64_t next = 0;  // the first element the next block may start at
+      for (int64_t k = 0; k < n / w; ++k) {
+        if (at[k] < next || at[k] > numel - w) {
+          throw std::invalid_argument(
+              "pyfastopt: sparse gradient positions out of range or not unique (a gradient "
+              "marked coalesced must not repeat an index)");
+        }
+        next = at[k] + w;
+      }
+    }
+    std::vector<R> rules;
+    rules.reserve(static_cast<std::size_t>(t.rows));
+    for (int64_t r = 0; r < t.rows; ++r) {
+      const int64_t bits = row_aux(t, r);
+      double neg_step = 0.0;
+      std::memcpy(&neg_step, &bits, sizeof neg_step);
+      rules.emplace_back(hp, neg_step);
+    }
+    cpu::multi_tensor_apply_gathered<Policies<St, R>>(t, rules, nt);
+  });
+}
+
 }  // namespace
 }  // namespace PFO_ISA_NS
 
 #define PFO_CAT2(a, b) a##b
 #define PFO_CAT(a, b) PFO_CAT2(a, b)
 extern const KernelSet PFO_CAT(kernels_, PFO_ISA_NAME) = {
-    PFO_STR(PFO_ISA_NAME), PFO_ISA_NS::sgd,     PFO_ISA_NS::adagrad,
-    PFO_ISA_NS::adadelta,  PFO_ISA_NS::rmsprop, PFO_ISA_NS::adam};
+    PFO_STR(PFO_ISA_NAME),   PFO_ISA_NS::sgd,      PFO_ISA_NS::adagrad,   PFO_ISA_NS::adadelta,
+    PFO_ISA_NS::rmsprop,     PFO_ISA_NS::adam,     PFO_ISA_NS::nadam,     PFO_ISA_NS::radam,
+    PFO_ISA_NS::adamax,      PFO_ISA_NS::asgd,     PFO_ISA_NS::rprop,     PFO_ISA_NS::adafactor,
+    PFO_ISA_NS::sparse_adam, PFO_ISA_NS::quantize, PFO_ISA_NS::dequantize};
 
 }  // namespace pyfastopt

@@ -1,9 +1,12 @@
 // The fused clip_grad_norm_ (norms.h). This file is compiled once per ISA (see CMakeLists.txt),
 // each time into its own namespace PFO_ISA_NS, like kernels.cpp.
 //
-// Reduction order: block_passes.h (blocks of 4096 elements, 32 lanes per block, blocks in order);
-// a gradient's block results are combined in block order; the per-gradient norms are then
-// combined in table order.
+// Reduction order, fixed so that the result does not depend on the thread count (nor on the ISA):
+// each gradient is cut into blocks of 4096 elements (reduce.h's RowBlocks), the units of the
+// reduction pass; within a block, element i goes to accumulator lane i % kSumLanes, each lane
+// accumulating in order, and the lanes are combined in a fixed pairwise tree; a gradient's block
+// results are combined in block order; the per-gradient norms are then combined in table order.
+// Threads only choose which blocks they compute.
 //
 // Arithmetic, chosen to match torch's `vector_norm(stack([vector_norm(g, p) for g]), p)`:
 //  - each element's term (|x|^p, x*x, |x|, x != 0) is computed in the gradient's compute type
@@ -24,8 +27,8 @@
 #include <stdexcept>
 #include <vector>
 
-#include "block_passes.h"
 #include "pyfastopt/storage.h"
+#include "reduce.h"
 
 #ifndef PFO_ISA_NS
 #error "PFO_ISA_NS must name the ISA namespace of this build"
@@ -39,9 +42,6 @@
 namespace pyfastopt {
 inline namespace PFO_ISA_NS {
 namespace {
-
-using cpu::Block;
-using cpu::BlockPlan;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -136,9 +136,7 @@ struct SumPow {  // any other p (including negative p: a zero element makes the 
 template <class P, class Op>
 double reduce_block(const Op& op, int64_t addr, int64_t begin, int64_t n) {
   const auto* x = reinterpret_cast<const typename P::storage*>(addr) + begin;
-  return cpu::reduce_lanes(
-      op.identity(), Op::join,
-      [&](double acc, int64_t i) { return Op::join(acc, op.term(P::load(x + i))); }, n);
+  return cpu::lane_reduce(op, n, [&](int64_t i) { return op.term(P::load(x + i)); });
 }
 
 template <class Op>
@@ -254,41 +252,43 @@ double clip_coefficient(int64_t code, double total, double max_norm) {
 
 // ---- the call ---------------------------------------------------------------------------------
 
-// The rows of a norm table: [numel, NormDType code, address].
-struct Rows {
+// The rows of a norm table, [numel, NormDType code, address], and their blocks.
+struct BlockPlan {
   const NormCall& call;
+  cpu::RowBlocks blocks;
   int64_t code(int64_t r) const { return call.table[r * 3 + 1]; }
   int64_t addr(int64_t r) const { return call.table[r * 3 + 2]; }
 };
 
-// Pass 0 reduces every block, the host step combines the norms and finds the coefficient, pass 1
-// (only when the coefficient is not 1) scales the blocks.
 template <class Op>
-NormResult run(const Op& op, const Rows& rows, const BlockPlan& plan) {
-  const NormCall& call = rows.call;
-  std::vector<double> partial(static_cast<std::size_t>(plan.size()));
+NormResult run(const Op& op, const BlockPlan& plan) {
+  const NormCall& call = plan.call;
+  std::vector<double> partial(static_cast<std::size_t>(plan.blocks.size()));
   NormResult result{NormStatus::kDone, std::numeric_limits<double>::quiet_NaN(), false};
 
-  auto pass = [&](int64_t k, int64_t b0, int64_t b1) {
+  auto reduce_range = [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const Block& blk = plan.blocks[b];
-      const int64_t code = rows.code(blk.row), addr = rows.addr(blk.row);
-      if (k == 0) {
-        partial[b] = reduce_block_of(op, code, addr, blk.begin, blk.n);
-      } else {  // the same blocks as pass 0: still in this core's cache
-        scale_block_of(code, addr, blk.begin, blk.n, result.coef);
-      }
+      const cpu::RowBlock& k = plan.blocks[b];
+      partial[b] = reduce_block_of(op, plan.code(k.row), plan.addr(k.row), k.begin, k.n);
+    }
+  };
+  auto scale_range = [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const cpu::RowBlock& k = plan.blocks[b];
+      scale_block_of(plan.code(k.row), plan.addr(k.row), k.begin, k.n, result.coef);
     }
   };
   // Between the passes, on one thread: the per-gradient norms, the total norm, the coefficient.
-  auto combine = [&](int64_t) {
+  auto combine = [&]() {
     const int64_t out = call.out_dtype;
     const bool out_float = static_cast<NormDType>(out) != NormDType::kFloat64;
     double total = op.identity();
     for (int64_t r = 0; r < call.rows; ++r) {
-      const int64_t code = rows.code(r);
+      const int64_t code = plan.code(r);
       double s = op.identity();
-      for (int64_t b = plan.first[r]; b < plan.first[r + 1]; ++b) s = Op::join(s, partial[b]);
+      for (int64_t b = plan.blocks.first(r); b < plan.blocks.first(r + 1); ++b) {
+        s = Op::join(s, partial[b]);
+      }
       // torch accumulates float32 / bfloat16 / float16 in float: past float's range, inf
       if (Op::kSum && static_cast<NormDType>(code) != NormDType::kFloat64 &&
           std::isinf(static_cast<float>(s))) {
@@ -300,17 +300,21 @@ NormResult run(const Op& op, const Rows& rows, const BlockPlan& plan) {
     if (Op::kSum && out_float && std::isinf(static_cast<float>(total))) total = kInf;
     total = round_to(out, op.root(total));
     store_to(out, call.out_addr, total);
-    if (!call.scale) return false;
+    if (!call.scale) return;
     if (call.error_if_nonfinite && !std::isfinite(total)) {
       result.status = NormStatus::kNonFinite;
-      return false;
+      return;
     }
     result.coef = clip_coefficient(out, total, call.max_norm);
     // g * 1 is g (a signalling NaN aside): the pass that would write every gradient is skipped
     result.scaled = result.coef != 1.0;
-    return result.scaled;
   };
-  cpu::run_passes(plan, call.num_threads, call.parallel_min, 2, pass, combine);
+
+  // the scaling pass takes the same blocks as the reduction: still in this core's cache
+  cpu::run_passes(plan.blocks.split(), call.num_threads, call.parallel_min, cpu::pass(reduce_range),
+                  cpu::serial(combine), cpu::pass([&](int64_t b0, int64_t b1) {
+                    if (result.scaled) scale_range(b0, b1);
+                  }));
   return result;
 }
 
@@ -367,14 +371,15 @@ NormResult clip_grad_norm(const NormCall& call) {
   check(call, p == kInf || p < 0.0);
   if (aliased(call)) return NormResult{NormStatus::kAliased, 0.0, false};
 
-  const Rows rows{call};
-  const BlockPlan plan(call.rows, [&](int64_t r) { return call.table[r * 3]; });
-  if (p == 2.0) return run(SumSquares{}, rows, plan);
-  if (p == 1.0) return run(SumAbs{}, rows, plan);
-  if (p == 0.0) return run(CountNonzero{}, rows, plan);
-  if (p == kInf) return run(MaxAbs{}, rows, plan);
-  if (p == -kInf) return run(MinAbs{}, rows, plan);
-  return run(SumPow{p}, rows, plan);
+  const BlockPlan plan{call,
+                       cpu::RowBlocks(call.rows, [&](int64_t r) { return call.table[r * 3]; })};
+
+  if (p == 2.0) return run(SumSquares{}, plan);
+  if (p == 1.0) return run(SumAbs{}, plan);
+  if (p == 0.0) return run(CountNonzero{}, plan);
+  if (p == kInf) return run(MaxAbs{}, plan);
+  if (p == -kInf) return run(MinAbs{}, plan);
+  return run(SumPow{p}, plan);
 }
 
 }  // namespace

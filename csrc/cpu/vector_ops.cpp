@@ -1,17 +1,18 @@
 // The vector operations of L-BFGS and BFGS (vector_ops.h). This file is compiled once per ISA
 // (see CMakeLists.txt), each time into its own namespace PFO_ISA_NS, like kernels.cpp; the
-// passes over the elements are those of block_passes.h, shared with norms.cpp.
+// passes over the elements and the reduction order are reduce.h's (RowBlocks: blocks of 4096
+// elements, never spanning two segments; lane_reduce within a block; the blocks' results
+// combined in block order), shared with norms.cpp and adafactor.cpp.
 #include "pyfastopt/vector_ops.h"
 
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 #include <vector>
 
-#include "block_passes.h"
 #include "pyfastopt/rules.h"
+#include "reduce.h"
 
 #ifndef PFO_ISA_NAME
 #error "PFO_ISA_NAME must name the ISA of this build"
@@ -23,8 +24,7 @@ namespace pyfastopt {
 inline namespace PFO_ISA_NS {
 namespace {
 
-using cpu::Block;
-using cpu::BlockPlan;
+using Block = cpu::RowBlock;
 
 [[noreturn]] void refuse(const char* what) {
   throw std::invalid_argument(std::string("pyfastopt: ") + what);
@@ -62,28 +62,24 @@ void sub(T* out, const T* a, const T* b, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] - b[i];
 }
 
-// the joins of the reductions (lambdas, so that the lane loops inline them)
-constexpr auto plus = [](double a, double b) { return a + b; };
-constexpr auto larger = [](double a, double b) { return max_nan(a, b); };  // a NaN wins
+// The larger of two values as a reduction kind (reduce.h's interface); a NaN wins.
+struct Larger {
+  double identity() const { return 0.0; }
+  static double join(double a, double b) { return max_nan(a, b); }
+};
 
-// acc + a*b in double. For float32 inputs the product is exact in double, so a fused
-// multiply-add gives the same bits as the product and the sum (and saves an instruction where
-// the CPU has FMA); for float64 inputs the product rounds, and is kept apart so that every SIMD
-// build sums alike.
+// a*b in double, the term of a dot product. For float32 inputs the product is exact in double,
+// so the lane's sum rounds once (the bits of a fused multiply-add into the lane); for float64
+// inputs the product rounds, and is kept apart from the sum (the build has -ffp-contract=off) so
+// that every SIMD build sums alike.
 template <typename T>
-double add_product(double acc, T a, T b) {
-  const double x = static_cast<double>(a), y = static_cast<double>(b);
-  if constexpr (std::is_same_v<T, float>) {
-    return fmadd(x, y, acc);
-  } else {
-    return acc + x * y;
-  }
+double product(T a, T b) {
+  return static_cast<double>(a) * static_cast<double>(b);
 }
 
 template <typename T>
 double dot(const T* a, const T* b, int64_t n) {
-  return cpu::reduce_lanes(
-      0.0, plus, [&](double acc, int64_t i) { return add_product(acc, a[i], b[i]); }, n);
+  return cpu::lane_reduce(cpu::Sum{}, n, [&](int64_t i) { return product(a[i], b[i]); });
 }
 
 // d = s * y + d, then the dot product of z with the new d, in one loop over the elements (the
@@ -91,28 +87,23 @@ double dot(const T* a, const T* b, int64_t n) {
 // distinct, checked in Python).
 template <typename T>
 double axpy_dot(T* PFO_RESTRICT d, T s, const T* y, const T* z, int64_t n) {
-  return cpu::reduce_lanes(
-      0.0, plus,
-      [&](double acc, int64_t i) {
-        const T v = fmadd(s, y[i], d[i]);
-        d[i] = v;
-        return add_product(acc, z[i], v);
-      },
-      n);
+  return cpu::lane_reduce(cpu::Sum{}, n, [&](int64_t i) {
+    const T v = fmadd(s, y[i], d[i]);
+    d[i] = v;
+    return product(z[i], v);
+  });
 }
 
 template <typename T>
 double sum_abs(const T* a, int64_t n) {
-  return cpu::reduce_lanes(
-      0.0, plus, [&](double acc, int64_t i) { return acc + std::fabs(static_cast<double>(a[i])); },
-      n);
+  return cpu::lane_reduce(cpu::Sum{}, n,
+                          [&](int64_t i) { return std::fabs(static_cast<double>(a[i])); });
 }
 
 template <typename T>
 double max_abs(const T* a, int64_t n) {
-  return cpu::reduce_lanes(
-      0.0, larger,
-      [&](double acc, int64_t i) { return max_nan(acc, std::fabs(static_cast<double>(a[i]))); }, n);
+  return cpu::lane_reduce(Larger{}, n,
+                          [&](int64_t i) { return std::fabs(static_cast<double>(a[i])); });
 }
 
 // ---- operands ---------------------------------------------------------------------------------
@@ -173,8 +164,8 @@ struct Operands {
 };
 
 template <typename T>
-BlockPlan plan_of(const Operands<T>& ops) {
-  return BlockPlan(ops.call.nrows, [&](int64_t r) { return ops.numel(r); });
+cpu::RowBlocks plan_of(const Operands<T>& ops) {
+  return cpu::RowBlocks(ops.call.nrows, [&](int64_t r) { return ops.numel(r); });
 }
 
 // ---- a program: one pass ----------------------------------------------------------------------
@@ -211,7 +202,7 @@ template <typename T>
 void run_program(const VecCall& call, const VecProgram& p) {
   check_program(call, p);
   const Operands<T> ops(call);
-  const BlockPlan plan = plan_of(ops);
+  const cpu::RowBlocks plan = plan_of(ops);
   const auto nb = static_cast<std::size_t>(plan.size());
   std::vector<int64_t> reductions;  // instruction index of each reduction, in program order
   for (int64_t i = 0; i < p.count; ++i) {
@@ -220,9 +211,9 @@ void run_program(const VecCall& call, const VecProgram& p) {
   const std::size_t nr = reductions.size();
   std::vector<double> partial(nb * nr);  // [block][reduction]
 
-  auto pass = [&](int64_t, int64_t b0, int64_t b1) {
+  auto pass = [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const Block& blk = plan.blocks[static_cast<std::size_t>(b)];
+      const Block& blk = plan[b];
       std::size_t red = 0;
       for (int64_t i = 0; i < p.count; ++i) {
         const int64_t* ins = p.code + i * kVecInstrWidth;
@@ -259,19 +250,17 @@ void run_program(const VecCall& call, const VecProgram& p) {
       }
     }
   };
-  auto combine = [&](int64_t) {
-    for (std::size_t j = 0; j < nr; ++j) {
-      const auto op = static_cast<VecOp>(p.code[reductions[j] * kVecInstrWidth]);
-      double acc = 0.0;
-      for (std::size_t b = 0; b < nb; ++b) {
-        const double v = partial[b * nr + j];
-        acc = op == VecOp::kMaxAbs ? max_nan(acc, v) : acc + v;
-      }
-      p.results[p.code[reductions[j] * kVecInstrWidth + 4]] = acc;
+  cpu::run_passes(plan.split(), call.num_threads, call.parallel_min, cpu::pass(pass));
+  // the blocks' results, in block order
+  for (std::size_t j = 0; j < nr; ++j) {
+    const auto op = static_cast<VecOp>(p.code[reductions[j] * kVecInstrWidth]);
+    double acc = 0.0;
+    for (std::size_t b = 0; b < nb; ++b) {
+      const double v = partial[b * nr + j];
+      acc = op == VecOp::kMaxAbs ? max_nan(acc, v) : acc + v;
     }
-    return false;
-  };
-  cpu::run_passes(plan, call.num_threads, call.parallel_min, 1, pass, combine);
+    p.results[p.code[reductions[j] * kVecInstrWidth + 4]] = acc;
+  }
 }
 
 void program(const VecCall& call, const VecProgram& p) {
@@ -298,7 +287,7 @@ void program(const VecCall& call, const VecProgram& p) {
 template <typename T>
 void run_direction(const VecCall& call, const LbfgsDirection& L) {
   const Operands<T> ops(call);
-  const BlockPlan plan = plan_of(ops);
+  const cpu::RowBlocks plan = plan_of(ops);
   const auto nb = static_cast<std::size_t>(plan.size());
   const int64_t m = L.m;
   const int64_t passes = m == 0 ? 1 : 2 * m + 1;
@@ -317,7 +306,7 @@ void run_direction(const VecCall& call, const LbfgsDirection& L) {
   auto pass = [&](int64_t k, int64_t b0, int64_t b1) {
     for (int64_t bi = b0; bi < b1; ++bi) {
       const auto b = static_cast<std::size_t>(bi);
-      const Block& blk = plan.blocks[b];
+      const Block& blk = plan[bi];
       const int64_t n = blk.n;
       T* d = ops.at(L.d, blk);
       if (k == 0) neg(d, static_cast<const T*>(ops.at(L.g, blk)), n);
@@ -373,7 +362,8 @@ void run_direction(const VecCall& call, const LbfgsDirection& L) {
     }
     return true;
   };
-  cpu::run_passes(plan, call.num_threads, call.parallel_min, passes, pass, between);
+  cpu::run_passes(plan.split(), call.num_threads, call.parallel_min,
+                  cpu::rounds(passes, pass, between));
   for (int64_t i = 0; i < m; ++i) L.al[i] = static_cast<double>(al[static_cast<std::size_t>(i)]);
 }
 

@@ -8,9 +8,9 @@
 // tensor of that segment's numel). Operand lists + j is *flat*: segment r starts at flats[j] plus
 // the segment's element offset. Every operand has the call's dtype (float32 or float64).
 //
-// The work runs over the block traversal of cpu/block_passes.h, so every reduction has an order
-// that does not depend on the thread count: terms in double (a float32 product is exact there),
-// 32 lanes per block of 4096 elements, the blocks of all segments combined in order.
+// The work runs over the reduction passes of cpu/reduce.h, so every reduction has an order that
+// does not depend on the thread count: terms in double (a float32 product is exact there), 32
+// lanes per block of 4096 elements (RowBlocks), the blocks of all segments combined in order.
 //
 // The Python layer has validated every address and extent (and that no written operand overlaps
 // another); the kernels still refuse null or misaligned addresses and out-of-range indices.
