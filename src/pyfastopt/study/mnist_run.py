@@ -134,10 +134,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
 def batches(
     method: Method, data: MnistData, batch_size: int, gen: torch.Generator
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of (inputs, labels): the whole training set for GD, else shuffled batches."""
+    """One epoch of (inputs, labels): the whole training set for a full-batch method (GD once,
+    full-batch Rprop ``steps_per_epoch`` times), else shuffled batches."""
     x, y = data.x_train, data.y_train
     if method.batch == "full":
-        yield x, y
+        for _ in range(method.steps_per_epoch):
+            yield x, y
         return
     for idx in torch.randperm(len(x), generator=gen).split(method.batch_size or batch_size):
         yield x[idx], y[idx]

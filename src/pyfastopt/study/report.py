@@ -167,16 +167,25 @@ def findings(study: MnistStudy) -> list[str]:
             + (f"; never reached it: {', '.join(missed)}." if missed else ".")
         )
     closure = [m.name for m in opts.methods if m.closure]
-    full = [m.name for m in opts.methods if m.batch == "full" and not m.closure]
-    mini = [n for n in by_loss if n not in full and n not in closure]
-    if full and mini:
-        g, best = fast[full[0]], fast[mini[0]]
+    full = [m for m in opts.methods if m.batch == "full" and not m.closure]
+    mini = [n for n in by_loss if n not in {m.name for m in full} and n not in closure]
+    once = [m.name for m in full if m.steps_per_epoch == 1]
+    if once and mini:
+        g, best = fast[once[0]], fast[mini[0]]
         out.append(
-            f"Full-batch GD takes one step per epoch: after {len(g.train_loss) - 1} epochs "
+            f"{label[once[0]]} takes one step per epoch: after {len(g.train_loss) - 1} epochs "
             f"({g.steps} steps, {g.total_time:.2f} s) its loss is {g.train_loss[-1]:.3f}, while "
             f"{label[best.method]} took {best.steps} steps in {best.total_time:.2f} s to reach "
             f"{best.train_loss[-1]:.4f} with the same number of passes over the data."
         )
+    for m in full:
+        if m.steps_per_epoch > 1:
+            r = fast[m.name]
+            out.append(
+                f"{m.label} steps {m.steps_per_epoch} times per epoch on the whole training "
+                f"set: {r.steps} steps in {r.total_time:.2f} s, final loss "
+                f"{r.train_loss[-1]:.4f}, test accuracy {100 * r.test_acc[-1]:.2f} %."
+            )
     if closure:
         out.append(
             "L-BFGS evaluates the loss and its gradient several times per step (its line "
@@ -245,9 +254,10 @@ def mnist_report(study: MnistStudy, pictures: Sequence[str]) -> str:
         f"- Data: {sizes['train']} training and {sizes['test']} test images of real MNIST, "
         f"{opts.epochs} epochs, mini-batches of {opts.batch_size} in an order drawn from "
         f"`torch.Generator().manual_seed({opts.seed})` (a method with a batch size of its own "
-        "uses that); GD steps on the whole training set once per epoch, full-batch L-BFGS too "
-        "(one `step(closure)`, up to `max_iter` iterations, each evaluating the closure on the "
-        "whole training set once or more). Each method is trained with pyfastopt and "
+        "uses that); GD steps on the whole training set once per epoch, full-batch Rprop "
+        "`steps_per_epoch` times, full-batch L-BFGS once (one `step(closure)`, up to `max_iter` "
+        "iterations, each evaluating the closure on the whole training set once or more). Each "
+        "method is trained with pyfastopt and "
         "torch.optim *in lockstep*: every batch is fed to both, alternating which goes first, "
         "so both see the same batches and the same disturbances from other work on the machine "
         "(interleaved timing).",
