@@ -48,9 +48,9 @@ _MORE_COLORS = (
     "teal",
     "gold",
     "slateblue",
-    "limegreen",
+    "lightskyblue",
     "sandybrown",
-    "orchid",
+    "navy",
     "plum",
 )
 
