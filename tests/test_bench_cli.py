@@ -3,6 +3,7 @@ timing: a slow or busy machine must never fail here."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -171,3 +172,12 @@ def test_threads_option_is_recorded_and_restored(tmp_path, no_mnist):
     assert rc == 0
     assert report["machine"]["torch_threads"] == 1 and report["machine"]["pyfastopt_threads"] == 1
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("tool", ["lowp", "lowmem", "lbfgs"])
+def test_side_tools_refuse_an_unknown_model_as_a_usage_error(tool, capsys):
+    module = importlib.import_module(f"pyfastopt.bench.{tool}")
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--models", "mlp-128,bogus"])
+    assert exc.value.code == 2
+    assert "unknown model 'bogus'" in capsys.readouterr().err

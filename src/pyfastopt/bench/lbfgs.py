@@ -23,7 +23,7 @@ import torch
 import pyfastopt
 
 from .harness import Timing, interleaved
-from .workloads import parse_workload
+from .workloads import workload_list
 
 #: steps both L-BFGS runs take from the same start before their parameters are compared
 PARITY_STEPS = 12
@@ -123,11 +123,14 @@ def report(model: str, what: str, timed: dict[str, Timing], closure: Timing, bas
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyfastopt.bench.lbfgs", description=__doc__)
-    parser.add_argument("--models", default="mlp-128,mlp-512-256", help="L-BFGS workloads")
+    parser.add_argument(
+        "--models", type=workload_list, default="mlp-128,mlp-512-256", help="L-BFGS workloads"
+    )
     parser.add_argument("--history", default="10,100", help="history sizes (comma-separated)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument(
         "--bfgs-model",
+        type=workload_list,
         default="mlp-8",
         help="a workload of at most pyfastopt.optim.bfgs.MAX_NUMEL elements ('' for none)",
     )
@@ -142,22 +145,22 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'model':<14} {'case':<12} {'impl':<18} {'step us':>10} {'iteration us':>11} {'speed':>8}"
     )
-    for model in (m for m in args.models.split(",") if m):
-        shapes = parse_workload(model).shapes
+    for workload in args.models:
+        model, shapes = workload.name, workload.shapes
         for history in histories:
             diff = parity(shapes, history)
             timed, closure = time_case(lbfgs_makers(history), shapes, args.rounds, history + 5)
             report(model, f"history {history}", timed, closure, "torch LBFGS")
             print(f"{model:<14} {f'history {history}':<12} parity: max relative diff {diff:.1e}")
-    if args.bfgs_model:
-        shapes = parse_workload(args.bfgs_model).shapes
+    for workload in args.bfgs_model[:1]:
+        shapes = workload.shapes
         numel = sum(torch.Size(s).numel() for s in shapes)
         makers = {
             **lbfgs_makers(10),
             "pyfastopt BFGS": lambda ps: pyfastopt.BFGS(ps, lr=LR, max_iter=1),
         }
         timed, closure = time_case(makers, shapes, args.rounds, 12)
-        report(f"{args.bfgs_model} ({numel})", "BFGS/hist 10", timed, closure, "torch LBFGS")
+        report(f"{workload.name} ({numel})", "BFGS/hist 10", timed, closure, "torch LBFGS")
     print("closure alone is subtracted in the iteration column; speed: torch's iteration / each")
     return 0
 

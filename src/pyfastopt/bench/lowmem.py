@@ -24,7 +24,7 @@ from pyfastopt.optim._lowmem import state_bytes
 from .harness import interleaved
 from .lowp import roofline_share
 from .roofline import streaming_kernel
-from .workloads import parse_workload
+from .workloads import workload_list
 
 Shapes = Sequence[tuple[int, ...]]
 Make = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -114,7 +114,7 @@ def candidates(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyfastopt.bench.lowmem", description=__doc__)
-    parser.add_argument("--models", default="mlp-512-256,fixed-2x16M")
+    parser.add_argument("--models", type=workload_list, default="mlp-512-256,fixed-2x16M")
     parser.add_argument("--optimizers", default="AdamW,SGD")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--per-param", action="store_true", help="one optimizer per parameter")
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{'optimizer':<8} {'model':<14} {'impl':<28} {'median us':>10} {'speed':>7} {'B/param':>8}"
     )
     print(head)
-    for model in args.models.split(","):
-        shapes = parse_workload(model).shapes
+    for workload in args.models:
+        model, shapes = workload.name, workload.shapes
         numel = sum(torch.Size(s).numel() for s in shapes)
         for name in args.optimizers.split(","):
             built, notes = candidates(name, shapes, args.per_param, others)

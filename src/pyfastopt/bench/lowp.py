@@ -20,7 +20,7 @@ import pyfastopt
 
 from .harness import Timing, interleaved
 from .roofline import streaming_kernel
-from .workloads import parse_workload
+from .workloads import workload_list
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: bytes a step moves per element in torch's layout (16-bit param, grad and state):
@@ -85,7 +85,7 @@ def roofline_share(roofline: Timing, step: Timing) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyfastopt.bench.lowp", description=__doc__)
-    parser.add_argument("--models", default="mlp-128,mlp-512-256,mlp-2048-2048")
+    parser.add_argument("--models", type=workload_list, default="mlp-128,mlp-512-256,mlp-2048-2048")
     parser.add_argument("--optimizers", default="Adam,AdamW,SGD")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--rounds", type=int, default=15)
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         f"median of {args.rounds} interleaved rounds"
     )
     print(f"{'optimizer':<9} {'model':<14} {'impl':<17} {'median us':>10} {'vs best torch':>14}")
-    for model in args.models.split(","):
-        shapes = parse_workload(model).shapes
+    for workload in args.models:
+        model, shapes = workload.name, workload.shapes
         for name in args.optimizers.split(","):
             cands = candidates(name, shapes, dtype)
             timed = interleaved(cands, rounds=args.rounds)

@@ -12,6 +12,7 @@ state (``mlp-2048-2048:bf16``); otherwise they are float32.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import re
@@ -158,6 +159,15 @@ def parse_workload(name: str) -> Workload:
         f"unknown model {name!r}: use mlp-H1[-H2...], train-H1[-H2...], small-NxM, fixed-NxM, "
         f"flat-N or embed-RxD[-P] (sizes may end in K or M), e.g. {', '.join(DEFAULT_WORKLOADS)}"
     )
+
+
+def workload_list(text: str) -> list[Workload]:
+    """``type`` of a command line's comma-separated ``--models``: each name parsed, so an
+    unknown one is a usage error (argparse's message and exit status 2), not a traceback."""
+    try:
+        return [parse_workload(n) for n in text.split(",") if n]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def fits(sparse_optimizer: bool, workload: Workload) -> bool:
