@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "multi_tensor.h"
+#include "pyfastopt/call_storage.h"
 #include "pyfastopt/dispatch.h"
 #include "pyfastopt/rules.h"
 #include "pyfastopt/storage.h"
@@ -35,192 +36,10 @@ using cpu::row_aux;
 using cpu::row_numel;
 using cpu::row_ptrs;
 
-template <class F>
-void with_bool(bool b, F&& f) {
-  if (b) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
-  }
-}
-
-// ---- storage of a call ----------------------------------------------------------------------
-
-// The 8-bit block-quantised state as a Storage's S: each buffer takes the map of its sign
-// (Block8<true> for the buffers a rule lists in kUnsignedBuffers).
-struct Quantised {};
-
-template <class S, bool Unsigned>
-struct StateAt {
-  using type = S;
-};
-template <bool Unsigned>
-struct StateAt<Quantised, Unsigned> {
-  using type = Block8<Unsigned>;
-};
-
-// The storage policies of one call: P for the parameter (array 0), G for the gradient (array 1),
-// S for the state buffers (a policy, or Quantised), O for the rounded parameter copy written
-// after a float32 master (Rounding::kMaster; void otherwise). AMP: GradScaler unscales the
-// gradient in the step.
-template <class P, class G, class S, class O = void, bool AMP = false>
-struct Storage {
-  using param = P;
-  using grad = G;
-  using state = S;
-  using out = O;
-  using compute = typename P::compute;
-  static constexpr bool kCopy = !std::is_void_v<O>;
-  static constexpr bool kAmp = AMP;
-  // 16-bit gradients: the reference is torch's fused kernels (Adam's fused arithmetic order)
-  static constexpr bool kLowPrecision = std::is_same_v<typename G::storage, uint16_t>;
-};
-
-// The policy of array I of rule R (R::kArrays arrays; the state buffers are arrays 2, 3, ...).
-template <class St, class R, std::size_t I>
-using PolicyFor = std::conditional_t<
-    I == 0, typename St::param,
-    std::conditional_t<
-        I == 1, typename St::grad,
-        std::conditional_t<
-            St::kCopy && I + 1 == static_cast<std::size_t>(R::kArrays), typename St::out,
-            typename StateAt<typename St::state,
-                             ((R::kUnsignedBuffers >> (I < 2 ? 0 : I - 2)) & 1u) != 0>::type>>>;
-
-template <class St, class R, std::size_t... I>
-std::tuple<PolicyFor<St, R, I>...> policies_of(std::index_sequence<I...>);
-
-template <class St, class R>
-using Policies = decltype(policies_of<St, R>(std::make_index_sequence<R::kArrays>{}));
-
-template <class St, class R, std::size_t... I>
-constexpr std::array<std::size_t, sizeof...(I)> alignments(std::index_sequence<I...>) {
-  return {alignof(typename PolicyFor<St, R, I>::storage)...};
-}
-
-[[noreturn]] void refuse(const char* what) {
-  throw std::invalid_argument(std::string("pyfastopt: ") + what);
-}
-
-// Calls f(Storage<P, G, ...>) with the call's state store: S (torch's layout, or float32 beside a
-// master copy) or a low-memory one (state_dtype).
-template <class P, class G, class S, class O = void, bool AMP = false, class F>
-void with_state(const Table& t, F&& f) {
-  switch (t.state) {
-    case StateStore::kAsParam:
-      return f(Storage<P, G, S, O, AMP>{});
-    case StateStore::kBf16:
-      if constexpr (std::is_same_v<S, Bf16>) return f(Storage<P, G, S, O, AMP>{});
-      return f(Storage<P, G, Bf16, O, AMP>{});
-    case StateStore::kBf16Stochastic:
-      return f(Storage<P, G, Bf16Stochastic, O, AMP>{});
-    case StateStore::kBlock8:
-      return f(Storage<P, G, Quantised, O, AMP>{});
-  }
-  refuse("unsupported state store code");
-}
-
-// Calls f(Storage<...>{}) for the call's dtype, rounding, GradScaler use and state store. Only
-// the algorithms torch lets GradScaler hand its scale to (fused SGD, Adagrad, Adam, AdamW)
-// instantiate AMP.
-template <bool kAmpCapable, class F>
-void with_storage(const Table& t, DType dtype, F&& f) {
-  const bool amp = t.grad_scale != nullptr;
-  if (amp && !kAmpCapable) refuse("this optimizer takes no GradScaler scale in its step");
-  if (t.rounding != Rounding::kNearest && (dtype == DType::kFloat32 || dtype == DType::kFloat64)) {
-    refuse("stochastic rounding and master weights apply to bfloat16/float16 parameters");
-  }
-  if (amp && t.rounding == Rounding::kStochastic) {
-    refuse(
-        "stochastic rounding with GradScaler is not supported (use float16 with master weights)");
-  }
-  if (amp && dtype == DType::kFloat64) refuse("float64 gradients are unscaled before the call");
-  if (t.state == StateStore::kBlock8 &&
-      (t.block < 16 || t.block > cpu::kMaxBlock || t.block % 16 != 0)) {
-    refuse("the 8-bit state's block size must be a multiple of 16 between 16 and 4096");
-  }
-  const bool master = t.rounding == Rounding::kMaster;
-  switch (dtype) {
-    case DType::kFloat32:
-      if constexpr (kAmpCapable) {
-        if (amp) return with_state<Plain<float>, Plain<float>, Plain<float>, void, true>(t, f);
-      }
-      return with_state<Plain<float>, ReadOnly<Plain<float>>, Plain<float>>(t, f);
-    case DType::kFloat64:
-      if (t.state != StateStore::kAsParam) refuse("float64 parameters keep float64 state");
-      return f(Storage<Plain<double>, ReadOnly<Plain<double>>, Plain<double>>{});
-    case DType::kBFloat16:
-      if constexpr (kAmpCapable) {
-        if (amp && master) {
-          return with_state<Plain<float>, Bf16, Plain<float>, WriteOnly<Bf16>, true>(t, f);
-        }
-        if (amp) return with_state<Bf16, Bf16, Bf16, void, true>(t, f);
-      }
-      if (master) {
-        return with_state<Plain<float>, ReadOnly<Bf16>, Plain<float>, WriteOnly<Bf16>>(t, f);
-      }
-      if (t.rounding == Rounding::kStochastic) {
-        return with_state<Bf16Stochastic, ReadOnly<Bf16>, Bf16>(t, f);
-      }
-      return with_state<Bf16, ReadOnly<Bf16>, Bf16>(t, f);
-    case DType::kFloat16:
-      if (t.rounding == Rounding::kStochastic) refuse("stochastic rounding is for bfloat16");
-      if constexpr (kAmpCapable) {
-        if (amp && master) {
-          return with_state<Plain<float>, Fp16, Plain<float>, WriteOnly<Fp16>, true>(t, f);
-        }
-        if (amp) return with_state<Fp16, Fp16, Fp16, void, true>(t, f);
-      }
-      if (master) {
-        return with_state<Plain<float>, ReadOnly<Fp16>, Plain<float>, WriteOnly<Fp16>>(t, f);
-      }
-      return with_state<Fp16, ReadOnly<Fp16>, Fp16>(t, f);
-  }
-  refuse("unsupported dtype code");
-}
-
 // GradScaler found an inf or NaN: torch's fused step returns before touching anything.
 bool skipped(const Table& t) { return t.found_inf != nullptr && *t.found_inf == 1.0f; }
 
-// Defence in depth: the Python layer validated every extent; here we still refuse a table whose
-// shape does not fit the chosen rule, and null or misaligned addresses.
-void check_steps(const Table& t) {
-  const std::size_t step_align = t.step_f64 ? alignof(double) : alignof(float);
-  for (int64_t r = 0; r < t.rows; ++r) {
-    const int64_t s = row_aux(t, r);
-    if (s == 0 || s % static_cast<int64_t>(step_align) != 0) {
-      throw std::invalid_argument("pyfastopt: invalid step counter address");
-    }
-  }
-}
-
-template <class St, class R>
-void check_table(const Table& t, bool has_step) {
-  constexpr std::size_t K = R::kArrays;
-  constexpr std::size_t Q = cpu::BlockArrays<Policies<St, R>>::kCount;
-  if (t.width != 2 + static_cast<int64_t>(K + Q)) {
-    throw std::invalid_argument("pyfastopt: table row width does not match the update rule");
-  }
-  constexpr auto align = alignments<St, R>(std::make_index_sequence<K>{});
-  if (has_step) check_steps(t);
-  for (int64_t r = 0; r < t.rows; ++r) {
-    const int64_t n = row_numel(t, r);
-    if (n < 0) throw std::invalid_argument("pyfastopt: negative element count");
-    if (n == 0) continue;
-    for (std::size_t k = 0; k < K; ++k) {
-      const int64_t a = row_ptrs(t, r)[k];
-      if (a == 0 || a % static_cast<int64_t>(align[k]) != 0) {
-        throw std::invalid_argument("pyfastopt: null or misaligned tensor address");
-      }
-    }
-    for (std::size_t q = 0; q < Q; ++q) {
-      const int64_t a = row_ptrs(t, r)[K + q];
-      if (a == 0 || a % static_cast<int64_t>(alignof(float)) != 0) {
-        throw std::invalid_argument("pyfastopt: null or misaligned scale address");
-      }
-    }
-  }
-}
+static_assert(cpu::kMaxBlock == kMaxStateBlock, "one limit for the 8-bit state's block size");
 
 // Builds the rule for a step count, reusing the previous one when the count repeats (the usual
 // case: every tensor of a group is at the same step), so pow() runs once per call.
@@ -254,26 +73,17 @@ void refuse_zero_division(const Table& t, Divisor&& divisor) {
   }
 }
 
-// The rule as the traversal applies it: with the master copy's extra array, with GradScaler's
-// unscaling.
+// The rule as the traversal applies it (call_storage.h), with GradScaler's scale read here.
 template <class St, class R>
 auto compose(const Table& t, R rule) {
   using C = typename St::compute;
-  if constexpr (St::kCopy && St::kAmp) {
-    return Unscaled<WithCopy<R>>{WithCopy<R>{rule}, static_cast<C>(*t.grad_scale)};
-  } else if constexpr (St::kCopy) {
-    return WithCopy<R>{rule};
-  } else if constexpr (St::kAmp) {
-    return Unscaled<R>{rule, static_cast<C>(*t.grad_scale)};
-  } else {
-    return rule;
-  }
+  return compose_rule<St>(rule, St::kAmp ? static_cast<C>(*t.grad_scale) : C(1));
 }
 
 template <class St, class R, class Make>
 void run(const Table& t, bool has_step, int num_threads, Make&& make) {
   using Full = decltype(compose<St>(t, std::declval<R>()));
-  check_table<St, Full>(t, has_step);
+  check_table<St, Full, cpu::BlockArrays<Policies<St, Full>>::kCount>(t, has_step);
   std::vector<Full> rules;
   rules.reserve(static_cast<std::size_t>(t.rows));
   for (int64_t r = 0; r < t.rows; ++r) rules.push_back(compose<St>(t, make(r)));
