@@ -38,7 +38,7 @@ void advance_device_steps(const int64_t* table, int64_t rows, int64_t width, boo
     list->n = static_cast<int32_t>(rows - r0 < kMaxSteps ? rows - r0 : kMaxSteps);
     for (int32_t i = 0; i < list->n; ++i) list->addr[i] = table[(r0 + i) * width + 1];
     const unsigned blocks = static_cast<unsigned>((list->n + 255) / 256);
-    advance_steps<<<blocks, 256, 0, stream>>>(*list, f64, found_inf);
+    PFO_LAUNCH(advance_steps, blocks, 256, stream, *list, f64, found_inf);
     check(cudaGetLastError(), "step counter launch failed");
   }
 }

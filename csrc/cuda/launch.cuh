@@ -13,8 +13,6 @@
 //      the rule over their element groups through the storage policies.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -28,6 +26,7 @@
 #include "pyfastopt/dispatch.h"
 #include "pyfastopt/rules.h"
 #include "pyfastopt/storage.h"
+#include "runtime.h"
 #include "steps.h"
 #include "traversal.h"
 
@@ -74,8 +73,7 @@ __global__ void __launch_bounds__(kThreads)
   static_assert(Full::kArrays == K, "one address per array of the rule");
   constexpr ElementBytes<Pols> bytes{};
   const Work w = block_work(launch, static_cast<int>(blockIdx.x), kChunk, bytes.value);
-  int64_t ptrs[K];
-#pragma unroll
+  int64_t ptrs[K];  // (a constant trip count: unrolled into registers)
   for (int k = 0; k < K; ++k) ptrs[k] = launch.ptr[w.slot][k];
   const int64_t aux = launch.aux[w.slot];
   P h = hp;
@@ -181,8 +179,8 @@ void run(const Call& c, const P& hp) {
   }
   auto launch = std::make_unique<Launch<K>>();
   plan<K>(rows.data(), t.rows, t.width, kChunk, *launch, [&](const Launch<K>& l) {
-    step_kernel<St, R, Maker, P, K>
-        <<<static_cast<unsigned>(l.blocks), kThreads, 0, stream>>>(l, hp, s);
+    PFO_LAUNCH((step_kernel<St, R, Maker, P, K>), static_cast<unsigned>(l.blocks), kThreads, stream,
+               l, hp, s);
     check(cudaGetLastError(), "step launch failed");
   });
 }

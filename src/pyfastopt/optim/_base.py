@@ -111,6 +111,8 @@ class _Call:
         """The CUDA module's Call for these rows (validated like any others), on torch's current
         stream of their device."""
         assert self.device is not None
+        if self.steps == _cuda_rows.HOST_STEPS:
+            _cuda_rows.refuse_capture_with_host_steps(self.device)
         self.backend = _cuda_backend.module()
         lr = _cuda_rows.lr_address(group["lr"], self.device, self.keep)
         self.source = _cuda_rows.make_call(self.table, self.width, self.device, self.steps, lr)
@@ -576,6 +578,8 @@ class FastOptimizer(torch.optim.Optimizer):
                 self._native_step(call, None, None, group, threads)
                 if call.device is None:
                     call.source.set_aux(call.steady_aux)
+                else:  # as torch's in-place step bumps them (a Plan does this for the CPU)
+                    _bump_versions(call.written)
                 calls.append(call)
             wave_items = [items[j] for j in wave]
             # whether GradScaler skipped is read back from a CUDA device only when it matters

@@ -91,6 +91,18 @@ def check_device_row_step(st: dict, where: str, p: _Tensor, group: dict) -> int:
     return HOST_STEPS
 
 
+def refuse_capture_with_host_steps(device: torch.device) -> None:
+    """A step whose counters are on the host advances them when it runs, not when a CUDA graph
+    replays it: capturing one would replay a frozen step count. torch asks for
+    ``capturable=True`` (``fused=True`` for Adagrad) there; so does this."""
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            f"capturing a step of CUDA parameters on {device} whose step counters are on the "
+            "host (torch's layout without capturable=True or fused=True): a replay would not "
+            "advance them; construct the optimizer with capturable=True (Adagrad: fused=True)"
+        )
+
+
 def lr_address(lr: Any, device: torch.device, keep: list) -> int:
     """A tensor learning rate on a CUDA device: the address of a float32 copy of it on
     ``device`` (the kernel reads it there); 0 for anything else (the module converts a number
