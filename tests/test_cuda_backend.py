@@ -177,3 +177,12 @@ def test_without_a_device_a_step_raises_instead_of_crashing():
     empty = _cuda.Call([], 4, 0, 0, 0, 0)
     with pytest.raises(RuntimeError, match="no usable CUDA device"):
         _cuda.sgd_step(empty, None, None, 4, 0, 0.1, 0.0, 0.0, 0.0, False, False, 1, 0, None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present (the benchmark runs)")
+def test_the_gpu_benchmark_says_plainly_that_there_is_no_gpu(capsys):
+    from pyfastopt.bench.cli import main
+
+    assert main(["--device", "cuda", "--quick", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device here" in err and "nothing was run" in err

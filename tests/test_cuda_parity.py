@@ -16,6 +16,8 @@ cannot run (not built: PYFASTOPT_CUDA=1; see README, "CUDA").
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from optim_db import TOL, case_id, cases, require_torch_options
@@ -229,6 +231,25 @@ def test_state_dict_round_trip_with_torch():
     _train(torch_again, b, grads[5:])
     _train(fast_again, a, grads[5:])
     _close(b, a, **TOL[torch.float32])
+
+
+def test_a_checkpoint_with_master_weights_resumes_exactly():
+    """pyfastopt's own layouts (a float32 master of a bfloat16 parameter) survive torch's loader,
+    which would cast them to the parameter's dtype: resuming gives the uninterrupted run's bits."""
+    grads = _grads(torch.bfloat16, 6)
+    a = _params(torch.bfloat16, DEV)
+    opt = _pyfastopt("AdamW", a, lr=0.01, master_weights=True)
+    _train(opt, a, grads[:3])
+    saved = copy.deepcopy(opt.state_dict())
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    _train(opt, a, grads[3:])
+    again = _pyfastopt("AdamW", b, lr=0.01, master_weights=True)
+    again.load_state_dict(saved)
+    _train(again, b, grads[3:])
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    masters = [st["master_weight"] for st in again.state.values() if "master_weight" in st]
+    assert masters and all(m.dtype == torch.float32 for m in masters)
 
 
 # ---- streams, graphs, GradScaler, no waiting ---------------------------------------------------

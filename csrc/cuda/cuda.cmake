@@ -3,7 +3,7 @@
 # module `_core` and its import never depend on CUDA.
 #
 # The compiler: CMAKE_CUDA_COMPILER or CUDACXX if given; else the nvcc of the build
-# environment's `cuda-toolkit[nvcc,cudart]` wheels (pyproject.toml adds them to the build
+# environment's `cuda-toolkit[nvcc,cudart,cccl]` wheels (pyproject.toml adds them to the build
 # requirements when PYFASTOPT_CUDA=1); else the nvcc on PATH. CUDA 13 (sm_75 and newer, driver
 # >= 580), static cudart (the module needs no libcudart.so at run time and imports on a machine
 # without a driver), and no libtorch.

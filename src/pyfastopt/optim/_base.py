@@ -235,7 +235,7 @@ class FastOptimizer(torch.optim.Optimizer):
                 src, st = saved.get(pid), self.state.get(p)
                 if not isinstance(src, dict) or not isinstance(st, dict):
                     continue
-                if not _native_tensor(p):
+                if not (_native_tensor(p) or self._on_cuda_module(p)):
                     continue
                 for k, v in src.items():
                     if k != "step" and _lowmem.kept_as_saved(k, v, p):
@@ -274,6 +274,10 @@ class FastOptimizer(torch.optim.Optimizer):
 
     def _uses_state(self, group: dict) -> bool:
         return True
+
+    def _on_cuda_module(self, p: _Tensor) -> bool:
+        """Whether the CUDA module steps ``p`` (its state then keeps pyfastopt's layouts)."""
+        return self._cuda_kernel and _cuda_rows.plain(p) and _cuda_backend.usable()
 
     def _row_aux(self, state: dict | None, first: bool) -> int:
         """The row's aux word: the step counter's address (SGD overrides with flags)."""
@@ -328,16 +332,21 @@ class FastOptimizer(torch.optim.Optimizer):
             where = f"param {i} of group {gi}"
             if st is not None and not isinstance(st, dict):
                 raise StateError(f"{where}: state must be a dict, got {describe(st)}")
-            if not st or not _native_tensor(p):
+            on_cuda = not _native_tensor(p) and self._on_cuda_module(p)
+            if not st or not (_native_tensor(p) or on_cuda):
                 continue
             mode = _precision.row_mode(p, group, where)
             store = _lowmem.row_store(p, group, mode == MASTER, where)
+            if on_cuda and store == _lowmem.BLOCK8:
+                continue  # refused at the step (UnsupportedError)
             # SGD's buffer may legitimately be absent until the first step with a gradient.
             present = tuple(k for k in keys if not (k in self._lazy_buffers and st.get(k) is None))
             self._settle(p, st, present, mode, store, group, where)
             if mode == MASTER:
                 check_buffer(p, st, MASTER_KEY, where, torch.float32)
-            if self._has_step:
+            if self._has_step and on_cuda:
+                _cuda_rows.check_device_row_step(st, where, p, group)
+            elif self._has_step:
                 check_step(st, where)
 
     # ---- step -----------------------------------------------------------------------------
