@@ -1,5 +1,5 @@
 """``optimizer.step()`` alone on fixed gradients: MNIST MLPs (float32 and bfloat16), many small
-tensors, one huge one."""
+tensors, one huge one, and an embedding table with a sparse gradient (SparseAdam)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_step(benchmark, case, checked):
     benchmark.extra_info.update(
         params=workload.numel,
         tensors=workload.tensors,
-        bytes_per_step=case.spec.bytes_per_step(workload.numel, workload.itemsize),
+        bytes_per_step=case.spec.bytes_per_step(workload.step_numel, workload.itemsize),
     )
     if workload.numel >= LARGE:
         benchmark.pedantic(candidate.step, rounds=7, warmup_rounds=1)

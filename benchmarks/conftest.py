@@ -90,7 +90,7 @@ def checked(request: pytest.FixtureRequest, references: _References) -> Callable
             return candidate
         candidate = build_candidate(case.spec, workload, IMPLS[case.impl], batches=data)
         candidate.advance(workload.parity_steps)
-        if reference is not None and is_checked(candidate.impl, workload):
+        if reference is not None and is_checked(candidate.impl, workload, case.spec):
             parity = candidate.check(reference, workload.parity_steps)
             assert parity.ok, (
                 f"{case.id}: result differs from the reference after {parity.steps} steps: "

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import functools
+import os
+import platform
+import shutil
+import subprocess
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -29,14 +34,36 @@ def grad_stream(params: Sequence[torch.Tensor], seed: int = 1) -> Callable[[], l
     return next_grads
 
 
+def sparse_grad_stream(
+    params: Sequence[torch.Tensor], seed: int = 1, share: float = 0.4
+) -> Callable[[], list[torch.Tensor]]:
+    """Sparse COO gradients like an embedding's: about ``share`` of each parameter's rows (its
+    first dim) drawn with repeats and left uncoalesced, so the step must sum the repeats."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def next_grads() -> list[torch.Tensor]:
+        out = []
+        for p in params:
+            rows = p.shape[0] if p.dim() else 1
+            k = max(1, int(rows * share))
+            idx = torch.randint(0, rows, (1, k), generator=gen)
+            vals = torch.randn((k, *p.shape[1:]), generator=gen, dtype=p.dtype)
+            out.append(torch.sparse_coo_tensor(idx, vals, p.shape, check_invariants=True))
+        return out
+
+    return next_grads
+
+
 def run_steps(
     opts: Sequence[torch.optim.Optimizer],
     params: Sequence[Sequence[torch.Tensor]],
     steps: int,
     seed: int = 1,
+    grads: Callable[[], list[torch.Tensor]] | None = None,
 ) -> None:
-    """Step every optimizer ``steps`` times, each seeing the same gradients."""
-    grads = grad_stream(params[0], seed)
+    """Step every optimizer ``steps`` times, each seeing the same gradients (from ``grads``,
+    by default dense ones)."""
+    grads = grad_stream(params[0], seed) if grads is None else grads
     for _ in range(steps):
         gs = grads()
         for opt, ps in zip(opts, params):
@@ -76,3 +103,40 @@ def torch_inits_added_adagrad_groups() -> bool:
     except KeyError:
         return False
     return True
+
+
+ROOT = Path(__file__).resolve().parent.parent
+#: the AVX-512 build's flags (CMakeLists.txt), for the native checks in tests/native/
+AVX512_FLAGS = ("-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mfma", "-mf16c")
+
+
+def run_native_check(
+    tmp_path: Path,
+    source: str,
+    args: Sequence[str],
+    extra: Sequence[str] = (),
+    flags: Sequence[str] = AVX512_FLAGS,
+):
+    """Compile ``tests/native/<source>`` (plus ``extra`` sources of the tree) with the AVX-512
+    build's flags (or ``flags``) and run it; skips (visibly) without the source tree, a compiler
+    or x86-64."""
+    import pytest
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86-64 only")
+    src = ROOT / "tests" / "native" / source
+    include = ROOT / "csrc" / "include"
+    sources = [src, *(ROOT / e for e in extra)]
+    if not include.exists() or not all(p.exists() for p in sources):
+        pytest.skip("needs the source tree (csrc/)")
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path / Path(source).stem
+    subprocess.run(
+        [cxx, "-O2", "-std=c++17", *flags, "-I", str(include), *map(str, sources)]
+        + ["-o", str(exe)],
+        check=True,
+        capture_output=True,
+    )
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300)

@@ -7,11 +7,27 @@ parameters noticeably (a no-op optimizer would fail every parity test).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
-NAMES = ("SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW")
+NAMES = (
+    "SGD",
+    "Adagrad",
+    "Adadelta",
+    "RMSprop",
+    "Adam",
+    "AdamW",
+    "NAdam",
+    "RAdam",
+    "Adamax",
+    "ASGD",
+    "Rprop",
+    "Adafactor",
+)
+#: optimizers that step on sparse gradients only: their own parity tests (test_sparse_adam.py)
+SPARSE_NAMES = ("SparseAdam",)
 
 CONFIGS: dict[str, list[dict[str, Any]]] = {
     "SGD": [
@@ -87,11 +103,117 @@ CONFIGS: dict[str, list[dict[str, Any]]] = {
         {"lr": 0.01, "maximize": True},
         {"lr": 0.01, "betas": (0.6, 0.9), "eps": 1e-6, "amsgrad": True, "maximize": True},
     ],
+    "NAdam": [
+        {"lr": 0.01},
+        {"lr": 0.01, "betas": (0.8, 0.99)},
+        {"lr": 0.01, "eps": 1e-3},
+        {"lr": 0.01, "weight_decay": 0.1},
+        {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True},
+        {"lr": 0.01, "momentum_decay": 0.02},
+        {"lr": 0.01, "momentum_decay": 0.0},
+        {"lr": 0.01, "maximize": True},
+        {
+            "lr": 0.01,
+            "betas": (0.7, 0.95),
+            "weight_decay": 0.05,
+            "momentum_decay": 0.01,
+            "decoupled_weight_decay": True,
+            "maximize": True,
+        },
+    ],
+    "RAdam": [
+        {"lr": 0.01},  # rectified from step 6 on
+        {"lr": 0.01, "betas": (0.8, 0.9)},
+        {"lr": 0.01, "betas": (0.9, 0.6)},  # rho_inf = 4: never rectified
+        {"lr": 0.01, "eps": 1e-3},
+        {"lr": 0.01, "weight_decay": 0.1},
+        {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True},
+        {"lr": 0.01, "maximize": True},
+        {
+            "lr": 0.01,
+            "betas": (0.7, 0.95),
+            "eps": 1e-6,
+            "weight_decay": 0.05,
+            "decoupled_weight_decay": True,
+            "maximize": True,
+        },
+    ],
+    "Adamax": [
+        {"lr": 0.01},
+        {"lr": 0.01, "betas": (0.8, 0.99)},
+        {"lr": 0.01, "eps": 1e-3},
+        {"lr": 0.01, "weight_decay": 0.1},
+        {"lr": 0.01, "maximize": True},
+        {"lr": 0.01, "betas": (0.7, 0.95), "eps": 1e-6, "weight_decay": 0.05, "maximize": True},
+    ],
+    "ASGD": [
+        {"lr": 0.01},  # t0 = 1e6: ax copies the parameter
+        {"lr": 0.01, "t0": 10},  # averaging from step 13 on
+        {"lr": 0.01, "lambd": 0.1},
+        {"lr": 0.01, "alpha": 0.5, "lambd": 0.01},
+        {"lr": 0.01, "weight_decay": 0.1},
+        {"lr": 0.01, "maximize": True},
+        {
+            "lr": 0.02,
+            "lambd": 0.01,
+            "alpha": 0.9,
+            "t0": 20,
+            "weight_decay": 0.05,
+            "maximize": True,
+        },
+    ],
+    "Rprop": [
+        {"lr": 0.01},
+        {"lr": 0.01, "etas": (0.3, 1.5)},
+        {"lr": 0.01, "step_sizes": (1e-3, 0.02)},  # both bounds reached
+        {"lr": 0.01, "maximize": True},
+        {"lr": 0.02, "etas": (0.4, 1.3), "step_sizes": (1e-4, 1.0), "maximize": True},
+    ],
+    "Adafactor": [
+        {},
+        {"lr": 0.05},
+        {"beta2_decay": -0.5},
+        {"eps": (1e-4, 1e-2)},
+        {"d": 1.2},
+        {"weight_decay": 0.1},
+        {"maximize": True},
+        {
+            "lr": 0.05,
+            "beta2_decay": -0.6,
+            "eps": (1e-5, 1e-3),
+            "d": 2.0,
+            "weight_decay": 0.05,
+            "maximize": True,
+        },
+    ],
+    "SparseAdam": [
+        {},
+        {"lr": 0.01},
+        {"lr": 0.01, "betas": (0.8, 0.99)},
+        {"lr": 0.01, "eps": 1e-4},
+        {"lr": 0.01, "maximize": True},
+        {"lr": 0.01, "betas": (0.6, 0.9), "eps": 1e-6, "maximize": True},
+    ],
 }
+
+#: optimizers torch refuses complex parameters for (pyfastopt raises the same error)
+NO_COMPLEX = ("Adafactor",)
 
 
 def cases() -> list[tuple[str, dict[str, Any]]]:
     return [(name, kw) for name in NAMES for kw in CONFIGS[name]]
+
+
+def sparse_cases() -> list[tuple[str, dict[str, Any]]]:
+    return [(name, kw) for name in SPARSE_NAMES for kw in CONFIGS[name]]
+
+
+def shapes_for(name: str, shapes: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], ...]:
+    """``shapes`` without the empty ones where torch's step divides by a tensor's size
+    (Adafactor: ZeroDivisionError, which pyfastopt raises too)."""
+    if name == "Adafactor":
+        return tuple(s for s in shapes if math.prod(s) > 0)
+    return shapes
 
 
 def case_id(case: tuple[str, dict[str, Any]]) -> str:

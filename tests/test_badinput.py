@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from helpers import make_params, run_steps
@@ -9,6 +11,9 @@ from optim_db import NAMES
 
 import pyfastopt
 from pyfastopt import UnsupportedError
+
+#: the element-wise optimizers of issue 12 (each has torch's sparse and capturable refusals)
+NEW = ["NAdam", "RAdam", "Adamax", "ASGD", "Rprop"]
 
 BAD_HYPERPARAMS = {
     "SGD": [
@@ -42,6 +47,27 @@ BAD_HYPERPARAMS = {
         {"lr": torch.tensor([0.1, 0.2])},
     ],
     "AdamW": [{"lr": -1.0}, {"betas": (0.9, 1.0)}, {"weight_decay": -0.1}],
+    "NAdam": [
+        {"lr": -1.0},
+        {"eps": -1.0},
+        {"betas": (1.0, 0.9)},
+        {"betas": (0.9, -0.1)},
+        {"weight_decay": -1.0},
+        {"momentum_decay": -1.0},
+    ],
+    "RAdam": [{"lr": -1.0}, {"eps": -1.0}, {"betas": (0.9, 1.0)}, {"weight_decay": -1.0}],
+    "Adamax": [{"lr": -1.0}, {"eps": -1.0}, {"betas": (-0.1, 0.9)}, {"weight_decay": -1.0}],
+    "ASGD": [{"lr": -1.0}, {"weight_decay": -1.0}, {"lr": torch.tensor([0.1, 0.2])}],
+    "Rprop": [{"lr": -1.0}, {"etas": (1.5, 2.0)}, {"etas": (0.5, 0.9)}, {"etas": (0.0, 1.2)}],
+    "Adafactor": [
+        {"lr": -1.0},
+        {"beta2_decay": 0.5},
+        {"eps": (-1.0, 1e-3)},
+        {"eps": (None, -1.0)},
+        {"d": 0.5},
+        {"weight_decay": -1.0},
+        {"lr": torch.tensor([0.1, 0.2])},
+    ],
 }
 
 
@@ -90,11 +116,15 @@ def test_stochastic_rounding_of_float16_is_refused_at_step(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_differentiable_is_refused(name):
+    if "differentiable" not in inspect.signature(getattr(torch.optim, name).__init__).parameters:
+        with pytest.raises(TypeError, match="differentiable"):  # as torch's class (Adafactor)
+            getattr(pyfastopt, name)([torch.zeros(3, requires_grad=True)], differentiable=True)
+        return
     with pytest.raises(UnsupportedError, match="differentiable"):
         getattr(pyfastopt, name)([torch.zeros(3, requires_grad=True)], lr=0.1, differentiable=True)
 
 
-@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adadelta"])
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adadelta", *NEW])
 def test_capturable_on_cpu_is_refused(name):
     with pytest.raises(UnsupportedError, match="capturable"):
         getattr(pyfastopt, name)([torch.zeros(3, requires_grad=True)], lr=0.1, capturable=True)
@@ -108,7 +138,7 @@ def test_bad_param_group_is_not_added():
     assert len(opt.param_groups) == 1
 
 
-@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adadelta"])
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adadelta", *NEW])
 def test_sparse_gradients_raise_like_torch(name):
     p = torch.zeros(5, requires_grad=True)
     p.grad = torch.sparse_coo_tensor([[1, 3]], [1.0, 2.0], (5,))

@@ -156,7 +156,7 @@ def test_missing_data_directory_is_an_error(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "args",
-    [["--models", "mlp-"], ["--optimizers", "adamax"], ["--impls", "jax"], ["--rounds", "0"]],
+    [["--models", "mlp-"], ["--optimizers", "no-such-opt"], ["--impls", "jax"], ["--rounds", "0"]],
 )
 def test_bad_arguments(args, capsys):
     assert main([*QUICK, *args]) == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pyfastopt.bench.candidates import build_candidate, is_checked, lowp_reference
+from pyfastopt.bench.candidates import build_candidate, is_checked, rounded_reference
 from pyfastopt.bench.harness import interleaved
 from pyfastopt.bench.impls import IMPLS
 from pyfastopt.bench.optimizers import OPTIMIZERS, state_buffers, streams
@@ -23,6 +23,11 @@ OPTION_CASES = [
     ("Adam", {}),
     ("Adam", {"amsgrad": True}),
     ("AdamW", {"amsgrad": True, "weight_decay": 0.1}),
+    ("NAdam", {}),
+    ("RAdam", {}),
+    ("Adamax", {}),
+    ("ASGD", {}),
+    ("Rprop", {}),
 ]
 
 
@@ -35,6 +40,36 @@ def test_traffic_table_matches_torch_state(cls_name, hparams):
     buffers = {k for k, v in opt.state[p].items() if torch.is_tensor(v) and v.shape == p.shape}
     assert set(state_buffers(cls_name, hparams)) == buffers
     assert streams(cls_name, hparams) == 3 + 2 * len(buffers)
+
+
+def test_traffic_of_adafactor_and_sparse_adam():
+    # a matrix's factored state is rows + cols values: only p and g are full-size arrays
+    p = torch.nn.Parameter(torch.randn(6, 5))
+    p.grad = torch.randn(6, 5)
+    opt = torch.optim.Adafactor([p])
+    opt.step()
+    assert not [k for k, v in opt.state[p].items() if torch.is_tensor(v) and v.shape == p.shape]
+    assert OPTIMIZERS["adafactor"].bytes_per_step(1000) == 3 * 1000 * 4
+    # SparseAdam: Adam's seven arrays, over the elements its gradient lists
+    w = parse_workload("embed-100Kx64")
+    assert w.step_numel == 1024 * 64 and w.numel == 102_400 * 64
+    assert OPTIMIZERS["sparseadam"].bytes_per_step(w.step_numel) == 7 * 1024 * 64 * 4
+
+
+def test_sparse_workloads_pair_with_sparse_optimizers_only():
+    from pyfastopt.bench.candidates import cases
+
+    got = {(c.workload, c.optimizer, c.impl) for c in cases(["embed-1Kx8", "mlp-128"])}
+    assert ("embed-1Kx8", "sparseadam", "pyfastopt") in got
+    assert ("embed-1Kx8", "sparseadam", "torch") in got
+    assert ("embed-1Kx8", "sparseadam", "torch-foreach") not in got  # torch has no foreach
+    assert not any(w == "embed-1Kx8" and o != "sparseadam" for w, o, _ in got)
+    assert not any(w == "mlp-128" and o == "sparseadam" for w, o, _ in got)
+    assert ("mlp-128", "adafactor", "torch-foreach") in got
+    params, grads = make_tensors(parse_workload("embed-1Kx8-5"))
+    g = grads[0]
+    assert g.is_sparse and not g.is_coalesced() and g.coalesce()._nnz() == 51
+    assert params[0].shape == g.shape == (1024, 8)
 
 
 def test_adam_moves_seven_arrays():
@@ -52,6 +87,8 @@ def test_adam_moves_seven_arrays():
         ("flat-32M", 1 << 25, 1, False),
         ("fixed-6x16", 96, 6, False),
         ("train-512-256", 535_818, 6, True),
+        ("embed-100Kx64", 6_553_600, 1, False),
+        ("embed-1Kx8-5", 8192, 1, False),
     ],
 )
 def test_workload_names(name, numel, tensors, train):
@@ -64,7 +101,10 @@ def test_defaults_parse():
     assert all(parse_workload(n).name == n for n in DEFAULT_WORKLOADS)
 
 
-@pytest.mark.parametrize("name", ["", "mlp", "mlp-", "flat-", "small-10", "cnn-3", "flat-2G"])
+@pytest.mark.parametrize(
+    "name",
+    ["", "mlp", "mlp-", "flat-", "small-10", "cnn-3", "flat-2G", "embed-10x", "embed-8x4-0"],
+)
 def test_bad_workload_names(name):
     with pytest.raises(ValueError, match="unknown model"):
         parse_workload(name)
@@ -145,7 +185,7 @@ def test_lowp_reference_is_the_readme_reference(opt):
     on upcast values rounded every step, which pyfastopt matches and torch's for-loop does not."""
     w = parse_workload("fixed-3x1000:bf16")
     spec = OPTIMIZERS[opt]
-    ref = lowp_reference(spec, w)
+    ref = rounded_reference(spec, w)
     assert ref is not None and all(t.dtype == torch.bfloat16 for t in ref)
     fast = build_candidate(spec, w, IMPLS["pyfastopt"])
     fast.advance(w.parity_steps)

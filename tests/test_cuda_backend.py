@@ -84,6 +84,59 @@ def test_cpu_steps_are_untouched_by_the_built_module():
     assert torch.all(p < 1)
 
 
+#: the optimizers pyfastopt._cuda has (README, "CUDA"); every other one hands CUDA parameters to
+#: torch's own step, whose native CPU steps must never see a device address
+CUDA_KERNELS = {"SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW"}
+
+
+def _fast_optimizer_classes() -> list[type]:
+    from pyfastopt.optim._base import FastOptimizer
+
+    objs = (getattr(pyfastopt, n) for n in pyfastopt.__all__)
+    return [c for c in objs if isinstance(c, type) and issubclass(c, FastOptimizer)]
+
+
+def test_only_the_optimizers_with_a_cuda_kernel_route_cuda_parameters_to_it(monkeypatch):
+    from pyfastopt.optim import _cuda_rows
+
+    # as if p and g were plain tensors of a usable CUDA device: the class alone decides
+    monkeypatch.setattr(_cuda_rows, "plain", lambda t: True)
+    monkeypatch.setattr(_cuda_backend, "usable", lambda warn=False: True)
+    classes = _fast_optimizer_classes()
+    names = {c.__name__ for c in classes}
+    assert CUDA_KERNELS | {"NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "Adafactor"} <= names
+    assert "SparseAdam" in names
+    for cls in classes:
+        p = torch.nn.Parameter(torch.ones(2, 3))
+        p.grad = torch.ones(2, 3)
+        opt = cls([p])
+        expected = cls.__name__ in CUDA_KERNELS
+        assert _cuda_rows.takes(opt, p, p.grad) is expected, cls.__name__
+        assert bool(opt._on_cuda_module(p)) is expected, cls.__name__
+    # LBFGS's native passes take CPU parameters only (else torch's LBFGS step); BFGS refuses
+    from pyfastopt.optim._vectors import Space
+
+    assert Space.of([torch.nn.Parameter(torch.ones(3, device="meta"))]) is None
+    assert not hasattr(pyfastopt.LBFGS, "_cuda_kernel")
+
+
+@needs_module
+def test_the_module_has_a_step_for_every_optimizer_that_routes_to_it():
+    for cls in _fast_optimizer_classes():
+        if cls._cuda_kernel:
+            step = {"AdamW": "adam"}.get(cls.__name__, cls.__name__.lower())
+            assert callable(getattr(_cuda, f"{step}_step", None)), cls.__name__
+
+
+def test_the_gpu_benchmark_skips_pyfastopt_where_its_cuda_module_has_no_kernel():
+    from pyfastopt.bench.impls import unavailable
+
+    why = unavailable("pyfastopt", "nadam", False, "cuda")
+    assert why is not None and "has no NAdam" in why and "torch's own step" in why
+    assert "has no" not in (unavailable("pyfastopt", "adam", False, "cuda") or "")
+    assert unavailable("pyfastopt", "nadam") is None  # on the CPU it runs
+
+
 class _NoCudaWarning:
     """Fails if a warning about CUDA was raised inside."""
 

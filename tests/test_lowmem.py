@@ -14,10 +14,13 @@ import math
 
 import pytest
 import torch
+from helpers import run_native_check
 
 import pyfastopt
 from pyfastopt import StateError, UnsupportedError, _core
+from pyfastopt.bench.parity import upcast_hparams
 from pyfastopt.optim import _lowmem
+from pyfastopt.optim._state import SCALAR_KEYS
 
 UNSIGNED = _lowmem.UNSIGNED_KEYS
 
@@ -128,6 +131,36 @@ def test_every_map_value_and_midpoint_neighbour(unsigned):
     assert torch.equal(codes, rc)
 
 
+def test_arithmetic_encoder_is_exact_over_the_float_range(tmp_path):
+    """The AVX-512 build encodes by arithmetic on x * (1 / scale) and re-encodes flagged vectors
+    exactly (quant.h); tests/native/check_quant.cpp proves an unflagged code exact for one float32
+    in 61 of [0, 2) and every value near a threshold (`check_quant 1`: every pattern)."""
+    out = run_native_check(tmp_path, "check_quant.cpp", ["61"], ["csrc/cpu/quant_maps.cpp"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert " 0 mismatches" in out.stdout
+
+
+@pytest.mark.parametrize("unsigned", [False, True])
+def test_every_simd_build_and_decoder_gives_the_same_codes(unsigned):
+    """The arithmetic encoder and the byte-permute decoder (AVX-512, VBMI) give the bits of the
+    table encoder and the 16-lane permute decoder, and of the AVX2 and baseline builds."""
+    x = _wide(70001, 7, unsigned)
+    results = []
+    try:
+        for simd in _core.supported_simd():
+            for lanes in (True, False):
+                _core.select_simd(simd)
+                _core.use_lanes(lanes)
+                codes, scales = _lowmem.quantize(x, unsigned, 256)
+                results.append((codes, scales, _lowmem.dequantize(codes, scales, unsigned, 256)))
+    finally:
+        _core.select_simd("auto")
+        _core.use_lanes(True)
+    for got in results[1:]:
+        for a, b in zip(got, results[0]):
+            assert torch.equal(a, b)
+
+
 def test_nonfinite_block_scale_is_nan_and_contained():
     x = torch.randn(512)
     x[3] = float("nan")
@@ -150,6 +183,11 @@ CASES = [
     ("RMSprop", torch.optim.RMSprop, {"lr": 1e-2, "centered": True, "momentum": 0.9}),
     ("Adagrad", torch.optim.Adagrad, {"lr": 0.1, "initial_accumulator_value": 0.1}),
     ("Adadelta", torch.optim.Adadelta, {"lr": 1.0, "weight_decay": 0.01}),
+    ("NAdam", torch.optim.NAdam, {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("RAdam", torch.optim.RAdam, {"lr": 1e-2, "weight_decay": 0.1}),  # rectified at step 6
+    ("Adamax", torch.optim.Adamax, {"lr": 1e-2, "maximize": True}),
+    ("ASGD", torch.optim.ASGD, {"lr": 1e-2, "t0": 2, "lambd": 0.01}),  # averages from step 5
+    ("Rprop", torch.optim.Rprop, {"lr": 1e-2, "etas": (0.4, 1.3)}),
 ]
 SHAPES = [(64, 80), (5000,), (300,), (4097,), (0,)]
 
@@ -165,7 +203,7 @@ def _round_torch_state(opt: torch.optim.Optimizer, block: int, minimum: int) -> 
         if p.numel() < minimum:
             continue
         for k, v in list(st.items()):
-            if k == "step" or not isinstance(v, torch.Tensor):
+            if k in SCALAR_KEYS or not isinstance(v, torch.Tensor):
                 continue
             c, s = ref_quantize(v, k in UNSIGNED, block)
             st[k] = ref_dequantize(c, s, k in UNSIGNED, block).to(v.dtype)
@@ -197,8 +235,8 @@ def test_8bit_step_is_float32_step_on_dequantised_state(name, cls, kw, block):
         for a, b in zip(ref_p, fast_p):
             sr, sf = ref.state.get(a, {}), fast.state.get(b, {})
             for k, v in sr.items():
-                if k == "step":
-                    assert float(v) == float(sf[k])
+                if k in SCALAR_KEYS:  # 0-d: never quantised
+                    assert torch.equal(sf[k], v), k
                     continue
                 if a.numel() >= 4096:
                     c, s = ref_quantize(v, k in UNSIGNED, block)
@@ -289,7 +327,8 @@ def test_small_tensors_keep_float32_state_and_threshold_is_a_knob():
 @pytest.mark.parametrize("name,cls,kw", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_bf16_state_is_torch_step_on_upcast_state_rounded_once(name, cls, kw):
     ref_p, fast_p = _params(), _params()
-    ref = getattr(pyfastopt, name)(ref_p, **kw)  # float32 state (torch parity: test_parity)
+    # float32 state (torch parity: test_parity); Rprop's initial step size is lr in bfloat16
+    ref = getattr(pyfastopt, name)(ref_p, **upcast_hparams(name, kw, torch.bfloat16))
     fast = getattr(pyfastopt, name)(fast_p, state_dtype=torch.bfloat16, **kw)
     g = torch.Generator().manual_seed(1)
     for _ in range(5):
@@ -298,14 +337,16 @@ def test_bf16_state_is_torch_step_on_upcast_state_rounded_once(name, cls, kw):
             a.grad, b.grad = gr.clone(), gr.clone()
         for a in ref_p:  # the state as bfloat16 holds it (Adagrad's initial value too)
             for k, v in ref.state.get(a, {}).items():
-                if k != "step":
+                if k not in SCALAR_KEYS:
                     ref.state[a][k] = v.to(torch.bfloat16).float()
         ref.step()
         fast.step()
         for a, b in zip(ref_p, fast_p):
             assert torch.equal(a, b)
             for k, v in ref.state.get(a, {}).items():
-                if k != "step":  # rounded once per step
+                if k in SCALAR_KEYS:  # 0-d scalars keep their float32
+                    assert torch.equal(fast.state[b][k], v), k
+                else:  # rounded once per step
                     assert fast.state[b][k].dtype == torch.bfloat16
                     assert torch.equal(fast.state[b][k], v.to(torch.bfloat16)), k
 

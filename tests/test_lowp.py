@@ -3,10 +3,12 @@
 References (README, "bfloat16 and float16"):
 - Adam, AdamW: torch's fused CPU kernel on the same 16-bit tensors (float32 math, one rounding
   per stored value). Expected bit-identical; torch's scalar tails may differ in the last place.
-- SGD, Adagrad, RMSprop, Adadelta: torch's float32 for-loop on float32 copies, with parameters
-  and state rounded to the 16-bit dtype once per step ("the float32 rule on upcast values,
-  rounded once"). torch's own 16-bit paths round every intermediate (for-loop, foreach) or are
-  wrong (fused SGD), so they are not the reference.
+- SGD, Adagrad, RMSprop, Adadelta, NAdam, RAdam, Adamax, ASGD, Rprop: torch's float32 for-loop
+  on float32 copies, with parameters and state rounded to the 16-bit dtype once per step ("the
+  float32 rule on upcast values, rounded once"). torch's own 16-bit paths round every
+  intermediate (for-loop, foreach) or are wrong (fused SGD), so they are not the reference.
+  0-d state scalars (step, NAdam's mu_product, ASGD's eta and mu) are float32 on both sides, as
+  torch creates them; Rprop's initial step size is lr stored in the 16-bit dtype, as torch's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from optim_db import NAMES, case_id, cases, require_torch_options
 
 import pyfastopt
 from pyfastopt.bench.parity import round_state as _round_state
+from pyfastopt.bench.parity import upcast_hparams
+from pyfastopt.optim._state import SCALAR_KEYS
 
 LOWP = [torch.bfloat16, torch.float16]
 SHAPES = ((1023,), (7, 33), (1,), (5000,))
@@ -54,7 +58,7 @@ def reference(name: str, kw: dict, dtype: torch.dtype, init, grads) -> list[torc
         _train(getattr(torch.optim, name)(ps, fused=True, **kw), ps, grads)
         return [p.detach() for p in ps]
     ps = [torch.nn.Parameter(t.float()) for t in init]
-    opt = getattr(torch.optim, name)(ps, foreach=False, **kw)
+    opt = getattr(torch.optim, name)(ps, foreach=False, **upcast_hparams(name, kw, dtype))
     _round_state(opt, dtype)  # Adagrad's initial accumulator, stored in the 16-bit dtype
     for gs in grads:
         for p, g in zip(ps, gs):
@@ -104,7 +108,8 @@ def test_low_precision_parity(case, dtype):
     ps = [torch.nn.Parameter(t.clone()) for t in init]
     opt = getattr(pyfastopt, name)(ps, **kw)
     refs = [torch.nn.Parameter(t.float()) for t in init]
-    ref = None if name in FUSED else getattr(torch.optim, name)(refs, foreach=False, **kw)
+    up = upcast_hparams(name, kw, dtype)
+    ref = None if name in FUSED else getattr(torch.optim, name)(refs, foreach=False, **up)
     for gs in grads:
         if ref is not None and opt.state:
             _sync_from(ref, opt)
@@ -116,7 +121,9 @@ def test_low_precision_parity(case, dtype):
             for p, q in zip(ps, refs):
                 assert_lowp_equal(p.detach(), q.detach().to(dtype), atol=1e-6)
                 for k, v in opt.state[p].items():
-                    if k != "step" and torch.is_tensor(v):
+                    if k in SCALAR_KEYS:
+                        assert torch.equal(v, ref.state[q][k]), k
+                    elif torch.is_tensor(v):
                         assert_lowp_equal(v, ref.state[q][k].to(dtype), atol=1e-6)
     if ref is None:
         want = reference(name, kw, dtype, init, grads)
@@ -124,7 +131,7 @@ def test_low_precision_parity(case, dtype):
             assert_lowp_equal(p.detach(), w)
     for st in opt.state.values():  # torch's layout: buffers in the parameter's dtype
         for k, v in st.items():
-            if k == "step":
+            if k in SCALAR_KEYS:
                 assert v.dtype == torch.float32 and v.dim() == 0
             else:
                 assert v.dtype == dtype, k
@@ -146,6 +153,8 @@ def test_a_group_may_mix_float32_and_bfloat16(name):
         ref32.grad = g32.clone()
         r.step()
     torch.testing.assert_close(ps[0].detach(), ref32.detach(), rtol=1e-5, atol=1e-6)
+    if name == "Adafactor":  # eps1=None: finfo of the group's first parameter, float32 here
+        kw = {**kw, "eps": (torch.finfo(torch.float32).eps, 1e-3)}
     want = reference(name, kw, torch.bfloat16, [a16], [[g] for _, g in grads])
     assert_lowp_equal(ps[1].detach(), want[0])
 

@@ -20,14 +20,28 @@ SCHEDULERS = {
 }
 
 
-@pytest.mark.parametrize("sched", SCHEDULERS)
+SCHEDULED = [
+    ("Adam", {"lr": 0.01}),
+    ("AdamW", {"lr": 0.01}),
+    ("SGD", {"lr": 0.05, "momentum": 0.9}),
+    ("RMSprop", {"lr": 0.01, "momentum": 0.5}),
+    ("NAdam", {"lr": 0.01}),
+    ("RAdam", {"lr": 0.01}),
+    ("Adamax", {"lr": 0.01}),
+    ("ASGD", {"lr": 0.01, "t0": 5}),  # eta follows the scheduled lr
+    ("Rprop", {"lr": 0.01}),  # lr sets only the first step size
+]
+#: OneCycleLR cycles momentum or beta1: optimizers without either refuse it, as in torch
+NO_MOMENTUM = {"ASGD", "Rprop"}
+
+
 @pytest.mark.parametrize(
-    "name,kw",
+    "name,kw,sched",
     [
-        ("Adam", {"lr": 0.01}),
-        ("AdamW", {"lr": 0.01}),
-        ("SGD", {"lr": 0.05, "momentum": 0.9}),
-        ("RMSprop", {"lr": 0.01, "momentum": 0.5}),
+        (name, kw, sched)
+        for name, kw in SCHEDULED
+        for sched in SCHEDULERS
+        if not (sched == "OneCycleLR" and name in NO_MOMENTUM)
     ],
 )
 def test_schedulers(name, kw, sched):

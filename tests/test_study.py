@@ -20,7 +20,8 @@ import pyfastopt
 from pyfastopt.data import ENV_VAR, MnistFormatError, find_mnist
 from pyfastopt.study import methods as method_table
 from pyfastopt.study.cli import main
-from pyfastopt.study.surfaces import SURFACES, surface_methods
+from pyfastopt.study.plots import color
+from pyfastopt.study.surfaces import MNIST_ONLY, SURFACES, label, surface_methods, trace
 from pyfastopt.study.sweep import half_decades
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -73,11 +74,41 @@ def results(mnist_out: Path) -> dict:
 def test_method_table_covers_the_issue():
     names = [m.name for m in method_table.METHODS]
     assert names == [
-        "gd", "sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw"
+        "gd", "sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw",
+        "nadam", "radam", "adamax", "adafactor", "asgd", "rprop", "rpropmini",
+        "lbfgs", "lbfgs4096",
     ]  # fmt: skip
-    assert [m.batch for m in method_table.METHODS].count("full") == 1
-    for m in method_table.METHODS:
+    # every torch.optim optimizer but SparseAdam (sparse gradients; the MLP's are dense) and
+    # Muon (pyfastopt has none)
+    optimizers = {m.optimizer for m in method_table.METHODS}
+    assert optimizers == {
+        "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adamax",
+        "Adafactor", "ASGD", "Rprop", "LBFGS",
+    }  # fmt: skip
+    assert [m.name for m in method_table.METHODS if m.batch == "full"] == ["gd", "rprop", "lbfgs"]
+    assert [m.name for m in method_table.METHODS if m.closure] == ["lbfgs", "lbfgs4096"]
+    assert method_table.BY_NAME["lbfgs4096"].batch_size == 4096
+    assert method_table.BY_NAME["rprop"].steps_per_epoch == 10
+    assert method_table.BY_NAME["rprop"].batches == "full (10 per epoch)"
+    for m in (*method_table.METHODS, *method_table.SURFACE_ONLY):
         assert m.lr > 0 and len(m.reason) > 20, m.name
+
+
+def test_several_steps_per_epoch_only_on_the_full_batch():
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        method_table.Method("x", "X", "Rprop", 0.01, "a reason", steps_per_epoch=2)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        method_table.Method("x", "X", "Rprop", 0.01, "a reason", batch="full", steps_per_epoch=0)
+
+
+def test_every_method_has_its_own_colour():
+    methods = (*method_table.METHODS, *method_table.SURFACE_ONLY)
+    colours = [color(m.name) for m in methods]
+    assert len(set(colours)) == len(methods)
+    # the first study's colours stay put when methods join the table
+    assert [color(n) for n in ("gd", "adamw", "lbfgs", "lbfgs4096", "bfgs")] == [
+        "C0", "C8", "C9", "darkgoldenrod", "deeppink",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("method", method_table.METHODS, ids=lambda m: m.name)
@@ -87,7 +118,9 @@ def test_one_table_builds_both_implementations(method):
     ref = method.build([p], "torch")
     assert isinstance(fast, getattr(pyfastopt, method.optimizer))
     assert type(ref) is getattr(torch.optim, method.optimizer)
-    assert ref.param_groups[0]["foreach"] is False
+    # torch's for-loop where torch has a choice (its LBFGS has one implementation)
+    assert ref.param_groups[0].get("foreach", False) is False
+    assert ("foreach" in ref.param_groups[0]) == (method.optimizer != "LBFGS")
     for key, value in {"lr": method.lr, **method.kwargs}.items():
         assert fast.param_groups[0][key] == ref.param_groups[0][key] == value
 
@@ -101,6 +134,8 @@ def test_select_rejects_unknown_names():
 def test_every_surface_has_an_lr_per_method():
     names = {m.name for m in surface_methods()}
     assert "sgd" not in names and {"gd", "momentum", "adam", "adamw"} <= names
+    assert "lbfgs4096" not in names and {"lbfgs", "bfgs"} <= names
+    assert set(method_table.BY_NAME) >= MNIST_ONLY and not MNIST_ONLY & names
     for surface in SURFACES:
         assert set(surface.lr) == names, surface.name
 
@@ -140,17 +175,32 @@ def test_mnist_learns(results: dict):
         assert runs[name]["pyfastopt"]["final_test_acc"] > 0.8, name
 
 
+#: Methods whose quick MNIST run amplifies rounding chaotically: Adafactor at the study's lr 0.1
+#: moves each weight by up to a tenth of the layer's RMS per step for its first 100 steps, so a
+#: ReLU flipping for one sample (weights a few ulps apart) changes the run. Measured with this
+#: quick run: torch.optim against itself from weights one ulp apart ends 0.027 apart in epoch
+#: loss with --seed 1; pyfastopt against torch 0.058 (seed 0), 0.04 (1), 2e-6 (2), 0.002 (3).
+#: Each single step agrees with torch's to 2e-6 of the step (tests/test_parity*.py).
+CHAOTIC = frozenset({"adafactor"})
+
+
 def test_mnist_pyfastopt_follows_torch(results: dict):
     runs = results["runs"]
     for name, run in runs.items():
         comparison = run["comparison"]
-        # the same computation: one step apart only by rounding ...
-        assert comparison["first_step_weight_diff"] < 1e-6, name
+        # the same computation: one step apart only by rounding (an L-BFGS step is up to
+        # max_iter iterations, each with dot products that round differently from torch's) ...
+        closure = method_table.BY_NAME[name].closure
+        assert comparison["first_step_weight_diff"] < (1e-4 if closure else 1e-6), name
+        fast, ref = run["pyfastopt"], run["torch"]
+        if name in CHAOTIC:
+            # rounding alone moves the run far: both train, and no further claim
+            assert max(fast["train_loss"][-1], ref["train_loss"][-1]) < ref["train_loss"][0], name
+            continue
         # ... and the same training, which may amplify rounding a little (as the control shows:
         # torch.optim against itself from weights one ulp apart)
         assert comparison["max_epoch_loss_diff"] < 1e-2, name
         assert 0 <= comparison["control_epoch_loss_diff"] < 1e-2, name
-        fast, ref = run["pyfastopt"], run["torch"]
         assert fast["steps"] == ref["steps"]
         assert fast["final_test_acc"] == pytest.approx(ref["final_test_acc"], abs=0.02)
 
@@ -237,8 +287,23 @@ def test_surfaces_quick(tmp_path: Path):
         assert surface.title in report
         _check_png(out / f"{surface.name}.png")
     for m in surface_methods():
-        assert (m.label if m.name != "gd" else "GD / SGD") in report
+        assert label(m) in report
     assert "distance to the minimum" in report and "distance to the saddle point" in report
+
+
+@pytest.mark.parametrize("name", ["lbfgs", "bfgs"])
+def test_quasi_newton_paths_converge_near_newton(name):
+    """L-BFGS and BFGS (one iteration per step, strong-Wolfe search) reach the minimum of
+    Rosenbrock and Beale within tens of steps, where GD after the same steps is still far; on the
+    unbounded saddle their line search runs off at once."""
+    surface_by_name = {s.name: s for s in SURFACES}
+    method = {m.name: m for m in surface_methods()}[name]
+    for surface, steps in ((surface_by_name["rosenbrock"], 60), (surface_by_name["beale"], 30)):
+        path = trace(surface, method, steps)
+        assert path.distance(surface.target) < 1e-4, surface.name
+        assert trace(surface, method_table.BY_NAME["gd"], steps).distance(surface.target) > 1e-2
+    saddle = trace(surface_by_name["saddle"], method, 50)
+    assert saddle.left_at is not None and saddle.left_at <= 5
 
 
 def test_python_m_entry_point(tmp_path):

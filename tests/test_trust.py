@@ -21,7 +21,10 @@ import pyfastopt
 
 pytestmark = pytest.mark.usefixtures("reader")  # every case with both metadata readers
 
-NAMES = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta"]
+NAMES = [
+    "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "NAdam", "RAdam", "Adamax", "ASGD",
+    "Rprop", "Adafactor",
+]  # fmt: skip
 KW = {
     "SGD": {"lr": 0.1, "momentum": 0.9},
     "Adam": {"lr": 0.1},
@@ -29,6 +32,12 @@ KW = {
     "Adagrad": {"lr": 0.1},
     "RMSprop": {"lr": 0.01, "momentum": 0.5},
     "Adadelta": {"lr": 0.5},
+    "NAdam": {"lr": 0.1, "weight_decay": 0.1, "decoupled_weight_decay": True},
+    "RAdam": {"lr": 0.1, "betas": (0.9, 0.9)},
+    "Adamax": {"lr": 0.1},
+    "ASGD": {"lr": 0.1, "t0": 0.0},  # averaging (mu != 1) from the third step on
+    "Rprop": {"lr": 0.1},
+    "Adafactor": {"lr": 0.05, "weight_decay": 0.01},
 }
 
 

@@ -37,6 +37,11 @@ OPTIONS = {
     "Adagrad": {"lr": 0.05},
     "RMSprop": {"lr": 0.01},
     "Adadelta": {"lr": 0.5},
+    "NAdam": {"lr": 0.01},
+    "RAdam": {"lr": 0.01},
+    "Adamax": {"lr": 0.01},
+    "ASGD": {"lr": 0.01, "t0": 3.0},
+    "Rprop": {"lr": 0.01},
 }
 #: option changes a user may make between steps: (key, values)
 TWEAKS = {
@@ -49,6 +54,18 @@ TWEAKS = {
     "RMSprop": [("lr", (0.001, 0.02)), ("alpha", (0.9, 0.99)), ("momentum", (0.0, 0.5)),
                 ("centered", (True, False)), ("weight_decay", (0.0, 0.1))],
     "Adadelta": [("lr", (0.1, 1.0)), ("rho", (0.8, 0.95)), ("weight_decay", (0.0, 0.1))],
+    "NAdam": [("lr", (0.001, 0.02)), ("betas", ((0.8, 0.99), (0.9, 0.999))),
+              ("momentum_decay", (0.0, 0.004)), ("decoupled_weight_decay", (True, False)),
+              ("weight_decay", (0.0, 0.1))],
+    "RAdam": [("lr", (0.001, 0.02)), ("betas", ((0.9, 0.9), (0.9, 0.999))),
+              ("decoupled_weight_decay", (True, False)), ("weight_decay", (0.0, 0.1)),
+              ("maximize", (True, False))],
+    "Adamax": [("lr", (0.001, 0.02)), ("betas", ((0.8, 0.99), (0.9, 0.999))),
+               ("weight_decay", (0.0, 0.1))],
+    "ASGD": [("lr", (0.005, 0.02)), ("lambd", (1e-4, 0.01)), ("alpha", (0.75, 0.5)),
+             ("t0", (3.0, 1e6)), ("weight_decay", (0.0, 0.1))],
+    "Rprop": [("etas", ((0.5, 1.2), (0.3, 1.5))), ("step_sizes", ((1e-6, 50), (1e-3, 0.05))),
+              ("maximize", (True, False))],
 }  # fmt: skip
 DTYPE = torch.float64  # exact enough that any divergence is a bug, not rounding
 TOL = {"rtol": 1e-9, "atol": 1e-11}

@@ -19,6 +19,7 @@
 #include "pyfastopt/dispatch.h"
 #include "quant_bindings.h"
 #include "torch_abi.h"
+#include "vector_bindings.h"
 
 namespace py = pybind11;
 using pyfastopt::DType;
@@ -237,6 +238,100 @@ PYBIND11_MODULE(_core, m) {
             [&](const Table& t) { pyfastopt::active_kernels().adam(t, dt, hp, num_threads); });
       },
       doc);
+  m.def(
+      "nadam_step",
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double lr, double beta1, double beta2, double eps, double weight_decay,
+         double momentum_decay, bool maximize, bool decoupled, int num_threads,
+         int64_t parallel_min, py::handle extra) {
+        const pyfastopt::NadamParams hp{lr,           beta1,          beta2,    eps,
+                                        weight_decay, momentum_decay, maximize, decoupled};
+        const DType dt = to_dtype(dtype);
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().nadam(t, dt, hp, num_threads); });
+      },
+      doc);
+  m.def(
+      "radam_step",
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double lr, double beta1, double beta2, double eps, double weight_decay,
+         bool maximize, bool decoupled, int num_threads, int64_t parallel_min, py::handle extra) {
+        const pyfastopt::RadamParams hp{lr, beta1, beta2, eps, weight_decay, maximize, decoupled};
+        const DType dt = to_dtype(dtype);
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().radam(t, dt, hp, num_threads); });
+      },
+      doc);
+  m.def(
+      "adamax_step",
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double lr, double beta1, double beta2, double eps, double weight_decay,
+         bool maximize, int num_threads, int64_t parallel_min, py::handle extra) {
+        const pyfastopt::AdamaxParams hp{lr, beta1, beta2, eps, weight_decay, maximize};
+        const DType dt = to_dtype(dtype);
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().adamax(t, dt, hp, num_threads); });
+      },
+      doc);
+  m.def(
+      "asgd_step",
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double lr, double lambd, double alpha, double t0, double weight_decay,
+         bool maximize, int default_dtype, int num_threads, int64_t parallel_min,
+         py::handle extra) {
+        const pyfastopt::AsgdParams hp{lr, lambd, alpha, t0, weight_decay, default_dtype, maximize};
+        const DType dt = to_dtype(dtype);
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().asgd(t, dt, hp, num_threads); });
+      },
+      "As the other step functions; default_dtype: the dtype code of torch.get_default_dtype() "
+      "(torch.as_tensor rounds the new eta and mu to it).");
+  m.def(
+      "rprop_step",
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double etaminus, double etaplus, double step_size_min, double step_size_max,
+         bool maximize, int num_threads, int64_t parallel_min, py::handle extra) {
+        const pyfastopt::RpropParams hp{etaminus, etaplus, step_size_min, step_size_max, maximize};
+        const DType dt = to_dtype(dtype);
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().rprop(t, dt, hp, num_threads); });
+      },
+      doc);
+
+  m.def(
+      "adafactor_step",
+      [](py::handle src, py::handle params, py::handle state, int64_t width, int dtype,
+         bool step_f64, double lr, double beta2_decay, double eps1, double eps2, double d,
+         double weight_decay, bool maximize, int num_threads, int64_t parallel_min,
+         py::handle extra) {
+        const pyfastopt::AdafactorParams hp{lr, beta2_decay, eps1, eps2, d, weight_decay, maximize};
+        const DType dt = to_dtype(dtype);
+        return run_on(
+            src, params, state, width, step_f64, parallel_min, extra,
+            [&](const Table& t) { pyfastopt::active_kernels().adafactor(t, dt, hp, num_threads); });
+      },
+      "Adafactor: rows [numel, step address, p, g, row_var or variance, col_var or 0, "
+      "(low-precision parameter after a master), rows (0: not factored), cols]; otherwise as "
+      "adam_step (eps1: torch's eps[0], resolved).");
+  m.def(
+      "sparse_adam_step",
+      [](py::handle src, int64_t width, int dtype, double beta1, double beta2, double eps,
+         bool maximize, int num_threads, int64_t parallel_min) {
+        const pyfastopt::SparseAdamParams hp{beta1, beta2, eps, maximize};
+        const DType dt = to_dtype(dtype);
+        return run_on(src, py::none(), py::none(), width, false, parallel_min, py::none(),
+                      [&](const Table& t) {
+                        pyfastopt::active_kernels().sparse_adam(t, dt, hp, num_threads);
+                      });
+      },
+      "SparseAdam on a list table of rows [n, bits of the float64 -step_size, p, values, "
+      "exp_avg, exp_avg_sq, offsets address (int64, strictly increasing), width, numel]: n / "
+      "width blocks of width elements at the offsets, with the gradient's packed values.");
 
   m.def(
       "use_torch_abi",
@@ -284,9 +379,11 @@ PYBIND11_MODULE(_core, m) {
       "the same bits as the compiler-vectorised loop). Returns lanes_mode().");
   m.def("lanes_mode", &pyfastopt::lanes_mode,
         "Bit 0: the 16-lane loop is on; bit 1: this CPU has AVX512-BF16 (bfloat16 stores rounded "
-        "to nearest take the loop only then).");
+        "to nearest take the loop only then); bit 2: it has AVX512-VBMI (8-bit state decodes "
+        "with byte permutes). 0 while the loop is switched off.");
   m.def("build_info", &build_info, "Compiler, OpenMP version and build options of the core.");
   m.def("openmp_max_threads", &omp_threads, "omp_get_max_threads() of the OpenMP runtime in use.");
   pyfastopt::register_norm_bindings(m);
   pyfastopt::register_quant_bindings(m);
+  pyfastopt::register_vector_bindings(m);
 }

@@ -1,6 +1,7 @@
 // Bindings of the 8-bit block quantisation: the Python layer (pyfastopt/optim/_lowmem.py)
 // validates the tensors and hands over their addresses. The conversions are the very block
-// functions the steps run (quant.h), so a buffer quantised here reads back as a step left it.
+// functions the steps run (quant.h), in the SIMD build the steps use (dispatch.h), so a buffer
+// quantised here reads back as a step left it.
 #include "quant_bindings.h"
 
 #include <pybind11/stl.h>
@@ -9,6 +10,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "pyfastopt/dispatch.h"
 #include "pyfastopt/quant.h"
 
 namespace pyfastopt {
@@ -26,28 +28,6 @@ void check(int64_t n, int64_t block, std::initializer_list<int64_t> addrs) {
     if (n > 0 && (a == 0 || a % 4 != 0)) {
       throw std::invalid_argument("pyfastopt: null or misaligned address");
     }
-  }
-}
-
-template <bool Unsigned>
-void quantize(int64_t src, int64_t codes, int64_t scales, int64_t n, int64_t block) {
-  const float* x = reinterpret_cast<const float*>(src);
-  uint8_t* c = reinterpret_cast<uint8_t*>(codes);
-  float* s = reinterpret_cast<float*>(scales);
-  for (int64_t b = 0; b * block < n; ++b) {
-    const int64_t len = n - b * block < block ? n - b * block : block;
-    s[b] = quantize_block<Unsigned>(x + b * block, len, c + b * block, q8_map<Unsigned>());
-  }
-}
-
-template <bool Unsigned>
-void dequantize(int64_t codes, int64_t scales, int64_t dst, int64_t n, int64_t block) {
-  const uint8_t* c = reinterpret_cast<const uint8_t*>(codes);
-  const float* s = reinterpret_cast<const float*>(scales);
-  float* x = reinterpret_cast<float*>(dst);
-  for (int64_t b = 0; b * block < n; ++b) {
-    const int64_t len = n - b * block < block ? n - b * block : block;
-    dequantize_block(c + b * block, s[b], q8_map<Unsigned>().value, x + b * block, len);
   }
 }
 
@@ -73,11 +53,9 @@ void register_quant_bindings(pybind11::module_& m) {
         qb::check(n, block, {src, scales});
         if (n > 0 && codes == 0) throw std::invalid_argument("pyfastopt: null address");
         py::gil_scoped_release nogil;
-        if (is_unsigned) {
-          qb::quantize<true>(src, codes, scales, n, block);
-        } else {
-          qb::quantize<false>(src, codes, scales, n, block);
-        }
+        active_kernels().quantize(reinterpret_cast<const float*>(src),
+                                  reinterpret_cast<uint8_t*>(codes),
+                                  reinterpret_cast<float*>(scales), n, block, is_unsigned);
       },
       py::arg("src"), py::arg("codes"), py::arg("scales"), py::arg("n"), py::arg("block"),
       py::arg("unsigned"),
@@ -89,11 +67,9 @@ void register_quant_bindings(pybind11::module_& m) {
         qb::check(n, block, {dst, scales});
         if (n > 0 && codes == 0) throw std::invalid_argument("pyfastopt: null address");
         py::gil_scoped_release nogil;
-        if (is_unsigned) {
-          qb::dequantize<true>(codes, scales, dst, n, block);
-        } else {
-          qb::dequantize<false>(codes, scales, dst, n, block);
-        }
+        active_kernels().dequantize(reinterpret_cast<const uint8_t*>(codes),
+                                    reinterpret_cast<const float*>(scales),
+                                    reinterpret_cast<float*>(dst), n, block, is_unsigned);
       },
       py::arg("codes"), py::arg("scales"), py::arg("dst"), py::arg("n"), py::arg("block"),
       py::arg("unsigned"),

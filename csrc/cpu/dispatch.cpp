@@ -51,14 +51,23 @@ bool cpu_has_avx512bf16() {
 #endif
 }
 
+bool cpu_has_avx512vbmi() {
+#if defined(PFO_HAVE_X86_ISAS)
+  return __builtin_cpu_supports("avx512vbmi");
+#else
+  return false;
+#endif
+}
+
 std::atomic<bool> g_lanes{true};
 
 }  // namespace
 
 int lanes_mode() {
   static const bool bf16 = cpu_has_avx512bf16();
+  static const bool vbmi = cpu_has_avx512vbmi();
   if (!g_lanes.load(std::memory_order_relaxed)) return 0;
-  return kLanesOn | (bf16 ? kLanesBf16 : 0);
+  return kLanesOn | (bf16 ? kLanesBf16 : 0) | (vbmi ? kLanesVbmi : 0);
 }
 
 void set_lanes(bool on) { g_lanes.store(on, std::memory_order_relaxed); }

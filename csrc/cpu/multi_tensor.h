@@ -172,7 +172,9 @@ constexpr int64_t kMaxBlock = 4096;
 // Blocks [b0, b1) of row `r`.
 template <class Pols, class Rule, std::size_t... I>
 inline void apply_row_blocks(const Table& t, const Rule& rule, int64_t r, int64_t b0, int64_t b1,
-                             bool lanes, std::index_sequence<I...>) {
+                             int mode, std::index_sequence<I...>) {
+  const bool lanes = LanesFor<typename BlockArrays<Pols>::Elements, Rule>::usable(mode);
+  const bool vbmi = (mode & kLanesVbmi) != 0;
   using BA = BlockArrays<Pols>;
   constexpr std::size_t Q = BA::kCount;
   const int64_t n = row_numel(t, r);
@@ -191,7 +193,7 @@ inline void apply_row_blocks(const Table& t, const Rule& rule, int64_t r, int64_
       if constexpr (P::kBlock) {
         constexpr std::size_t q = BA::slot(k);
         dequantize_block(reinterpret_cast<const uint8_t*>(ptrs[k]) + begin, scales[q][b],
-                         q8_map<P::kUnsigned>().value, buf[q], len);
+                         q8_map<P::kUnsigned>(), buf[q], len, vbmi);
         // apply_span adds `begin` to every address: this one then lands on the buffer
         local[k] = reinterpret_cast<int64_t>(buf[q]) - begin * static_cast<int64_t>(sizeof(float));
       }
@@ -217,14 +219,14 @@ inline int64_t row_blocks(const Table& t, int64_t r) {
 
 // Blocks [u0, u1) of the rows' blocks laid end to end.
 template <class Pols, class Rule>
-void apply_block_range(const Table& t, const Rule* rules, int64_t u0, int64_t u1, bool lanes) {
+void apply_block_range(const Table& t, const Rule* rules, int64_t u0, int64_t u1, int mode) {
   int64_t offset = 0;
   for (int64_t r = 0; r < t.rows && offset < u1; ++r) {
     const int64_t nb = row_blocks(t, r);
     const int64_t lo = u0 > offset ? u0 : offset;
     const int64_t hi = u1 < offset + nb ? u1 : offset + nb;
     if (lo < hi) {
-      apply_row_blocks<Pols>(t, rules[r], r, lo - offset, hi - offset, lanes,
+      apply_row_blocks<Pols>(t, rules[r], r, lo - offset, hi - offset, mode,
                              std::make_index_sequence<Rule::kArrays>{});
     }
     offset += nb;
@@ -241,7 +243,7 @@ void multi_tensor_apply_blocks(const Table& table, const std::vector<Rule>& rule
   }
   if (total == 0) return;
   const Rule* rs = rules.data();
-  const bool lanes = LanesFor<typename BlockArrays<Pols>::Elements, Rule>::usable(lanes_mode());
+  const int mode = lanes_mode();
   if (num_threads > 1 && total >= table.parallel_min) {
 #pragma omp parallel num_threads(num_threads)
     {
@@ -254,24 +256,21 @@ void multi_tensor_apply_blocks(const Table& table, const std::vector<Rule>& rule
       const int64_t per = (units + nt - 1) / nt;
       const int64_t u0 = t * per < units ? t * per : units;
       const int64_t u1 = u0 + per < units ? u0 + per : units;
-      apply_block_range<Pols>(table, rs, u0, u1, lanes);
+      apply_block_range<Pols>(table, rs, u0, u1, mode);
     }
   } else {
-    apply_block_range<Pols>(table, rs, 0, units, lanes);
+    apply_block_range<Pols>(table, rs, 0, units, mode);
   }
 }
 
-// Runs `rules[r]` over every element of row r. The elements of all rows form one range that a
-// single OpenMP region splits evenly between its threads (each thread one contiguous span, so
-// the hardware prefetchers see long streams); small calls stay on the calling thread.
-template <class Pols, class Rule>
-void multi_tensor_apply_elements(const Table& table, const std::vector<Rule>& rules,
-                                 int num_threads) {
+// Splits the elements of all rows, laid end to end, between the threads of one OpenMP region:
+// f(begin, end) on each thread, one contiguous span each (so the hardware prefetchers see long
+// streams), boundaries on multiples of kAlign; small calls run f(0, total) on the calling thread.
+template <class F>
+void for_element_spans(const Table& table, int num_threads, F&& f) {
   int64_t total = 0;
   for (int64_t r = 0; r < table.rows; ++r) total += row_numel(table, r);
   if (total == 0) return;
-  const Rule* rs = rules.data();
-  const bool lanes = LanesFor<Pols, Rule>::usable(lanes_mode());
   if (num_threads > 1 && total >= table.parallel_min) {
 #pragma omp parallel num_threads(num_threads)
     {
@@ -285,11 +284,68 @@ void multi_tensor_apply_elements(const Table& table, const std::vector<Rule>& ru
       const int64_t step = (per + kAlign - 1) / kAlign * kAlign;
       const int64_t begin = t * step < total ? t * step : total;
       const int64_t end = begin + step < total ? begin + step : total;
-      apply_range<Pols>(table, rs, begin, end, lanes);
+      f(begin, end);
     }
   } else {
-    apply_range<Pols>(table, rs, 0, total, lanes);
+    f(int64_t{0}, total);
   }
+}
+
+// Runs `rules[r]` over every element of row r, the rows' elements split by for_element_spans.
+template <class Pols, class Rule>
+void multi_tensor_apply_elements(const Table& table, const std::vector<Rule>& rules,
+                                 int num_threads) {
+  const Rule* rs = rules.data();
+  const bool lanes = LanesFor<Pols, Rule>::usable(lanes_mode());
+  for_element_spans(table, num_threads, [&](int64_t begin, int64_t end) {
+    apply_range<Pols>(table, rs, begin, end, lanes);
+  });
+}
+
+// ---- gathered rows: the positions a sparse gradient lists ---------------------------------
+//
+// A gathered row (SparseAdam) `[n, aux, ptr_0..ptr_{K-1}, offsets, width, numel]` updates n
+// elements: n / width blocks of `width` consecutive elements of the arrays other than array 1,
+// block k at element offset offsets[k] (int64), with elements k*width... of array 1 (the
+// gradient's values, packed). The caller checked that the blocks lie inside the arrays and never
+// overlap (strictly increasing offsets), so threads write distinct elements. Each element is
+// computed by the element loop as in a dense row, its random bits keyed by its position.
+
+// Elements [begin, end) of the gathered rows laid end to end.
+template <class Pols, class Rule>
+void apply_gathered_range(const Table& t, const Rule* rules, int64_t begin, int64_t end,
+                          bool lanes) {
+  constexpr int K = Rule::kArrays;
+  constexpr int64_t kGradSize = sizeof(typename PolicyAt<Pols, 1>::storage);
+  int64_t offset = 0;
+  for (int64_t r = 0; r < t.rows && offset < end; ++r) {
+    const int64_t n = row_numel(t, r);
+    const int64_t lo = (begin > offset ? begin : offset) - offset;
+    const int64_t hi = (end < offset + n ? end : offset + n) - offset;
+    const int64_t* ptrs = row_ptrs(t, r);
+    const int64_t* at = reinterpret_cast<const int64_t*>(ptrs[K]);
+    const int64_t w = ptrs[K + 1];
+    for (int64_t k = lo / w; lo < hi && k * w < hi; ++k) {
+      const int64_t j0 = (lo > k * w ? lo : k * w) - k * w;
+      const int64_t j1 = (hi < (k + 1) * w ? hi : (k + 1) * w) - k * w;
+      int64_t local[K];
+      for (int i = 0; i < K; ++i) local[i] = ptrs[i];
+      // apply_span adds the position to every address: the gradient's then lands on block k
+      local[1] = ptrs[1] + (k * w - at[k]) * kGradSize;
+      apply_row_span<Pols>(rules[r], local, at[k] + j0, j1 - j0, row_salt(t, r), lanes);
+    }
+    offset += n;
+  }
+}
+
+template <class Pols, class Rule>
+void multi_tensor_apply_gathered(const Table& table, const std::vector<Rule>& rules,
+                                 int num_threads) {
+  const Rule* rs = rules.data();
+  const bool lanes = LanesFor<Pols, Rule>::usable(lanes_mode());
+  for_element_spans(table, num_threads, [&](int64_t begin, int64_t end) {
+    apply_gathered_range<Pols>(table, rs, begin, end, lanes);
+  });
 }
 
 // A call's traversal: by blocks where a state buffer is block-quantised, else by elements.

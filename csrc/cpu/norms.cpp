@@ -2,10 +2,11 @@
 // each time into its own namespace PFO_ISA_NS, like kernels.cpp.
 //
 // Reduction order, fixed so that the result does not depend on the thread count (nor on the ISA):
-// each gradient is cut into blocks of kBlock elements; within a block, element i goes to
-// accumulator lane i % kLanes, each lane accumulating in order, and the lanes are combined in a
-// fixed pairwise tree; a gradient's block results are combined in block order; the per-gradient
-// norms are then combined in table order. Threads only choose which blocks they compute.
+// each gradient is cut into blocks of 4096 elements (reduce.h's RowBlocks), the units of the
+// reduction pass; within a block, element i goes to accumulator lane i % kSumLanes, each lane
+// accumulating in order, and the lanes are combined in a fixed pairwise tree; a gradient's block
+// results are combined in block order; the per-gradient norms are then combined in table order.
+// Threads only choose which blocks they compute.
 //
 // Arithmetic, chosen to match torch's `vector_norm(stack([vector_norm(g, p) for g]), p)`:
 //  - each element's term (|x|^p, x*x, |x|, x != 0) is computed in the gradient's compute type
@@ -17,6 +18,8 @@
 //  - the clip coefficient follows torch's three tensor ops, `clamp(max_norm / (total + 1e-6),
 //    max=1)`, rounding as each of them does in the total norm's dtype; the gradients are scaled as
 //    torch's `mul_` by a 0-d tensor does (low precision: float(g) * float(coef), rounded once).
+#include "pyfastopt/norms.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -24,12 +27,8 @@
 #include <stdexcept>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
-#include "pyfastopt/norms.h"
 #include "pyfastopt/storage.h"
+#include "reduce.h"
 
 #ifndef PFO_ISA_NS
 #error "PFO_ISA_NS must name the ISA namespace of this build"
@@ -43,14 +42,6 @@
 namespace pyfastopt {
 inline namespace PFO_ISA_NS {
 namespace {
-
-// Elements per block: the unit of work of a thread, and of the reduction order. A multiple of
-// kLanes, and of 32 (so that a 2-byte gradient's blocks start on a 64-byte line of a 64-byte
-// aligned tensor: threads scaling neighbouring blocks do not share a cache line).
-constexpr int64_t kBlock = 4096;
-// Independent accumulators per block: enough to hide the latency of double additions.
-constexpr int kLanes = 32;
-static_assert(kBlock % kLanes == 0, "a block must hold whole lane rounds");
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -145,17 +136,7 @@ struct SumPow {  // any other p (including negative p: a zero element makes the 
 template <class P, class Op>
 double reduce_block(const Op& op, int64_t addr, int64_t begin, int64_t n) {
   const auto* x = reinterpret_cast<const typename P::storage*>(addr) + begin;
-  double acc[kLanes];
-  for (int j = 0; j < kLanes; ++j) acc[j] = op.identity();
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) acc[j] = Op::join(acc[j], op.term(P::load(x + i + j)));
-  }
-  for (int j = 0; i + j < n; ++j) acc[j] = Op::join(acc[j], op.term(P::load(x + i + j)));
-  for (int w = kLanes / 2; w > 0; w /= 2) {
-    for (int j = 0; j < w; ++j) acc[j] = Op::join(acc[j], acc[j + w]);
-  }
-  return acc[0];
+  return cpu::lane_reduce(op, n, [&](int64_t i) { return op.term(P::load(x + i)); });
 }
 
 template <class Op>
@@ -271,45 +252,29 @@ double clip_coefficient(int64_t code, double total, double max_norm) {
 
 // ---- the call ---------------------------------------------------------------------------------
 
-struct Block {
-  int64_t row;
-  int64_t begin;
-  int64_t n;
-};
-
+// The rows of a norm table, [numel, NormDType code, address], and their blocks.
 struct BlockPlan {
   const NormCall& call;
-  std::vector<Block> blocks;
-  std::vector<int64_t> start;  // global element offset of each block, then the total
-  std::vector<int64_t> first;  // first block of each row, then the block count
+  cpu::RowBlocks blocks;
   int64_t code(int64_t r) const { return call.table[r * 3 + 1]; }
   int64_t addr(int64_t r) const { return call.table[r * 3 + 2]; }
-  int64_t total() const { return start.back(); }
-  // thread t of nt takes the blocks starting in [total * t / nt, total * (t + 1) / nt)
-  int64_t bound(int64_t t, int64_t nt) const {
-    if (t >= nt) return static_cast<int64_t>(blocks.size());
-    const int64_t target = static_cast<int64_t>(static_cast<double>(total()) *
-                                                static_cast<double>(t) / static_cast<double>(nt));
-    return std::lower_bound(start.begin(), start.end() - 1, target) - start.begin();
-  }
 };
 
 template <class Op>
 NormResult run(const Op& op, const BlockPlan& plan) {
   const NormCall& call = plan.call;
-  const int64_t nb = static_cast<int64_t>(plan.blocks.size());
-  std::vector<double> partial(static_cast<std::size_t>(nb));
+  std::vector<double> partial(static_cast<std::size_t>(plan.blocks.size()));
   NormResult result{NormStatus::kDone, std::numeric_limits<double>::quiet_NaN(), false};
 
   auto reduce_range = [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const Block& k = plan.blocks[b];
+      const cpu::RowBlock& k = plan.blocks[b];
       partial[b] = reduce_block_of(op, plan.code(k.row), plan.addr(k.row), k.begin, k.n);
     }
   };
   auto scale_range = [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const Block& k = plan.blocks[b];
+      const cpu::RowBlock& k = plan.blocks[b];
       scale_block_of(plan.code(k.row), plan.addr(k.row), k.begin, k.n, result.coef);
     }
   };
@@ -321,7 +286,9 @@ NormResult run(const Op& op, const BlockPlan& plan) {
     for (int64_t r = 0; r < call.rows; ++r) {
       const int64_t code = plan.code(r);
       double s = op.identity();
-      for (int64_t b = plan.first[r]; b < plan.first[r + 1]; ++b) s = Op::join(s, partial[b]);
+      for (int64_t b = plan.blocks.first(r); b < plan.blocks.first(r + 1); ++b) {
+        s = Op::join(s, partial[b]);
+      }
       // torch accumulates float32 / bfloat16 / float16 in float: past float's range, inf
       if (Op::kSum && static_cast<NormDType>(code) != NormDType::kFloat64 &&
           std::isinf(static_cast<float>(s))) {
@@ -343,28 +310,11 @@ NormResult run(const Op& op, const BlockPlan& plan) {
     result.scaled = result.coef != 1.0;
   };
 
-  const int64_t total = plan.total();
-  if (call.num_threads > 1 && total >= call.parallel_min && nb > 1) {
-#pragma omp parallel num_threads(call.num_threads)
-    {
-#if defined(_OPENMP)
-      const int64_t t = omp_get_thread_num();
-      const int64_t nt = omp_get_num_threads();
-#else
-      const int64_t t = 0, nt = 1;
-#endif
-      const int64_t b0 = plan.bound(t, nt), b1 = plan.bound(t + 1, nt);
-      reduce_range(b0, b1);
-#pragma omp barrier
-#pragma omp single
-      combine();  // the implicit barrier after it publishes result to every thread
-      if (result.scaled) scale_range(b0, b1);  // the same blocks: still in this core's cache
-    }
-  } else {
-    reduce_range(0, nb);
-    combine();
-    if (result.scaled) scale_range(0, nb);
-  }
+  // the scaling pass takes the same blocks as the reduction: still in this core's cache
+  cpu::run_passes(plan.blocks.split(), call.num_threads, call.parallel_min, cpu::pass(reduce_range),
+                  cpu::serial(combine), cpu::pass([&](int64_t b0, int64_t b1) {
+                    if (result.scaled) scale_range(b0, b1);
+                  }));
   return result;
 }
 
@@ -421,21 +371,8 @@ NormResult clip_grad_norm(const NormCall& call) {
   check(call, p == kInf || p < 0.0);
   if (aliased(call)) return NormResult{NormStatus::kAliased, 0.0, false};
 
-  BlockPlan plan{call, {}, {}, {}};
-  plan.first.reserve(static_cast<std::size_t>(call.rows) + 1);
-  int64_t offset = 0;
-  for (int64_t r = 0; r < call.rows; ++r) {
-    plan.first.push_back(static_cast<int64_t>(plan.blocks.size()));
-    const int64_t n = call.table[r * 3];
-    for (int64_t b = 0; b < n; b += kBlock) {
-      const int64_t len = std::min(kBlock, n - b);
-      plan.blocks.push_back(Block{r, b, len});
-      plan.start.push_back(offset);
-      offset += len;
-    }
-  }
-  plan.first.push_back(static_cast<int64_t>(plan.blocks.size()));
-  plan.start.push_back(offset);
+  const BlockPlan plan{call,
+                       cpu::RowBlocks(call.rows, [&](int64_t r) { return call.table[r * 3]; })};
 
   if (p == 2.0) return run(SumSquares{}, plan);
   if (p == 1.0) return run(SumAbs{}, plan);

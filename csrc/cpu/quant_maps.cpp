@@ -3,9 +3,12 @@
 // The literals are bitsandbytes' create_dynamic_map(signed=True) and create_dynamic_map(
 // signed=False) as torch computes them in float32 (generated once, printed with float.hex();
 // tests/test_lowmem.py rebuilds both from that definition and compares every bit).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <vector>
 
 #include "pyfastopt/quant.h"
 
@@ -128,9 +131,111 @@ uint32_t bits_of(float f) {
   return u;
 }
 
+float f32_of(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// The arithmetic encoder's tables (quant.h, Lines) for thresholds t[0, nt) (float32 patterns,
+// ascending). A threshold is regular where its spacing to a neighbour equals the spacing on the
+// neighbour's other side or on its own other side (it lies on a decade's even grid); the others
+// are irregular and bound the regions. A region's line runs through its regular thresholds
+// (t_k, k + 1) (least squares in double; a lone threshold gets a slope that keeps the line within
+// one count of it over the region), capped at the count of its upper bound.
+void build_lines(Lines& l, const uint32_t* t, int nt) {
+  l.ok = false;
+  std::vector<double> v(static_cast<std::size_t>(nt));
+  for (int k = 0; k < nt; ++k) v[k] = static_cast<double>(f32_of(t[k]));
+  auto same = [](double a, double b) { return std::fabs(a - b) <= 1e-4 * std::fabs(a); };
+  std::vector<int> bounds;
+  for (int k = 0; k < nt; ++k) {
+    const bool left = k >= 2 && same(v[k] - v[k - 1], v[k - 1] - v[k - 2]);
+    const bool right = k + 2 < nt && same(v[k + 1] - v[k], v[k + 2] - v[k + 1]);
+    const bool both = k >= 1 && k + 1 < nt && same(v[k] - v[k - 1], v[k + 1] - v[k]);
+    if (!(left || right || both)) bounds.push_back(k);
+  }
+  const int nb = static_cast<int>(bounds.size());
+  if (nb == 0 || nb + 1 > kRegions) return;
+  auto set = [&](int r, double slope, double offset, double cap) {
+    l.slope[r] = static_cast<float>(slope);
+    l.offset[r] = static_cast<float>(offset);
+    l.cap[r] = static_cast<float>(cap);
+  };
+  for (int r = 0; r < kRegions; ++r) set(r, 0.0, 0.5, 0.5);
+  for (int r = 0; r < nb; ++r) {  // region r + 1: above bounds[r]
+    const int a = bounds[r];
+    if (r + 1 == nb) {  // above the last irregular threshold: every threshold is below
+      set(r + 1, 0.0, nt + 0.5, nt + 0.5);
+      continue;
+    }
+    const int b = bounds[r + 1];
+    const int n = b - a - 1;  // regular thresholds a+1 .. b-1
+    if (n >= 2) {
+      double sx = 0, sy = 0, sxx = 0, sxy = 0;
+      for (int k = a + 1; k < b; ++k) {
+        sx += v[k];
+        sy += k + 1.0;
+        sxx += v[k] * v[k];
+        sxy += v[k] * (k + 1.0);
+      }
+      const double slope = (n * sxy - sx * sy) / (n * sxx - sx * sx);
+      set(r + 1, slope, (sy - slope * sx) / n, b + 0.5);
+    } else if (n == 1) {
+      const int k = a + 1;
+      const double slope = 0.5 / std::max(v[k] - v[a], v[b] - v[k]);
+      set(r + 1, slope, k + 1.0 - slope * v[k], b + 0.5);
+    } else {
+      set(r + 1, 0.0, a + 1.5, a + 1.5);
+    }
+  }
+  for (int e = 0; e < kBinades; ++e) {
+    const double lo = std::ldexp(1.0, 96 + e - 127), hi = 2.0 * lo;
+    int below = 0, inside = -1, count = 0;
+    for (int r = 0; r < nb; ++r) {
+      if (v[bounds[r]] < lo) ++below;
+      if (v[bounds[r]] >= lo && v[bounds[r]] < hi) {
+        inside = bounds[r];
+        ++count;
+      }
+    }
+    if (count > 1) return;  // two irregular thresholds in one binade: not supported
+    l.below[e] = e == kBinades - 1 ? nb : below;
+    l.bound[e] = inside >= 0 && e != kBinades - 1 ? f32_of(t[inside])
+                                                  : std::numeric_limits<float>::infinity();
+  }
+  l.ok = true;
+}
+
+// A quick check of the arithmetic encoder when the tables are built: around every threshold
+// (and every value of the map) a fast code is either flagged or exact for all values within
+// kFastUlps. The whole float range is checked by tests/native/check_quant.cpp.
+bool lines_agree(const Map& m) {
+  for (int c = 0; c < kCodes; ++c) {
+    const float x = m.value[c] < 0 ? -m.value[c] : m.value[c];
+    const uint32_t u = bits_of(x);
+    for (int64_t d = -96; d <= 96; ++d) {
+      const int64_t w = static_cast<int64_t>(u) + d;
+      if (w < 0 || w > 0x7F800000) continue;
+      const uint32_t y = static_cast<uint32_t>(w);
+      bool flag = false;
+      const uint32_t fast = q8_fast_half(m.lines, f32_of(y), flag);
+      if (flag) continue;
+      const uint32_t lo = q8_half_index(m.lut, y > kFastUlps ? y - kFastUlps : 0);
+      const uint32_t hi = q8_half_index(m.lut, y + kFastUlps);
+      if (lo != fast || hi != fast) return false;
+    }
+  }
+  return true;
+}
+
 // value: the 256 codes' values; half: the non-negative values in ascending order (0 first)
 void build(Map& m, const float* value, const float* half, int half_n) {
-  for (int c = 0; c < kCodes; ++c) m.value[c] = value[c];
+  for (int c = 0; c < kCodes; ++c) {
+    m.value[c] = value[c];
+    const uint32_t u = bits_of(value[c]);
+    for (int k = 0; k < 4; ++k) m.plane[k][c] = static_cast<uint8_t>(u >> (8 * k));
+  }
   // thresholds: midpoints rounded down to float32 (x > t in float32 <=> x > midpoint)
   uint32_t t[kCodes];
   const int nt = half_n - 1;
@@ -153,6 +258,8 @@ void build(Map& m, const float* value, const float* half, int half_n) {
     }
     m.lut[i] = (static_cast<uint32_t>(below) << 16) | low;
   }
+  build_lines(m.lines, t, nt);
+  m.lines.ok = m.lines.ok && m.ok && lines_agree(m);
 }
 
 Map make(bool is_signed) {

@@ -7,7 +7,7 @@ inline namespace PFO_ISA_NS {
 namespace gpu {
 
 void adadelta(const Call& c, DType dtype, const AdadeltaParams& hp) {
-  with_storage<false, false>(c.table, dtype, [&](auto st) {
+  with_storage<false, StateStores::k16Bit>(c.table, dtype, [&](auto st) {
     using St = decltype(st);
     run<St, AdadeltaRule<typename St::compute>, WithoutStep>(c, hp);
   });

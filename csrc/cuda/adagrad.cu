@@ -9,7 +9,7 @@ namespace gpu {
 void adagrad(const Call& c, DType dtype, const AdagradParams& hp) {
   refuse_zero_division(c, hp.lr_decay < 0.0,
                        [&](double step) { return 1.0 + (step - 1.0) * hp.lr_decay; });
-  with_storage<true, false>(c.table, dtype, [&](auto st) {
+  with_storage<true, StateStores::k16Bit>(c.table, dtype, [&](auto st) {
     using St = decltype(st);
     run<St, AdagradRule<typename St::compute>, WithStep>(c, hp);
   });

@@ -11,7 +11,7 @@ void adam(const Call& c, DType dtype, const AdamParams& hp) {
   // the only betas whose powers can reach 1 exactly
   refuse_zero_division(c, hp.beta1 == 1.0 || hp.beta1 == -1.0,
                        [&](double step) { return 1.0 - std::pow(hp.beta1, step); });
-  with_storage<true, false>(c.table, dtype, [&](auto st) {
+  with_storage<true, StateStores::k16Bit>(c.table, dtype, [&](auto st) {
     using St = decltype(st);
     with_bool(hp.amsgrad, [&](auto ams) {
       using R = AdamRule<typename St::compute, decltype(ams)::value, St::kLowPrecision>;

@@ -34,6 +34,8 @@ namespace pyfastopt {
 inline namespace PFO_ISA_NS {
 namespace gpu {
 
+using namespace host;  // NOLINT: the host side shared with the CPU kernels (call_storage.h)
+
 // How a kernel reads the step its row is about to take from the row's aux word.
 enum StepSource : int { kNoStep = 0, kStepValue = 1, kStepF32 = 2, kStepF64 = 3 };
 

@@ -7,7 +7,7 @@ inline namespace PFO_ISA_NS {
 namespace gpu {
 
 void rmsprop(const Call& c, DType dtype, const RmspropParams& hp) {
-  with_storage<false, false>(c.table, dtype, [&](auto st) {
+  with_storage<false, StateStores::k16Bit>(c.table, dtype, [&](auto st) {
     using St = decltype(st);
     with_bool(hp.centered, [&](auto cen) {
       with_bool(hp.momentum > 0.0, [&](auto mom) {

@@ -23,3 +23,9 @@ class StateError(PyfastoptError, ValueError, KeyError):
 
 class UnsupportedError(PyfastoptError, TypeError):
     """A tensor or an option pyfastopt cannot honour (dtype, device, differentiable, ...)."""
+
+
+class OperandError(PyfastoptError, ValueError):
+    """A tensor handed to L-BFGS's or BFGS's vector operations no longer fits them: it changed
+    shape, dtype or memory during the step (inside the closure), or it shares memory with a
+    tensor the operation writes."""

@@ -27,6 +27,7 @@
 
 using namespace pyfastopt;
 using namespace pyfastopt::gpu;
+using namespace pyfastopt::host;
 
 namespace {
 

@@ -1,9 +1,10 @@
-// The storage of one native call, and the checks of its table: shared by the CPU kernels
-// (cpu/kernels.cpp, one build per ISA) and the CUDA module (cuda/kernels.cu). From the call's
-// dtype, rounding, GradScaler use and state store, `with_storage` picks one storage policy per
-// array (storage.h) at compile time; `check_table` refuses a table whose row width, addresses or
-// step counters do not fit the rule. Host code only: it decides which kernel runs, never what a
-// kernel computes.
+// The host side every step function shares, on the CPU (cpu/kernels.cpp and cpu/adafactor.cpp,
+// one build per ISA) and in the CUDA module (cuda/launch.cuh): the storage policies of a call,
+// chosen at compile time from its dtype, rounding mode, GradScaler use and state store
+// (storage.h); the checks of its table (row width, addresses, step counters); and the rule
+// wrappers those options add (rules.h). Host code, except compose_rule(), which the CUDA kernel
+// also runs on the device: it decides which kernel runs, never what a kernel computes. Included
+// into each build's namespace PFO_ISA_NS (see rules.h).
 #pragma once
 
 #include <array>
@@ -26,9 +27,10 @@
 
 namespace pyfastopt {
 inline namespace PFO_ISA_NS {  // see rules.h: one copy per build
+namespace host {
 
 template <class F>
-void with_bool(bool b, F&& f) {
+inline void with_bool(bool b, F&& f) {
   if (b) {
     f(std::true_type{});
   } else {
@@ -94,37 +96,47 @@ constexpr std::array<std::size_t, sizeof...(I)> alignments(std::index_sequence<I
   throw std::invalid_argument(std::string("pyfastopt: ") + what);
 }
 
-// The largest block of the 8-bit state (multi_tensor.h keeps a stack buffer of this size).
+// The largest block of the 8-bit state (cpu/multi_tensor.h keeps a stack buffer of this size).
 constexpr int64_t kMaxStateBlock = 4096;
 
+// The state stores (state_dtype) a step function instantiates: torch's layout only (the
+// algorithms without low-memory state); also the 16-bit ones (the CUDA module, which has no
+// 8-bit block traversal); every one, the 8-bit block state included (the CPU's elementwise
+// kernels).
+enum class StateStores { kTorchLayout, k16Bit, kAll };
+
 // Calls f(Storage<P, G, ...>) with the call's state store: S (torch's layout, or float32 beside a
-// master copy) or a low-memory one (state_dtype). kBlockState: whether this build has the 8-bit
-// block traversal (the CPU's; the CUDA module refuses it).
-template <class P, class G, class S, class O = void, bool AMP = false, bool kBlockState = true,
-          class F>
+// master copy) or a low-memory one (state_dtype), as far as kStores allows.
+template <class P, class G, class S, class O = void, bool AMP = false,
+          StateStores kStores = StateStores::kAll, class F>
 void with_state(const Table& t, F&& f) {
-  switch (t.state) {
-    case StateStore::kAsParam:
-      return f(Storage<P, G, S, O, AMP>{});
-    case StateStore::kBf16:
-      if constexpr (std::is_same_v<S, Bf16>) return f(Storage<P, G, S, O, AMP>{});
-      return f(Storage<P, G, Bf16, O, AMP>{});
-    case StateStore::kBf16Stochastic:
-      return f(Storage<P, G, Bf16Stochastic, O, AMP>{});
-    case StateStore::kBlock8:
-      if constexpr (kBlockState) {
-        return f(Storage<P, G, Quantised, O, AMP>{});
-      } else {
-        refuse("8-bit state (state_dtype='8bit') is not supported by this backend");
-      }
+  if constexpr (kStores == StateStores::kTorchLayout) {
+    if (t.state != StateStore::kAsParam) refuse("this optimizer keeps its state in torch's layout");
+    return f(Storage<P, G, S, O, AMP>{});
+  } else {
+    switch (t.state) {
+      case StateStore::kAsParam:
+        return f(Storage<P, G, S, O, AMP>{});
+      case StateStore::kBf16:
+        if constexpr (std::is_same_v<S, Bf16>) return f(Storage<P, G, S, O, AMP>{});
+        return f(Storage<P, G, Bf16, O, AMP>{});
+      case StateStore::kBf16Stochastic:
+        return f(Storage<P, G, Bf16Stochastic, O, AMP>{});
+      case StateStore::kBlock8:
+        if constexpr (kStores == StateStores::kAll) {
+          return f(Storage<P, G, Quantised, O, AMP>{});
+        } else {
+          refuse("8-bit state (state_dtype='8bit') is not supported by this backend");
+        }
+    }
+    refuse("unsupported state store code");
   }
-  refuse("unsupported state store code");
 }
 
 // Calls f(Storage<...>{}) for the call's dtype, rounding, GradScaler use and state store. Only
 // the algorithms torch lets GradScaler hand its scale to (fused SGD, Adagrad, Adam, AdamW)
-// instantiate AMP.
-template <bool kAmpCapable, bool kBlockState = true, class F>
+// instantiate AMP; only the stores kStores names are instantiated.
+template <bool kAmpCapable, StateStores kStores = StateStores::kAll, class F>
 void with_storage(const Table& t, DType dtype, F&& f) {
   const bool amp = t.grad_scale != nullptr;
   if (amp && !kAmpCapable) refuse("this optimizer takes no GradScaler scale in its step");
@@ -140,48 +152,50 @@ void with_storage(const Table& t, DType dtype, F&& f) {
       (t.block < 16 || t.block > kMaxStateBlock || t.block % 16 != 0)) {
     refuse("the 8-bit state's block size must be a multiple of 16 between 16 and 4096");
   }
-  constexpr bool B = kBlockState;
+  constexpr StateStores S = kStores;
   const bool master = t.rounding == Rounding::kMaster;
   switch (dtype) {
     case DType::kFloat32:
       if constexpr (kAmpCapable) {
-        if (amp) return with_state<Plain<float>, Plain<float>, Plain<float>, void, true, B>(t, f);
+        if (amp) return with_state<Plain<float>, Plain<float>, Plain<float>, void, true, S>(t, f);
       }
-      return with_state<Plain<float>, ReadOnly<Plain<float>>, Plain<float>, void, false, B>(t, f);
+      return with_state<Plain<float>, ReadOnly<Plain<float>>, Plain<float>, void, false, S>(t, f);
     case DType::kFloat64:
       if (t.state != StateStore::kAsParam) refuse("float64 parameters keep float64 state");
       return f(Storage<Plain<double>, ReadOnly<Plain<double>>, Plain<double>>{});
     case DType::kBFloat16:
       if constexpr (kAmpCapable) {
         if (amp && master) {
-          return with_state<Plain<float>, Bf16, Plain<float>, WriteOnly<Bf16>, true, B>(t, f);
+          return with_state<Plain<float>, Bf16, Plain<float>, WriteOnly<Bf16>, true, S>(t, f);
         }
-        if (amp) return with_state<Bf16, Bf16, Bf16, void, true, B>(t, f);
+        if (amp) return with_state<Bf16, Bf16, Bf16, void, true, S>(t, f);
       }
       if (master) {
-        return with_state<Plain<float>, ReadOnly<Bf16>, Plain<float>, WriteOnly<Bf16>, false, B>(t,
+        return with_state<Plain<float>, ReadOnly<Bf16>, Plain<float>, WriteOnly<Bf16>, false, S>(t,
                                                                                                  f);
       }
       if (t.rounding == Rounding::kStochastic) {
-        return with_state<Bf16Stochastic, ReadOnly<Bf16>, Bf16, void, false, B>(t, f);
+        return with_state<Bf16Stochastic, ReadOnly<Bf16>, Bf16, void, false, S>(t, f);
       }
-      return with_state<Bf16, ReadOnly<Bf16>, Bf16, void, false, B>(t, f);
+      return with_state<Bf16, ReadOnly<Bf16>, Bf16, void, false, S>(t, f);
     case DType::kFloat16:
       if (t.rounding == Rounding::kStochastic) refuse("stochastic rounding is for bfloat16");
       if constexpr (kAmpCapable) {
         if (amp && master) {
-          return with_state<Plain<float>, Fp16, Plain<float>, WriteOnly<Fp16>, true, B>(t, f);
+          return with_state<Plain<float>, Fp16, Plain<float>, WriteOnly<Fp16>, true, S>(t, f);
         }
-        if (amp) return with_state<Fp16, Fp16, Fp16, void, true, B>(t, f);
+        if (amp) return with_state<Fp16, Fp16, Fp16, void, true, S>(t, f);
       }
       if (master) {
-        return with_state<Plain<float>, ReadOnly<Fp16>, Plain<float>, WriteOnly<Fp16>, false, B>(t,
+        return with_state<Plain<float>, ReadOnly<Fp16>, Plain<float>, WriteOnly<Fp16>, false, S>(t,
                                                                                                  f);
       }
-      return with_state<Fp16, ReadOnly<Fp16>, Fp16, void, false, B>(t, f);
+      return with_state<Fp16, ReadOnly<Fp16>, Fp16, void, false, S>(t, f);
   }
   refuse("unsupported dtype code");
 }
+
+// ---- the rule of a call ---------------------------------------------------------------------
 
 // The rule as the traversal applies it: with the master copy's extra array, with GradScaler's
 // unscaling by `scale` (read only when the call unscales). Host and device.
@@ -199,11 +213,23 @@ PFO_HD auto compose_rule(R rule, typename St::compute scale) {
   }
 }
 
+// The same with GradScaler's scale read from the table: CPU tables only (the CUDA module's
+// grad_scale is a device address, which its kernel reads).
+template <class St, class R>
+auto compose(const Table& t, R rule) {
+  using C = typename St::compute;
+  return compose_rule<St>(rule, St::kAmp ? static_cast<C>(*t.grad_scale) : C(1));
+}
+
+// GradScaler found an inf or NaN: torch's fused step returns before touching anything. CPU
+// tables only (the CUDA kernel reads its found_inf on the device).
+inline bool skipped(const Table& t) { return t.found_inf != nullptr && *t.found_inf == 1.0f; }
+
 // ---- checks of a table ----------------------------------------------------------------------
 
 // Defence in depth: the Python layer validated every extent; here we still refuse a table whose
 // shape does not fit the chosen rule, and null or misaligned addresses (host or device: only the
-// integers are looked at).
+// integers are looked at). Step counters must be non-null and aligned.
 inline void check_steps(const Table& t) {
   const std::size_t step_align = t.step_f64 ? alignof(double) : alignof(float);
   for (int64_t r = 0; r < t.rows; ++r) {
@@ -214,11 +240,14 @@ inline void check_steps(const Table& t) {
   }
 }
 
-// Q: how many scale-vector addresses end each row (8-bit state).
+// Rows `[numel, aux, the K arrays of R, Q scale vectors (8-bit state), scalars]`: `scalars` 0-d
+// state scalars and their flag word end each row when it is not 0 (cpu/row_scalars.h checks
+// those).
 template <class St, class R, std::size_t Q>
-void check_table(const Table& t, bool has_step) {
+void check_table(const Table& t, bool has_step, int scalars = 0) {
   constexpr std::size_t K = R::kArrays;
-  if (t.width != 2 + static_cast<int64_t>(K + Q)) {
+  const int64_t tail = scalars > 0 ? scalars + 1 : 0;
+  if (t.width != 2 + static_cast<int64_t>(K + Q) + tail) {
     throw std::invalid_argument("pyfastopt: table row width does not match the update rule");
   }
   constexpr auto align = alignments<St, R>(std::make_index_sequence<K>{});
@@ -245,5 +274,6 @@ void check_table(const Table& t, bool has_step) {
   }
 }
 
+}  // namespace host
 }  // namespace PFO_ISA_NS
 }  // namespace pyfastopt

@@ -5,9 +5,11 @@
 // (algorithms with a step) or a flag word (SGD: bit 0 = first step of the momentum buffer), and
 // ptr_k are the data addresses of the param, its gradient and its state buffers, all dense with
 // the same layout (and, with Rounding::kMaster, of the low-precision parameter last), followed by
-// the scale vectors of 8-bit state (StateStore::kBlock8). The kernel
-// builds check the row width, null and misaligned addresses; the Python layer has already checked
-// every extent.
+// the scale vectors of 8-bit state (StateStore::kBlock8). Algorithms with 0-d state besides the
+// step counter (NAdam: mu_product; ASGD: eta, mu) end each row with those scalars' addresses, in
+// that order, and one word whose bit i marks scalar i as float64 (else float32): see
+// cpu/row_scalars.h. The kernel builds check the row width, null and misaligned addresses; the
+// Python layer has already checked every extent.
 #pragma once
 
 #include <cstdint>
@@ -66,6 +68,20 @@ struct KernelSet {
   void (*adadelta)(const Table&, DType, const AdadeltaParams&, int num_threads);
   void (*rmsprop)(const Table&, DType, const RmspropParams&, int num_threads);
   void (*adam)(const Table&, DType, const AdamParams&, int num_threads);
+  void (*nadam)(const Table&, DType, const NadamParams&, int num_threads);
+  void (*radam)(const Table&, DType, const RadamParams&, int num_threads);
+  void (*adamax)(const Table&, DType, const AdamaxParams&, int num_threads);
+  void (*asgd)(const Table&, DType, const AsgdParams&, int num_threads);
+  void (*rprop)(const Table&, DType, const RpropParams&, int num_threads);
+  // Tables of their own row layouts (cpu/adafactor.cpp, cpu/kernels.cpp: sparse_adam).
+  void (*adafactor)(const Table&, DType, const AdafactorParams&, int num_threads);
+  void (*sparse_adam)(const Table&, DType, const SparseAdamParams&, int num_threads);
+  // 8-bit state as a step stores it (quant.h): n float32 values <-> n codes and ceil(n / block)
+  // scales, for the bindings' quantize_blockwise / dequantize_blockwise
+  void (*quantize)(const float* src, uint8_t* codes, float* scales, int64_t n, int64_t block,
+                   bool is_unsigned);
+  void (*dequantize)(const uint8_t* codes, const float* scales, float* dst, int64_t n,
+                     int64_t block, bool is_unsigned);
 };
 
 // Defined by the three builds of cpu/kernels.cpp.
@@ -85,6 +101,7 @@ const char* const* supported_kernel_names(int* count);
 // take the compiler-vectorised loop, which gives the same bits.
 constexpr int kLanesOn = 1;
 constexpr int kLanesBf16 = 2;
+constexpr int kLanesVbmi = 4;  // AVX512-VBMI: 8-bit state decodes with byte permutes (quant.h)
 int lanes_mode();
 void set_lanes(bool on);
 

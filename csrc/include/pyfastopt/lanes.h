@@ -37,12 +37,28 @@ PFO_HD Lanes pick(uint32_t mask, Lanes a, Lanes b) {
                                              _mm512_andnot_si512(m, _mm512_castps_si512(b))));
 }
 
+PFO_HD Lanes broadcast(float x) { return _mm512_set1_ps(x); }
+
+PFO_HD Lanes abs_of(Lanes x) { return _mm512_abs_ps(x); }
+
+// `a` where the comparison holds, else `b` (ordered: never where an operand is NaN)
+PFO_HD Lanes select_gt(Lanes x, Lanes y, Lanes a, Lanes b) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, y, _CMP_GT_OQ), b, a);
+}
+PFO_HD Lanes select_lt(Lanes x, Lanes y, Lanes a, Lanes b) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, y, _CMP_LT_OQ), b, a);
+}
+PFO_HD Lanes select_eq(Lanes x, Lanes y, Lanes a, Lanes b) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, y, _CMP_EQ_OQ), b, a);
+}
+
 // torch.maximum: NaN in either operand propagates (`a` if a is NaN or a > b, else b)
 PFO_HD Lanes max_nan(Lanes a, Lanes b) {
   const __mmask16 take_a =
       _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ);
   return _mm512_mask_blend_ps(take_a, b, a);
 }
+PFO_HD Lanes max_nan(Lanes a, float b) { return max_nan(a, _mm512_set1_ps(b)); }
 
 }  // namespace PFO_ISA_NS
 }  // namespace pyfastopt

@@ -30,4 +30,45 @@ struct AdamParams {
   bool amsgrad, maximize, decoupled;
 };
 
+struct NadamParams {
+  double lr, beta1, beta2, eps, weight_decay, momentum_decay;
+  bool maximize, decoupled;
+};
+
+struct RadamParams {
+  double lr, beta1, beta2, eps, weight_decay;
+  bool maximize, decoupled;
+};
+
+struct AdamaxParams {
+  double lr, beta1, beta2, eps, weight_decay;
+  bool maximize;
+};
+
+// default_dtype: the DType code of torch.get_default_dtype(), which torch.as_tensor(float) gives
+// the new eta and mu before they are copied into their tensors.
+struct AsgdParams {
+  double lr, lambd, alpha, t0, weight_decay;
+  int default_dtype;
+  bool maximize;
+};
+
+// lr only sets the initial step_size (in Python); the step reads the etas and step_sizes.
+struct RpropParams {
+  double etaminus, etaplus, step_size_min, step_size_max;
+  bool maximize;
+};
+
+// eps1: torch's eps[0], resolved (None is finfo(dtype).eps, chosen in Python).
+struct AdafactorParams {
+  double lr, beta2_decay, eps1, eps2, d, weight_decay;
+  bool maximize;
+};
+
+// lr and the step count enter through each row's step size (cpu/kernels.cpp: sparse_adam).
+struct SparseAdamParams {
+  double beta1, beta2, eps;
+  bool maximize;
+};
+
 }  // namespace pyfastopt

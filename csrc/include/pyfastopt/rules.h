@@ -112,6 +112,52 @@ PFO_HD T sqrt_of(T x) {
   return std::sqrt(x);
 }
 
+template <typename T>
+PFO_HD T abs_of(T x) {
+  return std::fabs(x);
+}
+
+// A per-tensor constant as the rule's element type: T itself, or 16 lanes of it (lanes.h).
+template <typename V, typename T>
+PFO_HD V splat(T x) {
+  if constexpr (std::is_same_v<V, T>) {
+    return x;
+  } else {
+    return broadcast(x);
+  }
+}
+
+// Element-wise choices that depend on the data (Rprop's sign logic): `a` where the comparison
+// holds, else `b`; a comparison with NaN does not hold. Selects, vectorised as blends; lanes.h
+// has the same three for 16 lanes.
+template <typename T>
+PFO_HD T select_gt(T x, T y, T a, T b) {
+  return x > y ? a : b;
+}
+template <typename T>
+PFO_HD T select_lt(T x, T y, T a, T b) {
+  return x < y ? a : b;
+}
+template <typename T>
+PFO_HD T select_eq(T x, T y, T a, T b) {
+  return x == y ? a : b;
+}
+
+// torch.sign: 1, -1, or 0 for zeros of either sign and NaN.
+template <typename T, typename V>
+PFO_HD V signum(V x) {
+  const V zero = splat<V>(T(0)), one = splat<V>(T(1));
+  return select_gt(x, zero, one, zero) - select_lt(x, zero, one, zero);
+}
+
+// x.clamp_(lo, hi) as ATen computes it, min(max(x, lo), hi): a NaN x stays NaN.
+template <typename T, typename V>
+PFO_HD V clamp_of(V x, T lo, T hi) {
+  const V l = splat<V>(lo), h = splat<V>(hi);
+  const V r = select_lt(x, l, l, x);
+  return select_lt(h, r, h, r);
+}
+
 // torch.lerp(start, end, w) for a scalar weight, as ATen's vectorised CPU kernel computes it.
 template <typename T>
 struct Lerp {
@@ -366,6 +412,329 @@ struct AdamRule {
     const V s = max_nan(vmax, moments(p, g0, m, v));
     vmax = s;
     update(p, m, s);
+  }
+};
+
+// NAdam. Arrays: p, g, exp_avg, exp_avg_sq. The momentum cache mu_t and the running product
+// mu_product (a 0-d state tensor the host advances before the rule is built: `mu_product *= mu`
+// in its own dtype) give the values of torch's two addcdiv_ calls, computed in double.
+
+// mu at `step` and at the next step: beta1 * (1 - 0.5 * 0.96 ** (step * momentum_decay))
+struct NadamMomenta {
+  double mu, mu_next;
+};
+inline NadamMomenta nadam_momenta(const NadamParams& hp, double step) {
+  return {hp.beta1 * (1.0 - 0.5 * std::pow(0.96, step * hp.momentum_decay)),
+          hp.beta1 * (1.0 - 0.5 * std::pow(0.96, (step + 1.0) * hp.momentum_decay))};
+}
+
+// torch's addcdiv_ values. Their divisors are Python floats: the caller refuses a zero one
+// (ZeroDivisionError) before the rule is built.
+struct NadamCoefficients {
+  double grad, avg;
+};
+inline NadamCoefficients nadam_coefficients(const NadamParams& hp, double step, double mu_product) {
+  const NadamMomenta m = nadam_momenta(hp, step);
+  return {-hp.lr * (1.0 - m.mu) / (1.0 - mu_product),
+          (-hp.lr * m.mu_next) / (1.0 - mu_product * m.mu_next)};
+}
+
+template <typename T>
+struct NadamRule {
+  using value_type = T;
+  static constexpr int kArrays = 4;
+  static constexpr unsigned kUnsignedBuffers = 2;  // exp_avg_sq
+  T sign, wd, decay_factor, beta2, one_minus_beta2, bc2, eps, grad_coeff, avg_coeff;
+  Lerp<T> lerp;
+  MaskOf<T> l2;
+
+  // mu_product: its value after this step's update, as torch reads it (`.item()`)
+  NadamRule(const NadamParams& hp, double step, double mu_product)
+      : NadamRule(hp, step, nadam_coefficients(hp, step, mu_product)) {}
+  NadamRule(const NadamParams& hp, double step, const NadamCoefficients& c)
+      : sign(sign_of<T>(hp.maximize)),
+        wd(static_cast<T>(hp.weight_decay)),
+        decay_factor(hp.decoupled && hp.weight_decay != 0.0
+                         ? static_cast<T>(1.0 - hp.lr * hp.weight_decay)
+                         : T(1)),
+        beta2(static_cast<T>(hp.beta2)),
+        one_minus_beta2(static_cast<T>(1.0 - hp.beta2)),
+        bc2(static_cast<T>(1.0 - std::pow(hp.beta2, step))),
+        eps(static_cast<T>(hp.eps)),
+        grad_coeff(static_cast<T>(c.grad)),
+        avg_coeff(static_cast<T>(c.avg)),
+        lerp(1.0 - hp.beta1),
+        l2(mask_of<T>(!hp.decoupled && hp.weight_decay != 0.0)) {}
+
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& m, V& v) const {
+    p = times(p, decay_factor);
+    const V g = prepare_grad<T>(g0, p, wd, sign, l2);
+    const V avg = lerp(m, g);
+    m = avg;
+    const V s = fmadd(one_minus_beta2 * g, g, v * beta2);
+    v = s;
+    const V denom = sqrt_of(s / bc2) + eps;
+    p = p + (grad_coeff * g) / denom;   // param.addcdiv_(grad, denom, value=...)
+    p = p + (avg_coeff * avg) / denom;  // param.addcdiv_(exp_avg, denom, value=...)
+  }
+};
+
+// RAdam. Arrays: p, g, exp_avg, exp_avg_sq. Whether the variance is rectified (rho_t > 5)
+// depends on the step only: a per-tensor choice, not a per-element branch.
+
+// torch's host scalars at `step`, Python floats. Where torch would divide by zero (beta2 = 1) or
+// take `** 0.5` of a negative number (betas outside [0, 1)) the caller refuses the step first.
+struct RadamRectification {
+  double bc2, rect_squared;
+  bool on;  // rho_t > 5
+};
+inline RadamRectification radam_rectification(const RadamParams& hp, double step) {
+  const double bc2 = 1.0 - std::pow(hp.beta2, step);
+  const double rho_inf = 2.0 / (1.0 - hp.beta2) - 1.0;
+  const double rho_t = rho_inf - 2.0 * step * std::pow(hp.beta2, step) / bc2;
+  const bool on = rho_t > 5.0;
+  const double sq =
+      on ? (rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
+         : 0.0;
+  return {bc2, sq, on};
+}
+
+template <typename T>
+struct RadamRule {
+  using value_type = T;
+  static constexpr int kArrays = 4;
+  static constexpr unsigned kUnsignedBuffers = 2;  // exp_avg_sq
+  T sign, wd, decay_factor, beta2, one_minus_beta2, bc1, lr, bc2_sqrt, eps, rect;
+  Lerp<T> lerp;
+  MaskOf<T> l2, rectified;
+
+  RadamRule(const RadamParams& hp, double step)
+      : RadamRule(hp, step, radam_rectification(hp, step)) {}
+  RadamRule(const RadamParams& hp, double step, const RadamRectification& r)
+      : sign(sign_of<T>(hp.maximize)),
+        wd(static_cast<T>(hp.weight_decay)),
+        decay_factor(hp.decoupled && hp.weight_decay != 0.0
+                         ? static_cast<T>(1.0 - hp.lr * hp.weight_decay)
+                         : T(1)),
+        beta2(static_cast<T>(hp.beta2)),
+        one_minus_beta2(static_cast<T>(1.0 - hp.beta2)),
+        bc1(static_cast<T>(1.0 - std::pow(hp.beta1, step))),
+        lr(static_cast<T>(hp.lr)),
+        bc2_sqrt(static_cast<T>(r.on ? std::pow(r.bc2, 0.5) : 0.0)),
+        eps(static_cast<T>(hp.eps)),
+        rect(static_cast<T>(r.on ? std::pow(r.rect_squared, 0.5) : 0.0)),
+        lerp(1.0 - hp.beta1),
+        l2(mask_of<T>(!hp.decoupled && hp.weight_decay != 0.0)),
+        rectified(mask_of<T>(r.on)) {}
+
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& m, V& v) const {
+    p = times(p, decay_factor);
+    const V g = prepare_grad<T>(g0, p, wd, sign, l2);
+    const V avg = lerp(m, g);
+    m = avg;
+    const V s = fmadd(one_minus_beta2 * g, g, v * beta2);
+    v = s;
+    const V scaled = (avg / bc1) * lr;  // bias_corrected_exp_avg * lr
+    // * (bias_correction2 ** 0.5 / (sqrt(v) + eps)), which torch computes as a reciprocal
+    // times the scalar, * rect; then param.add_(update, alpha=-1)
+    const V update = choose<T, V>(
+        rectified, [&] { return (scaled * ((T(1) / (sqrt_of(s) + eps)) * bc2_sqrt)) * rect; },
+        [&] { return scaled; });
+    p = p - update;
+  }
+};
+
+// Adamax. Arrays: p, g, exp_avg, exp_inf. clr = lr / (1 - beta1^step), in double.
+template <typename T>
+struct AdamaxRule {
+  using value_type = T;
+  static constexpr int kArrays = 4;
+  static constexpr unsigned kUnsignedBuffers = 2;  // exp_inf
+  T sign, wd, beta2, eps, neg_clr;
+  Lerp<T> lerp;
+  MaskOf<T> l2;
+
+  AdamaxRule(const AdamaxParams& hp, double step)
+      : sign(sign_of<T>(hp.maximize)),
+        wd(static_cast<T>(hp.weight_decay)),
+        beta2(static_cast<T>(hp.beta2)),
+        eps(static_cast<T>(hp.eps)),
+        neg_clr(static_cast<T>(-(hp.lr / (1.0 - std::pow(hp.beta1, step))))),
+        lerp(1.0 - hp.beta1),
+        l2(mask_of<T>(hp.weight_decay != 0.0)) {}
+
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& m, V& u) const {
+    const V g = prepare_grad<T>(g0, p, wd, sign, l2);
+    const V avg = lerp(m, g);
+    m = avg;
+    // torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(eps), out=exp_inf)
+    const V inf_norm = max_nan(u * beta2, abs_of(g) + eps);
+    u = inf_norm;
+    p = p + (neg_clr * avg) / inf_norm;  // param.addcdiv_(exp_avg, exp_inf, value=-clr)
+  }
+};
+
+// ASGD. Arrays: p, g, ax. eta and mu are 0-d state tensors whose values before this step the
+// host reads (and then replaces with the next step's); mu != 1 averages, else ax copies p.
+
+// The values torch gives eta and mu after `step`, in double (before torch.as_tensor rounds them
+// to the default dtype): lr / (1 + lambd * lr * step) ** alpha and 1 / max(1, step - t0).
+// The caller refuses the step where Python would raise (a zero divisor) or compute a complex eta
+// (a negative base to a non-integer alpha).
+inline double asgd_eta_base(const AsgdParams& hp, double step) {
+  return 1.0 + hp.lambd * hp.lr * step;
+}
+inline double asgd_eta(const AsgdParams& hp, double step) {
+  return hp.lr / std::pow(asgd_eta_base(hp, step), hp.alpha);
+}
+inline double asgd_mu(const AsgdParams& hp, double step) {
+  return step - hp.t0 > 1.0 ? 1.0 / (step - hp.t0) : 1.0;
+}
+
+template <typename T>
+struct AsgdRule {
+  using value_type = T;
+  static constexpr int kArrays = 3;
+  static constexpr unsigned kUnsignedBuffers = 0;  // ax is signed
+  T sign, wd, decay, neg_eta, mu;
+  MaskOf<T> l2, average;
+
+  AsgdRule(const AsgdParams& hp, double eta, double mu_value)
+      : sign(sign_of<T>(hp.maximize)),
+        wd(static_cast<T>(hp.weight_decay)),
+        decay(static_cast<T>(1.0 - hp.lambd * eta)),
+        neg_eta(static_cast<T>(-eta)),
+        mu(static_cast<T>(mu_value)),
+        l2(mask_of<T>(hp.weight_decay != 0.0)),
+        average(mask_of<T>(mu_value != 1.0)) {}
+
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& ax) const {
+    const V g = prepare_grad<T>(g0, p, wd, sign, l2);
+    const V q = fmadd(neg_eta, g, p * decay);  // param.mul_(1 - lambd * eta).add_(grad, -eta)
+    p = q;
+    ax = choose<T, V>(average, [&] { return ax + (q - ax) * mu; }, [&] { return q; });
+  }
+};
+
+// Rprop. Arrays: p, g, prev, step_size. The sign logic is element-wise (selects): torch's
+// sign[sign > 0] = etaplus; sign[sign < 0] = etaminus; sign[sign == 0] = 1, in that order.
+template <typename T>
+struct RpropRule {
+  using value_type = T;
+  static constexpr int kArrays = 4;
+  static constexpr unsigned kUnsignedBuffers = 2;  // step_size (prev is signed)
+  T sign, etaminus, etaplus, step_size_min, step_size_max;
+
+  explicit RpropRule(const RpropParams& hp)
+      : sign(sign_of<T>(hp.maximize)),
+        etaminus(static_cast<T>(hp.etaminus)),
+        etaplus(static_cast<T>(hp.etaplus)),
+        step_size_min(static_cast<T>(hp.step_size_min)),
+        step_size_max(static_cast<T>(hp.step_size_max)) {}
+
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& prev, V& step_size) const {
+    const V g = times(g0, sign);
+    const V zero = splat<V>(T(0));
+    V f = signum<T>(g * prev);
+    f = select_gt(f, zero, splat<V>(etaplus), f);
+    f = select_lt(f, zero, splat<V>(etaminus), f);
+    f = select_eq(f, zero, splat<V>(T(1)), f);
+    const V size = clamp_of(step_size * f, step_size_min, step_size_max);
+    step_size = size;
+    const V kept = select_eq(f, splat<V>(etaminus), zero, g);  // grad[sign == etaminus] = 0
+    p = fmadd(T(-1) * signum<T>(kept), size, p);  // param.addcmul_(grad.sign(), step_size, -1)
+    prev = kept;
+  }
+};
+
+// Adafactor (torch's variant, torch.optim.Adafactor): the element-wise part of a step. The
+// reductions it needs (the parameter's norm, the row and column means of g*g, the update's norm)
+// are the reduction passes' (cpu/adafactor.cpp), which set `coef`, torch's `alpha=` of the final
+// add (-alpha / denom). Array 2 is `variance` for vectors (read and written); for a factored
+// tensor it holds the variance estimate `factored(row, col, rmean)` of each element (read only),
+// which those passes compute from the new row and column factors:
+//   v = lerp(variance, g*g, 1 - beta2_t)   or   v = (row * col) / rmean
+//   u = rsqrt(max(v, eps1^2)) * g          (ATen's rsqrt: 1 / sqrt)
+//   p = p * (1 - lr*wd);  p = p + coef*u   (the decay only when wd != 0: factor exactly 1)
+template <typename T, bool FACTORED>
+struct AdafactorRule {
+  using value_type = T;
+  static constexpr int kArrays = 3;
+  static constexpr unsigned kUnsignedBuffers = 1;  // variance
+  T sign, decay_factor, eps_sq, coef;
+  Lerp<T> lerp;
+
+  AdafactorRule(const AdafactorParams& hp, double one_minus_beta2_t)
+      : sign(sign_of<T>(hp.maximize)),
+        decay_factor(hp.weight_decay != 0.0 ? static_cast<T>(1.0 - hp.lr * hp.weight_decay) : T(1)),
+        eps_sq(static_cast<T>(hp.eps1 * hp.eps1)),
+        coef(0),
+        lerp(one_minus_beta2_t) {}
+
+  // torch: (row_var @ col_var).div_(row_var.mean(dim=-2).clamp_(min=eps1)), one element
+  PFO_HD static T factored(T row, T col, T rmean) { return (row * col) / rmean; }
+
+  template <typename V>
+  PFO_HD V grad(V g0) const {
+    return times(g0, sign);
+  }
+  // the variance estimate from array 2's value `s`
+  template <typename V>
+  PFO_HD V estimate(V s, V g) const {
+    if constexpr (FACTORED) {
+      return s;
+    } else {
+      return lerp(s, g * g);
+    }
+  }
+  template <typename V>
+  PFO_HD V update(V v, V g) const {
+    return (T(1) / sqrt_of(max_nan(v, eps_sq))) * g;
+  }
+
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& s) const {
+    const V g = grad(g0);
+    const V v = estimate(s, g);
+    if constexpr (!FACTORED) s = v;
+    p = fmadd(coef, update(v, g), times(p, decay_factor));
+  }
+};
+
+// SparseAdam (torch.optim.SparseAdam): Adam at the positions a coalesced sparse gradient lists,
+// as torch.optim._functional.sparse_adam computes it. Arrays: p, g (the gradient's value at the
+// position), exp_avg, exp_avg_sq. `neg_step_size` is torch's `-step_size`, computed by the caller
+// as torch computes it (in the type of a tensor lr, if lr is one).
+template <typename T>
+struct SparseAdamRule {
+  using value_type = T;
+  static constexpr int kArrays = 4;
+  static constexpr unsigned kUnsignedBuffers = 2;  // exp_avg_sq
+  T sign, one_minus_beta1, one_minus_beta2, eps, neg_step_size;
+
+  SparseAdamRule(const SparseAdamParams& hp, double neg_step)
+      : sign(sign_of<T>(hp.maximize)),
+        one_minus_beta1(static_cast<T>(1.0 - hp.beta1)),
+        one_minus_beta2(static_cast<T>(1.0 - hp.beta2)),
+        eps(static_cast<T>(hp.eps)),
+        neg_step_size(static_cast<T>(neg_step)) {}
+
+  template <typename V>
+  PFO_HD void operator()(V& p, const V& g0, V& m, V& v) const {
+    const V g = times(g0, sign);
+    const V m_old = m, v_old = v;
+    const V dm = (g - m_old) * one_minus_beta1;  // grad.sub(old).mul_(1 - beta1)
+    const V dv = (g * g - v_old) * one_minus_beta2;
+    m = m_old + dm;  // exp_avg.add_(sparse(dm))
+    v = v_old + dv;
+    const V numer = dm + m_old;
+    const V denom = sqrt_of(dv + v_old) + eps;
+    p = p + (numer / denom) * neg_step_size;  // param.add_(sparse(-step_size * numer / denom))
   }
 };
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .impls import IMPLS, REFERENCE, Impl, unavailable
+from .impls import IMPLS, REFERENCE, Impl, for_loop_flags, unavailable
 from .optimizers import OPTIMIZERS, OptimizerSpec, get_optimizer
-from .parity import Parity, compare, compare_lowp, round_state, snapshot
+from .parity import Parity, compare, compare_lowp, round_state, snapshot, upcast_hparams
 from .training import Batches, TrainStep, make_mlp, train_step
-from .workloads import Workload, as_parameters, make_tensors, parse_workload
+from .workloads import Workload, as_parameters, fits, make_tensors, parse_workload
 
 
 @dataclass
@@ -45,22 +45,33 @@ class Candidate:
         return compare(reference, params, steps=steps, rtol=self.impl.rtol, atol=self.impl.atol)
 
 
-def is_checked(impl: Impl, workload: Workload) -> bool:
+def exact_reference(spec: OptimizerSpec | None, workload: Workload) -> bool:
+    """Whether ``spec``'s reference on ``workload`` is computed in float64 (step-only workloads of
+    an optimizer with :attr:`~.optimizers.OptimizerSpec.exact_reference`)."""
+    return spec is not None and spec.exact_reference and not workload.train
+
+
+def is_checked(impl: Impl, workload: Workload, spec: OptimizerSpec | None = None) -> bool:
     """Whether ``impl``'s result is compared with the reference. In 16-bit workloads torch's
     own paths are the baseline of the timing but not the reference: the for-loop and foreach
-    paths round every intermediate, fused SGD does not update 16-bit parameters."""
-    return not (workload.lowp and impl.is_torch)
+    paths round every intermediate, fused SGD does not update 16-bit parameters. Nor are they
+    where the reference is exact (:func:`exact_reference`): their float32 sums are what it
+    corrects."""
+    return not (impl.is_torch and (workload.lowp or exact_reference(spec, workload)))
 
 
-def lowp_reference(
+def rounded_reference(
     spec: OptimizerSpec, workload: Workload, *, seed: int = 0
 ) -> list[torch.Tensor] | None:
-    """The 16-bit reference after ``workload.parity_steps`` steps from the common start: torch's
-    fused kernel for Adam and AdamW (None where this torch has none), otherwise torch's float32
-    for-loop on upcast values, parameters and state rounded to the 16-bit dtype every step."""
+    """The reference of a 16-bit workload, or of an exact-reference optimizer, after
+    ``workload.parity_steps`` steps from the common start: torch's fused kernel for Adam and
+    AdamW on 16-bit workloads (None where this torch has none); otherwise torch's for-loop on
+    upcast values, in float64 for an exact reference (Adafactor), else in float32, its
+    parameters and state rounded to the workload's dtype every step."""
     params, grads = make_tensors(workload, seed)
     steps = workload.parity_steps
-    if spec.cls_name in ("Adam", "AdamW"):
+    exact = exact_reference(spec, workload)
+    if spec.cls_name in ("Adam", "AdamW") and not exact:
         if unavailable("torch-fused", spec.name, lowp=True):
             return None
         ps = as_parameters(params, grads)
@@ -68,8 +79,10 @@ def lowp_reference(
         for _ in range(steps):
             opt.step()
         return snapshot(ps)
-    ps = as_parameters([p.float() for p in params], [g.float() for g in grads])
-    opt = spec.torch_cls(ps, **spec.hparams, foreach=False)
+    up = torch.float64 if exact else torch.float32
+    ps = as_parameters([p.to(up) for p in params], [g.to(up) for g in grads])
+    hparams = upcast_hparams(spec.cls_name, spec.hparams, workload.dtype)
+    opt = spec.torch_cls(ps, **hparams, **for_loop_flags(spec))
     round_state(opt, workload.dtype)  # Adagrad's initial accumulator
     for _ in range(steps):
         opt.step()
@@ -109,9 +122,9 @@ def reference_run(
 ) -> tuple[Candidate | None, list[torch.Tensor] | None]:
     """torch's for-loop candidate after ``workload.parity_steps`` steps from the common start,
     and a copy of its parameters then (what every other candidate is compared with). For a
-    16-bit workload: no candidate, and :func:`lowp_reference`."""
-    if workload.lowp:
-        return None, lowp_reference(spec, workload, seed=seed)
+    16-bit workload or an exact reference: no candidate, and :func:`rounded_reference`."""
+    if workload.lowp or exact_reference(spec, workload):
+        return None, rounded_reference(spec, workload, seed=seed)
     ref = build_candidate(spec, workload, IMPLS[REFERENCE], seed=seed, batches=batches)
     ref.advance(workload.parity_steps)
     return ref, snapshot(ref.params)
@@ -148,12 +161,13 @@ def cases(
     optimizers: Iterable[str] = tuple(OPTIMIZERS),
     impls: Iterable[str] = tuple(IMPLS),
 ) -> list[Case]:
-    """Every applicable case, grouped by workload then optimizer (torch's for-loop first)."""
+    """Every applicable case, grouped by workload then optimizer (torch's for-loop first): an
+    implementation the optimizer has, on a workload with the gradients it takes."""
     impl_names = list(impls)
     return [
         Case(w, o, i)
         for w in workloads
         for o in optimizers
         for i in impl_names
-        if IMPLS[i].applies(get_optimizer(o))
+        if IMPLS[i].applies(get_optimizer(o)) and fits(get_optimizer(o).sparse, parse_workload(w))
     ]

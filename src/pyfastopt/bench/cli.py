@@ -24,7 +24,7 @@ from .results import Record, Skipped
 from .runner import Settings, run_group
 from .table import format_markdown, format_text
 from .training import Batches, load_batches
-from .workloads import DEFAULT_WORKLOADS, QUICK_WORKLOADS, Workload, parse_workload
+from .workloads import DEFAULT_WORKLOADS, QUICK_WORKLOADS, Workload, fits, parse_workload
 
 
 class NoDevice(RuntimeError):
@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         default=None,
         help=f"comma-separated workloads (default: {', '.join(DEFAULT_WORKLOADS)}); "
-        "forms: mlp-H1-H2, train-H1-H2, small-NxM, fixed-NxM, flat-N (K/M suffixes); "
+        "forms: mlp-H1-H2, train-H1-H2, small-NxM, fixed-NxM, flat-N, embed-RxD[-P] (a "
+        "sparse gradient on P%% of the rows, for SparseAdam) (K/M suffixes); "
         "a step-only workload ending in :bf16 or :fp16 runs on 16-bit parameters",
     )
     p.add_argument(
@@ -174,7 +175,13 @@ def run(args: argparse.Namespace) -> int:
 
     records: list[Record] = []
     skipped: list[Skipped] = []
-    groups = [(w, s) for w in workloads for s in specs]
+    groups = [(w, s) for w in workloads for s in specs if fits(s.sparse, w)]
+    skipped += [
+        Skipped(s.name, w.name, "*", "SparseAdam takes the sparse gradients of embed-* workloads")
+        for w in workloads
+        for s in specs
+        if not fits(s.sparse, w)
+    ]
     for workload, spec in progress(
         groups, total=len(groups), desc="benchmark", enabled=not args.no_progress
     ):

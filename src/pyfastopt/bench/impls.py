@@ -40,9 +40,20 @@ class Impl:
     atol: float = 1e-6
 
 
+def _accepts(spec: OptimizerSpec, flag: str) -> bool:
+    return flag in inspect.signature(spec.torch_cls.__init__).parameters
+
+
+def for_loop_flags(spec: OptimizerSpec) -> dict[str, bool]:
+    """The keyword that selects torch's for-loop (none for a class that has only that path)."""
+    return {"foreach": False} if _accepts(spec, "foreach") else {}
+
+
 def _torch(**flags: bool) -> Builder:
     def build(spec: OptimizerSpec, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
-        return spec.torch_cls(list(params), **spec.hparams, **flags)
+        # a class without the flag has that path only (SparseAdam: a for-loop, no foreach)
+        given = {k: v for k, v in flags.items() if _accepts(spec, k)}
+        return spec.torch_cls(list(params), **spec.hparams, **given)
 
     return build
 
@@ -52,7 +63,11 @@ def _pyfastopt(spec: OptimizerSpec, params: Sequence[torch.Tensor]) -> torch.opt
 
 
 def _has_fused(spec: OptimizerSpec) -> bool:
-    return "fused" in inspect.signature(spec.torch_cls.__init__).parameters
+    return _accepts(spec, "fused")
+
+
+def _has_foreach(spec: OptimizerSpec) -> bool:
+    return _accepts(spec, "foreach")
 
 
 def _always(spec: OptimizerSpec) -> bool:
@@ -72,7 +87,7 @@ IMPLS: Mapping[str, Impl] = MappingProxyType(
             "torch-foreach",
             "torch.optim, foreach=True",
             _torch(foreach=True),
-            _always,
+            _has_foreach,
             is_torch=True,
         ),
         "torch-fused": Impl(
@@ -116,7 +131,7 @@ def unavailable(
     Optional implementations are probed once per pair with one step on a tiny tensor on the
     device; the others (torch's for-loop and foreach paths, pyfastopt) are never skipped, so
     that a broken one fails loudly instead; except pyfastopt on a GPU where its CUDA module is
-    not usable (it would silently time torch's own step).
+    not usable or has no kernel for the optimizer (it would silently time torch's own step).
     """
     from .optimizers import get_optimizer
 
@@ -129,6 +144,11 @@ def unavailable(
     if device != "cpu" and impl.name == "deepspeed":
         return "DeepSpeed's CPU optimizers run on the CPU only"
     if device != "cpu" and impl.name == "pyfastopt":
+        if not getattr(spec.pyfastopt_cls, "_cuda_kernel", False):
+            return (
+                f"pyfastopt's CUDA module has no {spec.cls_name}: its CUDA parameters take "
+                "torch's own step"
+            )
         from .. import _cuda_backend
 
         why = _cuda_backend.reason()

@@ -20,7 +20,21 @@ _BASE_BUFFERS: Mapping[str, tuple[str, ...]] = {
     "RMSprop": ("square_avg",),
     "Adam": ("exp_avg", "exp_avg_sq"),
     "AdamW": ("exp_avg", "exp_avg_sq"),
+    "NAdam": ("exp_avg", "exp_avg_sq"),
+    "RAdam": ("exp_avg", "exp_avg_sq"),
+    "Adamax": ("exp_avg", "exp_inf"),
+    "ASGD": ("ax",),
+    "Rprop": ("prev", "step_size"),
+    "Adafactor": (),  # its factored state of a matrix holds rows + cols values: not counted
+    "SparseAdam": ("exp_avg", "exp_avg_sq"),  # at the elements the sparse gradient lists
 }
+#: optimizers that step on sparse gradients (embed-* workloads) and only on them
+SPARSE_GRADIENTS = frozenset({"SparseAdam"})
+#: optimizers checked against torch's for-loop in float64 (rounded to the workload's dtype every
+#: step) rather than in the workload's dtype: torch sums Adafactor's norms in float32, which on
+#: tensors of millions of elements parts from the exact rule by more than the parity tolerance
+#: (flat-32M after one step: 1.1e-6, where pyfastopt's double sums stay at 1.2e-8)
+EXACT_REFERENCE = frozenset({"Adafactor"})
 #: ... and the buffers an option adds when it is set (non-zero / True).
 _OPTION_BUFFERS: Mapping[tuple[str, str], str] = {
     ("SGD", "momentum"): "momentum_buffer",
@@ -45,7 +59,12 @@ def streams(cls_name: str, hparams: Mapping[str, Any]) -> int:
     """Arrays of ``numel`` elements one step moves: read p and g, write p, read+write each buffer.
 
     Adam: reads p, g, m, v and writes p, m, v, so 7. Weight decay, Nesterov and the like
-    reuse values already read, so they add nothing.
+    reuse values already read, so they add nothing. ASGD's ``ax`` counts as read and written
+    although torch only writes it while ``mu`` is 1 (a copy of the parameter): the fused step
+    reads it either way.
+    Adafactor: 3, the least any implementation
+    must move (pyfastopt's passes read the gradient three times and the parameter twice);
+    SparseAdam: 7 over the elements its gradient lists (``Workload.step_numel``).
     """
     return 3 + 2 * len(state_buffers(cls_name, hparams))
 
@@ -72,6 +91,16 @@ class OptimizerSpec:
     def buffers(self) -> tuple[str, ...]:
         return state_buffers(self.cls_name, self.hparams)
 
+    @property
+    def exact_reference(self) -> bool:
+        """Whether its parity reference is torch's for-loop in float64 (EXACT_REFERENCE)."""
+        return self.cls_name in EXACT_REFERENCE
+
+    @property
+    def sparse(self) -> bool:
+        """Whether it steps on sparse gradients (embed-* workloads) rather than dense ones."""
+        return self.cls_name in SPARSE_GRADIENTS
+
     def bytes_per_step(self, numel: int, itemsize: int = 4) -> int:
         """Bytes one step moves over parameters of ``numel`` elements in all."""
         return streams(self.cls_name, self.hparams) * numel * itemsize
@@ -89,6 +118,13 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
         "rmsprop": _spec("rmsprop", "RMSprop", lr=0.01),
         "adam": _spec("adam", "Adam", lr=1e-3),
         "adamw": _spec("adamw", "AdamW", lr=1e-3, weight_decay=0.01),
+        "nadam": _spec("nadam", "NAdam", lr=2e-3),
+        "radam": _spec("radam", "RAdam", lr=1e-3),
+        "adamax": _spec("adamax", "Adamax", lr=2e-3),
+        "asgd": _spec("asgd", "ASGD", lr=0.01),
+        "rprop": _spec("rprop", "Rprop", lr=0.01),
+        "adafactor": _spec("adafactor", "Adafactor", lr=1e-2),
+        "sparseadam": _spec("sparseadam", "SparseAdam", lr=1e-3),
     }
 )
 

@@ -10,10 +10,13 @@ the float32 reference and the 16-bit rule part by a few float32 ulps before roun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from ..optim._state import SCALAR_KEYS
 
 
 @dataclass(frozen=True)
@@ -102,16 +105,31 @@ def compare_lowp(
     return Parity(True, steps, max_abs, max_rel)
 
 
+def upcast_hparams(cls_name: str, hparams: Mapping[str, Any], dtype: torch.dtype) -> dict:
+    """The hyper-parameters of the float32 (or float64) reference of a ``dtype`` run: as given,
+    except where torch derives a value from the parameter's dtype: Adafactor's
+    ``eps=(None, eps2)`` means ``finfo(dtype).eps``, which the reference is given explicitly, and
+    Rprop's lr, whose only use is the initial step size, is stored in the parameter's dtype."""
+    out = dict(hparams)
+    if cls_name == "Adafactor" and out.get("eps", (None, 1e-3))[0] is None:
+        out["eps"] = (torch.finfo(dtype).eps, out.get("eps", (None, 1e-3))[1])
+    if cls_name == "Rprop" and "lr" in out:
+        out["lr"] = float(torch.tensor(float(out["lr"])).to(dtype))
+    return out
+
+
 def round_state(opt: torch.optim.Optimizer, dtype: torch.dtype) -> None:
     """Round a float32 optimizer's parameters and state to ``dtype`` and back, in place (the
-    16-bit reference stores every value once per step in the 16-bit type)."""
+    16-bit reference stores every value once per step in the 16-bit type). 0-d state scalars
+    (the step counter, NAdam's mu_product, ASGD's eta and mu) stay float32, as torch creates
+    them for 16-bit parameters too."""
     with torch.no_grad():
         for group in opt.param_groups:
             for p in group["params"]:
                 p.copy_(p.to(dtype).float())
         for st in opt.state.values():
             for k, v in st.items():
-                if k != "step" and torch.is_tensor(v) and v.is_floating_point():
+                if k not in SCALAR_KEYS and torch.is_tensor(v) and v.is_floating_point():
                     v.copy_(v.to(dtype).float())
 
 

@@ -10,7 +10,13 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .candidates import Candidate, build_candidate, is_checked, lowp_reference
+from .candidates import (
+    Candidate,
+    build_candidate,
+    exact_reference,
+    is_checked,
+    rounded_reference,
+)
 from .device import cuda_timer
 from .harness import Timing, interleaved
 from .impls import IMPLS, REFERENCE, unavailable
@@ -48,17 +54,19 @@ def _check(
     cands: dict[str, Candidate], spec: OptimizerSpec, workload: Workload, seed: int
 ) -> dict[str, Parity]:
     """Step every candidate as often as the reference takes from the same start; compare the
-    checked ones with it (torch's for-loop, or the 16-bit reference)."""
+    checked ones with it (torch's for-loop, or the rounded reference)."""
     steps = workload.parity_steps
     for c in cands.values():
         c.advance(steps)
-    if workload.lowp:
-        ref = lowp_reference(spec, workload, seed=seed)
+    if workload.lowp or exact_reference(spec, workload):
+        ref = rounded_reference(spec, workload, seed=seed)
     else:
         ref = snapshot(cands[REFERENCE].params)
     if ref is None:
         return {}
-    return {name: c.check(ref, steps) for name, c in cands.items() if is_checked(c.impl, workload)}
+    return {
+        name: c.check(ref, steps) for name, c in cands.items() if is_checked(c.impl, workload, spec)
+    }
 
 
 def run_group(
@@ -97,7 +105,7 @@ def run_group(
             assert c.train is not None
             c.train.fwd_bwd_ns.clear()
     else:
-        nbytes = spec.bytes_per_step(workload.numel, workload.itemsize)
+        nbytes = spec.bytes_per_step(workload.step_numel, workload.itemsize)
         timed[ROOFLINE] = streaming_kernel(nbytes, settings.device)
     timings = interleaved(
         timed,

@@ -3,7 +3,9 @@
 Names: ``mlp-H1-H2...`` (an MNIST MLP 784-H1-H2-...-10, ``optimizer.step()`` alone on fixed
 gradients), ``train-H1-...`` (forward, backward and step of that MLP on MNIST batches),
 ``small-NxM`` and ``fixed-NxM`` (N tensors of M elements), ``flat-N`` (one tensor of N
-elements). Sizes take a K (×1024) or M (×1024²) suffix: ``flat-32M`` is 33,554,432 elements.
+elements), ``embed-RxD[-P]`` (an embedding table of R rows of D elements whose gradient is
+sparse: P percent of the rows, default 1, as ``nn.Embedding(sparse=True)`` hands SparseAdam).
+Sizes take a K (×1024) or M (×1024²) suffix: ``flat-32M`` is 33,554,432 elements.
 A ``:bf16`` or ``:fp16`` suffix runs a step-only workload on 16-bit parameters, gradients and
 state (``mlp-2048-2048:bf16``); otherwise they are float32.
 """
@@ -33,6 +35,7 @@ DEFAULT_WORKLOADS = (
     "mlp-128:bf16",
     "mlp-512-256:bf16",
     "mlp-2048-2048:bf16",
+    "embed-100Kx64",
 )
 #: what ``--quick`` runs unless ``--models`` says otherwise (the small, fast ones)
 QUICK_WORKLOADS = (
@@ -42,6 +45,7 @@ QUICK_WORKLOADS = (
     "small-500x1k",
     "train-512-256",
     "mlp-512-256:bf16",
+    "embed-100Kx64",
 )
 #: the 16-bit suffixes of a workload name
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -61,6 +65,8 @@ class Workload:
     parity_steps: int = 2
     #: the dtype of parameters, gradients and state
     dtype: torch.dtype = torch.float32
+    #: the share of the (single) tensor's rows a sparse gradient touches; 0: dense gradients
+    sparse: float = 0.0
 
     @property
     def lowp(self) -> bool:
@@ -78,6 +84,20 @@ class Workload:
     @property
     def tensors(self) -> int:
         return len(self.shapes)
+
+    @property
+    def touched_rows(self) -> int:
+        """Rows a sparse gradient lists (distinct ones); 0 for dense gradients."""
+        if not self.sparse:
+            return 0
+        return max(1, round(self.shapes[0][0] * self.sparse))
+
+    @property
+    def step_numel(self) -> int:
+        """Elements a step updates: all, or those a sparse gradient lists."""
+        if not self.sparse:
+            return self.numel
+        return self.touched_rows * _prod(self.shapes[0][1:])
 
 
 def _prod(shape: Sequence[int]) -> int:
@@ -126,12 +146,24 @@ def parse_workload(name: str) -> Workload:
         if kind == "flat" and rest:
             size = _size(rest)
             return Workload(key, ((size,),), parity_steps=1 if size >= 1 << 24 else 2)
+        if kind == "embed" and "x" in rest:
+            dims, _, pct = rest.partition("-")
+            rows, dim = (_size(t) for t in dims.split("x", 1))
+            share = float(pct) / 100 if pct else 0.01
+            if rows and dim and 0 < share <= 1:
+                return Workload(key, ((rows, dim),), sparse=share)
     except ValueError:
         pass
     raise ValueError(
-        f"unknown model {name!r}: use mlp-H1[-H2...], train-H1[-H2...], small-NxM, fixed-NxM "
-        f"or flat-N (sizes may end in K or M), e.g. {', '.join(DEFAULT_WORKLOADS)}"
+        f"unknown model {name!r}: use mlp-H1[-H2...], train-H1[-H2...], small-NxM, fixed-NxM, "
+        f"flat-N or embed-RxD[-P] (sizes may end in K or M), e.g. {', '.join(DEFAULT_WORKLOADS)}"
     )
+
+
+def fits(sparse_optimizer: bool, workload: Workload) -> bool:
+    """Whether an optimizer steps on this workload's gradients: sparse ones (SparseAdam) on
+    embed-* workloads only, every other optimizer on the dense ones."""
+    return sparse_optimizer == bool(workload.sparse)
 
 
 @functools.lru_cache(maxsize=1)
@@ -147,6 +179,11 @@ def make_tensors(
     gen = torch.Generator().manual_seed(seed)
     dt = workload.dtype
     params = tuple(torch.randn(s, generator=gen).mul_(0.05).to(dt) for s in workload.shapes)
+    if workload.sparse:  # distinct rows in no particular order: the step coalesces them
+        (rows, *dense), k = workload.shapes[0], workload.touched_rows
+        idx = torch.randperm(rows, generator=gen)[:k].unsqueeze(0)
+        vals = torch.randn((k, *dense), generator=gen).mul_(0.01).to(dt)
+        return params, (torch.sparse_coo_tensor(idx, vals, (rows, *dense), check_invariants=True),)
     grads = tuple(torch.randn(s, generator=gen).mul_(0.01).to(dt) for s in workload.shapes)
     return params, grads
 

@@ -27,7 +27,7 @@ from ..errors import StateError, UnsupportedError
 from . import _cuda_rows, _lowmem, _precision
 from ._layout import NATIVE_DTYPES, is_dense, same_layout
 from ._precision import MASTER, MASTER_KEY
-from ._state import check_buffer, check_step, describe
+from ._state import check_buffer, check_scalar, check_step, describe
 
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter
@@ -152,6 +152,9 @@ class FastOptimizer(torch.optim.Optimizer):
     _torch_cls: ClassVar[type[torch.optim.Optimizer]]
     #: whether state holds a 'step' counter the kernel advances
     _has_step: ClassVar[bool] = True
+    #: other 0-d state scalars the kernel reads and writes through their addresses (NAdam's
+    #: mu_product, ASGD's eta and mu): each row ends with their addresses and a dtype flag word
+    _scalar_keys: ClassVar[tuple[str, ...]] = ()
     #: buffers torch creates at their first use rather than with the rest of the state
     _lazy_buffers: ClassVar[tuple[str, ...]] = ()
     #: whether torch lets GradScaler hand this optimizer its scale (``fused=True``)
@@ -178,6 +181,17 @@ class FastOptimizer(torch.optim.Optimizer):
     def _buffer_keys(self, group: dict) -> tuple[str, ...]:
         """State keys of the buffers, in the order the native rule takes them."""
         raise NotImplementedError
+
+    def _buffer_keys_for(self, p: _Tensor, group: dict) -> tuple[str, ...]:
+        """The buffer keys of ``p``'s state (Adafactor's depend on the parameter's shape)."""
+        return self._buffer_keys(group)
+
+    def _takes(self, p: _Tensor) -> bool:
+        """Whether the native step takes ``p`` (else torch's own step, which may raise)."""
+        return True
+
+    def _check_options(self, group: dict) -> None:
+        """Refuse a group's options this optimizer does not support (beyond the shared ones)."""
 
     def _init_state(self, p: _Tensor, state: dict, group: dict) -> None:
         """Fill an empty state dict with torch's initial state for ``p``."""
@@ -326,15 +340,15 @@ class FastOptimizer(torch.optim.Optimizer):
 
     def _validate_loaded(self, group: dict) -> None:
         gi = _group_index(self, group)
-        keys = self._buffer_keys(group)
         for i, p in enumerate(group["params"]):
             st = self.state.get(p)
             where = f"param {i} of group {gi}"
             if st is not None and not isinstance(st, dict):
                 raise StateError(f"{where}: state must be a dict, got {describe(st)}")
             on_cuda = not _native_tensor(p) and self._on_cuda_module(p)
-            if not st or not (_native_tensor(p) or on_cuda):
+            if not st or not (_native_tensor(p) or on_cuda) or not self._takes(p):
                 continue
+            keys = self._buffer_keys_for(p, group)
             mode = _precision.row_mode(p, group, where)
             store = _lowmem.row_store(p, group, mode == MASTER, where)
             if on_cuda and store == _lowmem.BLOCK8:
@@ -348,6 +362,8 @@ class FastOptimizer(torch.optim.Optimizer):
                 _cuda_rows.check_device_row_step(st, where, p, group)
             elif self._has_step:
                 check_step(st, where)
+            for k in self._scalar_keys:
+                check_scalar(st, k, where)
 
     # ---- step -----------------------------------------------------------------------------
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -469,7 +485,6 @@ class FastOptimizer(torch.optim.Optimizer):
         """Validate everything, step the group, and return a plan for the next steps (or None)."""
         gi = _group_index(self, group)
         _check_group_options(self, group)  # flags set by hand since the last general step
-        keys = self._buffer_keys(group)
         step_key = ("step",) if self._has_step else ()
         uses_state = self._uses_state(group)
         params = group["params"]
@@ -490,8 +505,10 @@ class FastOptimizer(torch.optim.Optimizer):
                 or not _native_tensor(g)
                 or g.dtype != p.dtype
                 or g.shape != p.shape
+                or not self._takes(p)
             ):
-                on_cuda = _cuda_rows.takes(self, p, g)  # pyfastopt._cuda, when built and usable
+                # pyfastopt._cuda, when built and usable, for the algorithms it has
+                on_cuda = self._takes(p) and _cuda_rows.takes(self, p, g)
                 if not on_cuda:
                     # torch's own step, which computes or raises exactly as torch does: other
                     # devices, subclasses, neg/conj views, a gradient of another dtype or shape
@@ -502,6 +519,7 @@ class FastOptimizer(torch.optim.Optimizer):
                     cuda_seen = True
                     _cuda_rows.graph_capture_check(self)
             st: dict | None = None
+            keys = self._buffer_keys_for(p, group)
             first = firsts.get(id(p))
             mode = _precision.row_mode(p, group, where)
             store = _lowmem.row_store(p, group, mode == MASTER, where) if uses_state else 0
@@ -544,6 +562,8 @@ class FastOptimizer(torch.optim.Optimizer):
                     _cuda_rows.check_device_row_step(st, where, p, group)
                 elif self._has_step:
                     check_step(st, where)
+                for k in self._scalar_keys:
+                    check_scalar(st, k, where)
             firsts[id(p)] = bool(first)
             items.append(_Item(p, g, st, bool(first), mode, store))
         if fallback:  # first: torch raises here for what it refuses (sparse Adam gradients)
@@ -555,6 +575,7 @@ class FastOptimizer(torch.optim.Optimizer):
             copy_back: list[tuple[_Tensor, _Tensor]] = []
             keep_alive: list[_Tensor] = []  # gradients and copies the calls read
             for it in (items[j] for j in wave):
+                keys = self._buffer_keys_for(it.p, group)
                 row, held, g, dense_ok = self._lay_out(it, keys, copy_back)
                 keep_alive.append(g)
                 cacheable &= dense_ok
@@ -572,6 +593,7 @@ class FastOptimizer(torch.optim.Optimizer):
                 own = (MASTER_KEY,) if it.mode == MASTER else ()
                 if it.store == _lowmem.BLOCK8:
                     own += _lowmem.aux_keys(keys)
+                own += self._scalar_keys
                 checks = () if st is None else tuple((k, st[k]) for k in (*keys, *own, *step_key))
                 ck = (code, step_f64, it.mode, it.store, device, steps)
                 if ck not in wave_calls:  # salt: group and call, for stochastic rounding
@@ -653,17 +675,20 @@ class FastOptimizer(torch.optim.Optimizer):
                 bufs.append(bc)
         mult = NATIVE_DTYPES[p.dtype][1]
         step = (st["step"],) if st is not None and self._has_step else ()
+        scalars = tuple(st[k] for k in self._scalar_keys) if st is not None else ()
         if master:  # [master, grad, buffers..., parameter]: the parameter is the rounded master
             row = [p.numel() * mult, self._row_aux(st, it.first), bufs[0].data_ptr()]
             row.append(g.data_ptr())
             row.extend(b.data_ptr() for b in bufs[1:])
             row.append(pt.data_ptr())
-            row.extend(s.data_ptr() for s in scales)
-            return row, (pt, *bufs, *scales, *step), g, cacheable
-        row = [p.numel() * mult, self._row_aux(st, it.first), pt.data_ptr(), g.data_ptr()]
-        row.extend(b.data_ptr() for b in bufs)
+        else:
+            row = [p.numel() * mult, self._row_aux(st, it.first), pt.data_ptr(), g.data_ptr()]
+            row.extend(b.data_ptr() for b in bufs)
         row.extend(s.data_ptr() for s in scales)
-        return row, (pt, *bufs, *scales, *step), g, cacheable
+        if scalars:  # their addresses, then bit i: scalar i is float64 (csrc/cpu/row_scalars.h)
+            row.extend(s.data_ptr() for s in scalars)
+            row.append(sum(1 << i for i, s in enumerate(scalars) if s.dtype == torch.float64))
+        return row, (pt, *bufs, *scales, *step, *scalars), g, cacheable
 
     def _torch_step(self, group: dict, params: list[_Tensor]) -> None:
         """torch's own step for ``params`` of ``group`` (devices and layouts we do not take)."""
@@ -769,8 +794,9 @@ def _refuse_non_float(p: _Tensor, where: str) -> None:
         raise UnsupportedError(f"{where}: cannot optimize a {p.dtype} tensor")
 
 
-def _check_group_options(opt: torch.optim.Optimizer, group: dict) -> None:
+def _check_group_options(opt: FastOptimizer, group: dict) -> None:
     _lowmem.check_group(group, type(opt).__name__)
+    opt._check_options(group)
     if group.get("differentiable"):
         raise UnsupportedError(
             f"{type(opt).__name__}: differentiable=True is not supported by pyfastopt (the "

@@ -12,9 +12,10 @@ kept per param group).
   - ``state[k + "_absmax"]``: float32, one scale per ``block_size`` elements (default 256) of the
     flattened tensor: the block's absolute maximum;
   - ``state[k + "_qmap"]``: the 256 float32 values a code stands for: bitsandbytes' signed
-    dynamic map for first moments (``exp_avg``, ``momentum_buffer``, ``grad_avg``), the unsigned
-    one for second moments (``exp_avg_sq``, ``max_exp_avg_sq``, ``sum``, ``square_avg``,
-    ``acc_delta``). One tensor shared by every parameter.
+    dynamic map for signed buffers (``exp_avg``, ``momentum_buffer``, ``grad_avg``, ``ax``,
+    ``prev``), the unsigned one for those never negative (``exp_avg_sq``, ``max_exp_avg_sq``,
+    ``sum``, ``square_avg``, ``acc_delta``, ``exp_inf``, ``step_size``). One tensor shared by
+    every parameter.
 
   Smaller tensors keep torch's layout. Code ``c`` of a block with scale ``s`` reads as
   ``qmap[c] * s``; a step dequantises, runs the float32 rule and requantises with exact
@@ -35,7 +36,7 @@ import torch
 from .. import _core
 from ..errors import StateError, UnsupportedError
 from ._layout import LOW_PRECISION
-from ._state import describe
+from ._state import SCALAR_KEYS, describe
 
 AS_PARAM, BF16, BF16_SR, BLOCK8 = 0, 1, 2, 3
 OPTIONS = ("state_dtype", "block_size", "min_8bit_size", "state_stochastic_rounding")
@@ -45,8 +46,11 @@ DEFAULTS: dict[str, Any] = {
     "min_8bit_size": 4096,
     "state_stochastic_rounding": False,
 }
-#: buffers that are never negative: the unsigned map (every other buffer takes the signed one)
-UNSIGNED_KEYS = frozenset({"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg", "acc_delta"})
+#: buffers that are never negative: the unsigned map (every other buffer takes the signed one).
+#: The rules' kUnsignedBuffers (csrc/include/pyfastopt/rules.h) list the same buffers.
+UNSIGNED_KEYS = frozenset(
+    {"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg", "acc_delta", "exp_inf", "step_size"}
+)
 ABSMAX, QMAP = "_absmax", "_qmap"
 _NAMES = {
     None: None,
@@ -248,11 +252,14 @@ _FORMATS = (torch.float32, torch.bfloat16, torch.float16)
 def kept_as_saved(key: str, v: Any, p: torch.Tensor) -> bool:
     """Whether a checkpoint's state tensor is one of pyfastopt's layouts that torch's loader
     would corrupt by casting it to the parameter's dtype: 8-bit codes and their scales and map,
-    float32 state or master copies of a 16-bit parameter, bfloat16 state of a float32 one."""
+    float32 state or master copies of a 16-bit parameter, bfloat16 state of a float32 one, and
+    float32/float64 0-d state scalars of a 16-bit parameter."""
     if not isinstance(v, torch.Tensor) or v.dtype == p.dtype:
         return False
     if v.dtype == torch.uint8 or key.endswith((ABSMAX, QMAP)):
         return True
+    if key in SCALAR_KEYS:  # 0-d scalars (mu_product, eta, mu): not rounded to 16 bits
+        return p.dtype in LOW_PRECISION and v.dtype in (torch.float32, torch.float64)
     if p.dtype in LOW_PRECISION:
         return v.dtype == torch.float32
     return p.dtype == torch.float32 and v.dtype == torch.bfloat16
@@ -338,7 +345,7 @@ def float32_state(st: dict, block: int) -> dict:
             continue
         if _is_codes(st, k):
             out[k] = dequantize(v, st[k + ABSMAX], k in UNSIGNED_KEYS, block)
-        elif isinstance(v, torch.Tensor) and k != "step" and v.is_floating_point():
+        elif isinstance(v, torch.Tensor) and k not in SCALAR_KEYS and v.is_floating_point():
             out[k] = v.detach().to(torch.float32, copy=True)
         elif isinstance(v, torch.Tensor):
             out[k] = v.detach().clone()

@@ -17,6 +17,10 @@ from torch.optim.optimizer import _get_scalar_dtype
 from ..errors import StateError
 
 STEP_DTYPES = (torch.float32, torch.float64)
+#: 0-d state scalars the native step reads and writes through their addresses, in their own dtype
+#: (float32 or float64): the step counter, NAdam's mu_product, ASGD's eta and mu. They are not
+#: buffers: ``state_dtype`` and 16-bit parameters leave them as torch creates them.
+SCALAR_KEYS = frozenset({"step", "mu_product", "eta", "mu"})
 
 
 def describe(t: Any) -> str:
@@ -75,6 +79,45 @@ def check_step(state: dict, where: str) -> torch.Tensor:
     step = torch.tensor(value, dtype=_get_scalar_dtype())
     state["step"] = step
     return step
+
+
+def check_scalar(state: dict, key: str, where: str) -> torch.Tensor:
+    """Return ``state[key]``, a 0-d state scalar other than the step counter, as a 1-element
+    float32/float64 CPU tensor.
+
+    Plain numbers and real 1-element tensors of another dtype or kind (a checkpoint loaded for a
+    16-bit parameter, a negative view) are converted in place, keeping their value; anything
+    else raises. Any value is allowed: torch computes with whatever the state holds.
+    """
+    if key not in state:
+        raise StateError(f"{where}: state has no {key!r} entry (keys: {sorted(map(str, state))})")
+    s = state[key]
+    if isinstance(s, torch.Tensor):
+        if s.numel() != 1 or s.layout != torch.strided or s.is_complex():
+            raise StateError(f"{where}: state[{key!r}] must hold one number; got {describe(s)}")
+        plain = type(s) is torch.Tensor and not s.is_neg() and s.device.type == "cpu"
+        if plain and s.dtype in STEP_DTYPES:
+            return s
+        try:
+            value = float(s.detach().to("cpu", torch.float64).item())
+        except (RuntimeError, NotImplementedError) as exc:  # a meta tensor has no value
+            raise StateError(f"{where}: state[{key!r}] cannot be read: {describe(s)}") from exc
+        dtype = s.dtype if s.dtype in STEP_DTYPES else _get_scalar_dtype()
+    elif isinstance(s, (int, float)) and not isinstance(s, bool):
+        value, dtype = float(s), _get_scalar_dtype()
+    else:
+        raise StateError(f"{where}: state[{key!r}] must be a number or tensor; got {describe(s)}")
+    t = torch.tensor(value, dtype=dtype)
+    state[key] = t
+    return t
+
+
+def to_scalar(x: Any) -> Any:
+    """torch's ``_to_scalar`` (not in every torch this supports): a 1-element tensor
+    hyper-parameter as a 0-d tensor, anything else as it is."""
+    if isinstance(x, torch.Tensor) and x.dim() != 0:
+        return x.squeeze()
+    return x
 
 
 def _valid_count(value: float) -> bool:

@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="train an MNIST MLP with every method; loss, accuracy, time, pictures",
         description="Train the same MNIST MLP with GD, SGD, momentum, Nesterov, Adagrad, "
-        "Adadelta, RMSprop, Adam and AdamW (pyfastopt and torch.optim) and report.",
+        "Adadelta, RMSprop, Adam, AdamW, NAdam, RAdam, Adamax, Adafactor, ASGD, Rprop and "
+        "L-BFGS (pyfastopt and torch.optim) and report.",
     )
     mn.add_argument(
         "--out",

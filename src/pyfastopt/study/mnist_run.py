@@ -8,8 +8,11 @@ alike instead of whichever happened to run during the disturbance.
 
 Time is measured per step with ``time.perf_counter``: *train time* runs from ``zero_grad`` to
 the end of ``optimizer.step()`` (forward, backward and step); *step time* is the part inside
-``optimizer.step()``. Drawing the batch and the evaluation after each epoch (loss on the whole
-training set, accuracy on the test set) are not counted.
+``optimizer.step()``. For a method that steps with a closure (L-BFGS), ``step()`` runs the
+closure itself, once or several times: its train time is the whole ``step()`` call, and its step
+time is the part of that call outside the closure (the optimizer's own work). Drawing the batch
+and the evaluation after each epoch (loss on the whole training set, accuracy on the test set)
+are not counted.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class RunResult:
     step_time: list[float] = field(default_factory=list)  # cumulative seconds in step()
     batch_loss: list[float] = field(default_factory=list)  # loss of every step's batch
     steps: int = 0
+    evaluations: int = 0  # forward and backward passes (more than steps with a closure)
     diverged: bool = False
 
     @property
@@ -130,12 +134,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
 def batches(
     method: Method, data: MnistData, batch_size: int, gen: torch.Generator
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of (inputs, labels): the whole training set for GD, else shuffled batches."""
+    """One epoch of (inputs, labels): the whole training set for a full-batch method (GD once,
+    full-batch Rprop ``steps_per_epoch`` times), else shuffled batches."""
     x, y = data.x_train, data.y_train
     if method.batch == "full":
-        yield x, y
+        for _ in range(method.steps_per_epoch):
+            yield x, y
         return
-    for idx in torch.randperm(len(x), generator=gen).split(batch_size):
+    for idx in torch.randperm(len(x), generator=gen).split(method.batch_size or batch_size):
         yield x[idx], y[idx]
 
 
@@ -146,6 +152,7 @@ class _Trainee:
         self.model = make_model(hidden)
         self.model.load_state_dict(init)
         self.opt = method.build(self.model.parameters(), impl)
+        self.closure = method.closure
         self.result = RunResult(method.name, impl, method.lr)
         self.train_s = 0.0
         self.step_s = 0.0
@@ -153,19 +160,44 @@ class _Trainee:
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
         if self.result.diverged:
             return
-        t0 = time.perf_counter()
-        self.opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(xb), yb)
-        loss.backward()
-        t1 = time.perf_counter()
-        self.opt.step()
-        t2 = time.perf_counter()
-        self.train_s += t2 - t0
-        self.step_s += t2 - t1
+        if self.closure:
+            loss = self._closure_step(xb, yb)
+        else:
+            t0 = time.perf_counter()
+            self.opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.model(xb), yb)
+            loss.backward()
+            t1 = time.perf_counter()
+            self.opt.step()
+            t2 = time.perf_counter()
+            self.train_s += t2 - t0
+            self.step_s += t2 - t1
+            self.result.evaluations += 1
         value = loss.item()
         self.result.steps += 1
         self.result.batch_loss.append(value)
         self.result.diverged = not math.isfinite(value)
+
+    def _closure_step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """One ``step(closure)``; returns the loss at its start (what ``step`` returns)."""
+        inside = 0.0
+
+        def closure() -> torch.Tensor:
+            nonlocal inside
+            c0 = time.perf_counter()
+            self.opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.model(xb), yb)
+            loss.backward()
+            inside += time.perf_counter() - c0
+            self.result.evaluations += 1
+            return loss
+
+        t0 = time.perf_counter()
+        loss = self.opt.step(closure)
+        t1 = time.perf_counter()
+        self.train_s += t1 - t0
+        self.step_s += t1 - t0 - inside
+        return loss
 
     def record(self, data: MnistData) -> None:
         loss, _ = evaluate(self.model, data.x_train, data.y_train)
@@ -230,8 +262,18 @@ def warm_up(methods: Iterable[Method], data: MnistData, hidden: int) -> None:
     xb, yb = data.x_train[:64], data.y_train[:64]
     for method in methods:
         for impl in IMPLS:
-            opt = method.build(model.parameters(), impl, lr=0.0)
-            for _ in range(3):
+            # lr 0 leaves the weights alone; L-BFGS's line search cannot start from a zero step
+            opt = method.build(model.parameters(), impl, lr=None if method.closure else 0.0)
+
+            def closure(opt: torch.optim.Optimizer = opt) -> torch.Tensor:
                 opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(xb), yb).backward()
-                opt.step()
+                loss = F.cross_entropy(model(xb), yb)
+                loss.backward()
+                return loss
+
+            for _ in range(3):
+                if method.closure:
+                    opt.step(closure)
+                else:
+                    closure()
+                    opt.step()

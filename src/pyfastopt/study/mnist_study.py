@@ -153,6 +153,7 @@ def to_json(study: MnistStudy) -> dict[str, Any]:
                 "train_time_s": r.train_time,
                 "step_time_s": r.step_time,
                 "steps": r.steps,
+                "evaluations": r.evaluations,
                 "diverged": r.diverged,
                 "final_train_loss": r.train_loss[-1],
                 "final_test_acc": r.test_acc[-1],
@@ -192,6 +193,7 @@ def to_json(study: MnistStudy) -> dict[str, Any]:
                 "optimizer": m.optimizer,
                 "kwargs": dict(m.kwargs),
                 "batch": m.batch,
+                "batch_size": m.batch_size,
                 "lr": m.lr,
                 "lr_reason": m.reason,
             }

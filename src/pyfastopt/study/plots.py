@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .methods import METHODS, Impl, Method
+from .methods import METHODS, SURFACE_ONLY, Impl, Method
 from .mnist_run import RunResult
 from .surfaces import Path, Surface
 
@@ -40,10 +40,43 @@ def _figure(width: float, height: float) -> Any:
     return require_matplotlib()(figsize=(width, height), layout="constrained")
 
 
+#: colours after matplotlib's ten-colour cycle (C0..C9); light enough for the black hatching
+#: of the torch.optim bars to show
+_MORE_COLORS = (
+    "darkgoldenrod",
+    "deeppink",
+    "teal",
+    "gold",
+    "slateblue",
+    "limegreen",
+    "sandybrown",
+    "orchid",
+    "plum",
+)
+
+#: the methods that take the first colours, in this order: those of the first study, so their
+#: colours (and the pictures drawn with them) stay put when methods join the table
+_FIRST_COLORS = (
+    "gd",
+    "sgd",
+    "momentum",
+    "nesterov",
+    "adagrad",
+    "adadelta",
+    "rmsprop",
+    "adam",
+    "adamw",
+    "lbfgs",
+    "lbfgs4096",
+    "bfgs",
+)
+
+
 def color(name: str) -> str:
     """The colour of a method, the same in every picture."""
-    index = [m.name for m in METHODS].index(name)
-    return f"C{index}"
+    later = [m.name for m in (*METHODS, *SURFACE_ONLY) if m.name not in _FIRST_COLORS]
+    index = [*_FIRST_COLORS, *later].index(name)
+    return f"C{index}" if index < 10 else _MORE_COLORS[(index - 10) % len(_MORE_COLORS)]
 
 
 def _save(fig: Any, path: FilePath) -> FilePath:
@@ -77,7 +110,7 @@ def _lines(
     log: bool,
     impls: Sequence[Impl] = ("pyfastopt",),
 ) -> FilePath:
-    fig = _figure(7.5, 4.8)
+    fig = _figure(9.5, 4.8)
     ax = fig.add_subplot()
     for method in methods:
         for impl in impls:
@@ -102,7 +135,7 @@ def _lines(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small", ncols=2)
+    fig.legend(loc="outside right upper", fontsize="small")  # beside the axes: many methods
     return _save(fig, path)
 
 
@@ -153,7 +186,7 @@ def mnist_plots(runs: Runs, methods: Sequence[Method], out: FilePath) -> list[Fi
 
 def step_time_plot(runs: Runs, methods: Sequence[Method], path: FilePath) -> FilePath:
     """Mean time per ``optimizer.step()``, pyfastopt beside torch.optim, per method."""
-    fig = _figure(7.5, 4.2)
+    fig = _figure(max(7.5, 1.5 + 0.5 * len(methods)), 4.2)
     ax = fig.add_subplot()
     pos = np.arange(len(methods))
     for offset, impl, hatch in ((-0.2, "pyfastopt", ""), (0.2, "torch", "//")):
@@ -169,7 +202,7 @@ def step_time_plot(runs: Runs, methods: Sequence[Method], path: FilePath) -> Fil
             hatch=hatch,
             edgecolor="black",
             linewidth=0.5,
-            label="pyfastopt" if impl == "pyfastopt" else "torch.optim (foreach=False)",
+            label="pyfastopt" if impl == "pyfastopt" else "torch.optim (for-loop, foreach=False)",
         )
     ax.set_xticks(pos, [m.label for m in methods], rotation=30, ha="right", fontsize="small")
     ax.set_yscale("log")

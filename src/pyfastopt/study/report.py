@@ -64,6 +64,7 @@ def _results_table(study: MnistStudy) -> str:
                 f"{r.total_step_time:.3f}",
                 f"{_us_per_step(r):.0f}",
                 r.steps,
+                r.evaluations,
                 _target(r, target),
             ]
         )
@@ -77,6 +78,7 @@ def _results_table(study: MnistStudy) -> str:
             "in step(), s",
             "µs per step()",
             "steps",
+            "loss evaluations",
             f"loss ≤ {fmt(target)} at",
         ],
         rows,
@@ -132,7 +134,7 @@ def _lr_table(methods: Sequence[Method]) -> str:
     return table(
         ["method", "class and arguments", "batches", "lr", "why this lr"],
         [
-            [m.label, f"`{m.optimizer}({m.options()})`", m.batch, fmt(m.lr), m.reason]
+            [m.label, f"`{m.optimizer}({m.options()})`", m.batches, fmt(m.lr), m.reason]
             for m in methods
         ],
     )
@@ -164,15 +166,39 @@ def findings(study: MnistStudy) -> list[str]:
             )
             + (f"; never reached it: {', '.join(missed)}." if missed else ".")
         )
-    full = [m.name for m in opts.methods if m.batch == "full"]
-    mini = [n for n in by_loss if n not in full]
-    if full and mini:
-        g, best = fast[full[0]], fast[mini[0]]
+    closure = [m.name for m in opts.methods if m.closure]
+    full = [m for m in opts.methods if m.batch == "full" and not m.closure]
+    mini = [n for n in by_loss if n not in {m.name for m in full} and n not in closure]
+    once = [m.name for m in full if m.steps_per_epoch == 1]
+    if once and mini:
+        g, best = fast[once[0]], fast[mini[0]]
         out.append(
-            f"Full-batch GD takes one step per epoch: after {len(g.train_loss) - 1} epochs "
+            f"{label[once[0]]} takes one step per epoch: after {len(g.train_loss) - 1} epochs "
             f"({g.steps} steps, {g.total_time:.2f} s) its loss is {g.train_loss[-1]:.3f}, while "
             f"{label[best.method]} took {best.steps} steps in {best.total_time:.2f} s to reach "
             f"{best.train_loss[-1]:.4f} with the same number of passes over the data."
+        )
+    for m in full:
+        if m.steps_per_epoch > 1:
+            r = fast[m.name]
+            out.append(
+                f"{m.label} steps {m.steps_per_epoch} times per epoch on the whole training "
+                f"set: {r.steps} steps in {r.total_time:.2f} s, final loss "
+                f"{r.train_loss[-1]:.4f}, test accuracy {100 * r.test_acc[-1]:.2f} %."
+            )
+    if closure:
+        out.append(
+            "L-BFGS evaluates the loss and its gradient several times per step (its line "
+            "search): "
+            + "; ".join(
+                f"{label[n]} made {fast[n].steps} steps with {fast[n].evaluations} evaluations "
+                f"({fast[n].evaluations / max(len(fast[n].train_loss) - 1, 1):.1f} per epoch, "
+                f"each on its batch) in {fast[n].total_time:.2f} s, final loss "
+                f"{fast[n].train_loss[-1]:.4f}"
+                for n in closure
+            )
+            + ". Its step() time is its own work only (the closure's forward and backward "
+            "excluded)."
         )
     if study.comparisons:
         comps = study.comparisons
@@ -227,14 +253,19 @@ def mnist_report(study: MnistStudy, pictures: Sequence[str]) -> str:
         f"(seed {opts.seed}) for every run.",
         f"- Data: {sizes['train']} training and {sizes['test']} test images of real MNIST, "
         f"{opts.epochs} epochs, mini-batches of {opts.batch_size} in an order drawn from "
-        f"`torch.Generator().manual_seed({opts.seed})`; GD steps on the whole training set once "
-        "per epoch. Each method is trained with pyfastopt and torch.optim *in lockstep*: every "
-        "batch is fed to both, alternating which goes first, so both see the same batches and "
-        "the same disturbances from other work on the machine (interleaved timing).",
+        f"`torch.Generator().manual_seed({opts.seed})` (a method with a batch size of its own "
+        "uses that); GD steps on the whole training set once per epoch, full-batch Rprop "
+        "`steps_per_epoch` times, full-batch L-BFGS once (one `step(closure)`, up to `max_iter` "
+        "iterations, each evaluating the closure on the whole training set once or more). Each "
+        "method is trained with pyfastopt and "
+        "torch.optim *in lockstep*: every batch is fed to both, alternating which goes first, "
+        "so both see the same batches and the same disturbances from other work on the machine "
+        "(interleaved timing).",
         "- Training loss is measured on the whole training set after each epoch, test accuracy "
         "on the test set; neither counts as training time. *Train time* runs from `zero_grad()` "
         "to the end of `optimizer.step()` (forward, backward, step); *step()* time is the part "
-        "inside `optimizer.step()`.",
+        "inside `optimizer.step()` (for L-BFGS, whose step() runs the closure, the part outside "
+        "the closure's forward and backward).",
         "- torch.optim runs use the same class and arguments plus "
         + ", ".join(f"`{k}={v!r}`" for k, v in TORCH_EXTRA.items())
         + " (the default single-tensor for-loop on CPU)."
@@ -271,6 +302,14 @@ def mnist_report(study: MnistStudy, pictures: Sequence[str]) -> str:
     return "\n".join(parts)
 
 
+#: the distance to the minimum (or saddle point) at which a path counts as having reached it
+REACHED = 1e-3
+
+
+def _or_dash(value: int | None) -> Any:
+    return "—" if value is None else value
+
+
 def _surface_rows(surface: Surface, paths: Sequence[Path]) -> list[list[Any]]:
     rows = []
     for p in paths:
@@ -282,6 +321,7 @@ def _surface_rows(surface: Surface, paths: Sequence[Path]) -> list[list[Any]]:
                 f"({x:.4g}, {y:.4g})",
                 fmt(p.values[-1]),
                 fmt(p.distance(surface.target)),
+                _or_dash(p.reached(surface.target, REACHED)),
                 p.left_at if p.left_at is not None else "—",
             ]
         )
@@ -302,8 +342,12 @@ def surfaces_report(
         "",
         f"Each path: up to {steps} steps of a pyfastopt optimizer on one two-element float64 "
         "parameter (f, `backward()`, `step()`), from the marked start. Mini-batch SGD is the "
-        "same as GD here (there is no data to sample), so GD stands for both. A path that "
-        "leaves the plotted area by more than half its width is stopped (*left at step*).\n",
+        "same as GD here (there is no data to sample), so GD stands for both; so is mini-batch "
+        "L-BFGS for L-BFGS. L-BFGS and BFGS (`step(closure)`) take one iteration per step, "
+        "with the function evaluations their line search needs. A path that leaves the plotted "
+        "area by more than half its width is stopped (*left at step*); *within "
+        f"{REACHED:g} at step* is the first step that ends that close to the marked point, "
+        "how fast a method gets there.\n",
     ]
     for (surface, paths), picture in zip(results, pictures):
         parts += [
@@ -316,6 +360,7 @@ def surfaces_report(
                     "final point",
                     "f there",
                     f"distance to the {surface.target_label.split(' (')[0]}",
+                    f"within {REACHED:g} at step",
                     "left at step",
                 ],
                 _surface_rows(surface, paths),

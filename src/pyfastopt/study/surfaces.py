@@ -2,13 +2,15 @@
 
 A path is traced with pyfastopt's own optimizers on a two-element parameter
 (``torch.nn.Parameter(torch.tensor([x0, y0]))``, float64 so rounding does not blur the end of
-the path): evaluate f, ``backward()``, ``step()``. Each function is written with arithmetic
-operators only, so the same definition evaluates torch tensors (for gradients) and numpy grids
-(for contours).
+the path): evaluate f, ``backward()``, ``step()``. L-BFGS and BFGS step with a closure, one
+iteration per step (``max_iter=1``), each with the evaluations its line search needs. Each
+function is written with arithmetic operators only, so the same definition evaluates torch
+tensors (for gradients) and numpy grids (for contours).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .methods import METHODS, Method
+from .methods import METHODS, SURFACE_ONLY, Method
 
 Point = tuple[float, float]
 
@@ -31,6 +33,14 @@ def saddle(x: Any, y: Any) -> Any:
 
 def beale(x: Any, y: Any) -> Any:
     return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
+
+
+_LINE_SEARCH_EVALS = 25
+
+_QUASI_NEWTON_LR = (
+    "L-BFGS and BFGS take lr 1 with the strong-Wolfe line search, which starts from the "
+    "quasi-Newton step and picks the step length itself (no sweep)."
+)
 
 
 @dataclass(frozen=True)
@@ -71,11 +81,14 @@ SURFACES: tuple[Surface, ...] = (
             "rmsprop": 1e-2,
             "adam": 0.3,
             "adamw": 3e-2,
+            "lbfgs": 1.0,
+            "bfgs": 1.0,
         },
-        lr_reason="each method's best of the half-decade grid 1e-4, 3e-4, ..., 1, 3 (closest "
-        "to the minimum after 2000 steps). GD, momentum and Nesterov land on the same 1e-3: "
-        "the valley's curvature near the start (about 1900) makes GD unstable above "
-        "2/1900 ≈ 1e-3, so all three share it and differ only by their update rule.",
+        lr_reason="each first-order method's best of the half-decade grid 1e-4, 3e-4, ..., 1, 3 "
+        "(closest to the minimum after 2000 steps). GD, momentum and Nesterov land on the same "
+        "1e-3: the valley's curvature near the start (about 1900) makes GD unstable above "
+        "2/1900 ≈ 1e-3, so all three share it and differ only by their update rule. "
+        + _QUASI_NEWTON_LR,
     ),
     Surface(
         "saddle",
@@ -96,10 +109,13 @@ SURFACES: tuple[Surface, ...] = (
             "rmsprop": 1e-2,
             "adam": 1e-2,
             "adamw": 1e-2,
+            "lbfgs": 1.0,
+            "bfgs": 1.0,
         },
-        lr_reason="one lr, 0.01, for every method, so the paths differ only by the update "
-        "rule; small enough that GD's slide towards the saddle, before it escapes along y, "
-        "stays visible. *Left at step* is then the step at which a method escaped.",
+        lr_reason="one lr, 0.01, for every first-order method, so the paths differ only by the "
+        "update rule; small enough that GD's slide towards the saddle, before it escapes along "
+        "y, stays visible. *Left at step* is then the step at which a method escaped. "
+        + _QUASI_NEWTON_LR,
         log_contours=False,
     ),
     Surface(
@@ -121,23 +137,48 @@ SURFACES: tuple[Surface, ...] = (
             "rmsprop": 3e-3,
             "adam": 0.3,
             "adamw": 0.3,
+            "lbfgs": 1.0,
+            "bfgs": 1.0,
         },
-        lr_reason="each method's best of the half-decade grid 1e-4, 3e-4, ..., 1, 3 (closest "
-        "to the minimum after 2000 steps; the next larger lr sends GD, momentum and Nesterov "
-        "off the plot).",
+        lr_reason="each first-order method's best of the half-decade grid 1e-4, 3e-4, ..., 1, 3 "
+        "(closest to the minimum after 2000 steps; the next larger lr sends GD, momentum and "
+        "Nesterov off the plot). " + _QUASI_NEWTON_LR,
     ),
 )
 
 BY_NAME: Mapping[str, Surface] = {s.name: s for s in SURFACES}
 
 
+#: MNIST methods without 2-D paths: added to the MNIST table later (issue 12) and given no
+#: per-function learning rates; eighteen paths would also bury each other in one picture.
+MNIST_ONLY = frozenset({"nadam", "radam", "adamax", "adafactor", "asgd", "rprop", "rpropmini"})
+
+
 def surface_methods() -> list[Method]:
-    """The methods drawn in 2-D: all but mini-batch SGD, which is GD when there is no data."""
-    return [m for m in METHODS if not (m.batch == "mini" and m.optimizer == "SGD" and not m.kwargs)]
+    """The methods drawn in 2-D: those of the MNIST table (but :data:`MNIST_ONLY`) except a
+    mini-batch method that a full-batch one with the same class and arguments stands for when
+    there is no data to sample (SGD is GD, mini-batch L-BFGS is L-BFGS), then BFGS."""
+    table = [m for m in METHODS if m.name not in MNIST_ONLY]
+    full = {_drawn_as(m) for m in table if m.batch == "full"}
+    drawn = [m for m in table if m.batch == "full" or _drawn_as(m) not in full]
+    return drawn + list(SURFACE_ONLY)
+
+
+def _drawn_as(method: Method) -> tuple:
+    """What decides a method's path: its class and arguments (``max_iter``, ``max_eval``: see
+    :func:`trace`)."""
+    kwargs = {
+        k: v
+        for k, v in method.kwargs.items()
+        if not (method.closure and k in ("max_iter", "max_eval"))
+    }
+    return method.optimizer, tuple(sorted(kwargs.items()))
 
 
 def label(method: Method) -> str:
-    return "GD / SGD" if method.batch == "full" else method.label
+    if method.name == "gd":
+        return "GD / SGD"
+    return method.label.removesuffix(" (full batch)")
 
 
 @dataclass
@@ -158,6 +199,10 @@ class Path:
     def distance(self, to: Point) -> float:
         return math.dist(self.end, to)
 
+    def reached(self, to: Point, within: float) -> int | None:
+        """The first step after which the path is within ``within`` of ``to`` (None: never)."""
+        return next((i for i, p in enumerate(self.points) if math.dist(p, to) < within), None)
+
 
 def _inside(surface: Surface, point: Point) -> bool:
     # paths may wander a little past the plotted area; half its width past an edge, they are gone
@@ -176,14 +221,26 @@ def trace(surface: Surface, method: Method, steps: int, lr: float | None = None)
     """Run ``method`` (pyfastopt) for ``steps`` steps from ``surface.start``."""
     lr = surface.lr[method.name] if lr is None else lr
     p = torch.nn.Parameter(torch.tensor(surface.start, dtype=torch.float64))
+    if method.closure:  # one iteration per step (a point per iteration), with torch's default
+        # line-search budget (25 evaluations; max_iter=1 alone would allow it one evaluation)
+        kwargs = {**method.kwargs, "max_iter": 1, "max_eval": _LINE_SEARCH_EVALS}
+        method = dataclasses.replace(method, kwargs=kwargs)
     opt = method.build([p], "pyfastopt", lr=lr)
     path = Path(method.name, label(method), lr, [surface.start])
-    for step in range(1, steps + 1):
+
+    def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
         value = surface.f(p[0], p[1])
         value.backward()
+        return value
+
+    for step in range(1, steps + 1):
+        if method.closure:
+            value = opt.step(closure)
+        else:
+            value = closure()
+            opt.step()
         path.values.append(value.item())
-        opt.step()
         point = (p[0].item(), p[1].item())
         path.points.append(point)
         if not _inside(surface, point):
