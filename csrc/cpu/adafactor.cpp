@@ -46,8 +46,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "call_storage.h"
 #include "multi_tensor.h"
+#include "pyfastopt/call_storage.h"
 #include "pyfastopt/dispatch.h"
 #include "pyfastopt/rules.h"
 #include "pyfastopt/storage.h"
@@ -59,7 +59,7 @@ namespace {
 
 using cpu::row_numel;
 using cpu::row_ptrs;
-using namespace host;  // NOLINT: the shared host side (call_storage.h)
+using namespace host;  // NOLINT: the shared host side (pyfastopt/call_storage.h)
 
 constexpr int64_t kFlatTile = 4096;
 constexpr int64_t kTileCols = 1024;
@@ -493,8 +493,8 @@ class Step {
 }  // namespace
 
 void adafactor(const Table& t, DType dtype, const AdafactorParams& hp, int num_threads) {
-  with_storage<false, false>(t, dtype,
-                             [&](auto st) { Step<decltype(st)>(t, hp).run(num_threads); });
+  with_storage<false, StateStores::kTorchLayout>(
+      t, dtype, [&](auto st) { Step<decltype(st)>(t, hp).run(num_threads); });
 }
 
 }  // namespace PFO_ISA_NS

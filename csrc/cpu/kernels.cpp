@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "adafactor.h"
-#include "call_storage.h"
 #include "multi_tensor.h"
+#include "pyfastopt/call_storage.h"
 #include "pyfastopt/dispatch.h"
 #include "pyfastopt/rules.h"
 #include "pyfastopt/storage.h"
@@ -39,40 +39,9 @@ namespace {
 using cpu::row_aux;
 using cpu::row_numel;
 using cpu::row_ptrs;
-using namespace host;  // NOLINT: the shared host side (call_storage.h)
+using namespace host;  // NOLINT: the shared host side (pyfastopt/call_storage.h)
 
-// Defence in depth: the Python layer validated every extent; here we still refuse a table whose
-// shape does not fit the chosen rule, and null or misaligned addresses.
-// `scalars`: how many 0-d state scalars end each row, with their flag word (row_scalars.h).
-template <class St, class R>
-void check_table(const Table& t, bool has_step, int scalars) {
-  constexpr std::size_t K = R::kArrays;
-  constexpr std::size_t Q = cpu::BlockArrays<Policies<St, R>>::kCount;
-  const int64_t tail = scalars > 0 ? scalars + 1 : 0;
-  if (t.width != 2 + static_cast<int64_t>(K + Q) + tail) {
-    throw std::invalid_argument("pyfastopt: table row width does not match the update rule");
-  }
-  constexpr auto align = alignments<St, R>(std::make_index_sequence<K>{});
-  if (has_step) check_steps(t);
-  if (scalars > 0) cpu::check_scalars(t, scalars);
-  for (int64_t r = 0; r < t.rows; ++r) {
-    const int64_t n = row_numel(t, r);
-    if (n < 0) throw std::invalid_argument("pyfastopt: negative element count");
-    if (n == 0) continue;
-    for (std::size_t k = 0; k < K; ++k) {
-      const int64_t a = row_ptrs(t, r)[k];
-      if (a == 0 || a % static_cast<int64_t>(align[k]) != 0) {
-        throw std::invalid_argument("pyfastopt: null or misaligned tensor address");
-      }
-    }
-    for (std::size_t q = 0; q < Q; ++q) {
-      const int64_t a = row_ptrs(t, r)[K + q];
-      if (a == 0 || a % static_cast<int64_t>(alignof(float)) != 0) {
-        throw std::invalid_argument("pyfastopt: null or misaligned scale address");
-      }
-    }
-  }
-}
+static_assert(cpu::kMaxBlock == kMaxStateBlock, "one limit for the 8-bit state's block size");
 
 // Builds the rule for a step count, reusing the previous one when the count repeats (the usual
 // case: every tensor of a group is at the same step), so pow() runs once per call.
@@ -136,7 +105,8 @@ void refuse_zero_division(const Table& t, Divisor&& divisor) {
 template <class St, class R, class Make>
 void run(const Table& t, bool has_step, int num_threads, Make&& make, int scalars = 0) {
   using Full = decltype(compose<St>(t, std::declval<R>()));
-  check_table<St, Full>(t, has_step, scalars);
+  check_table<St, Full, cpu::BlockArrays<Policies<St, Full>>::kCount>(t, has_step, scalars);
+  if (scalars > 0) cpu::check_scalars(t, scalars);
   std::vector<Full> rules;
   rules.reserve(static_cast<std::size_t>(t.rows));
   for (int64_t r = 0; r < t.rows; ++r) rules.push_back(compose<St>(t, make(r)));
@@ -358,7 +328,7 @@ void dequantize(const uint8_t* c, const float* s, float* x, int64_t n, int64_t b
 // (n elements). Every block is checked to lie inside the arrays and the offsets to increase
 // strictly (no two blocks share an element), before any write.
 void sparse_adam(const Table& t, DType dtype, const SparseAdamParams& hp, int nt) {
-  with_storage<false, false>(t, dtype, [&](auto st) {
+  with_storage<false, StateStores::kTorchLayout>(t, dtype, [&](auto st) {
     using St = decltype(st);
     using R = SparseAdamRule<typename St::compute>;
     constexpr int K = R::kArrays;

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import torch
 
-from . import _core
+from . import _core, _cuda_backend
 
 _num_threads: int | None = None
 _source = "torch"
@@ -70,13 +70,14 @@ def config() -> dict[str, Any]:
         "parallel_min_elements": PARALLEL_MIN_ELEMENTS,
         "openmp": info.get("openmp"),
         "compiler": info.get("compiler"),
-        "cuda": info.get("cuda"),
+        "cuda": _cuda_backend.describe(),  # the optional module pyfastopt._cuda
         "fp_contract": info.get("fp_contract"),
     }
 
 
 def show_config(file: TextIO | None = None) -> None:
-    """Print the SIMD path, thread count, versions and build options in use."""
+    """Print the SIMD path, thread count, versions and build options in use, and whether the
+    optional CUDA module is built and usable here (and why not)."""
     out = file if file is not None else sys.stdout
     for key, value in config().items():
         print(f"{key:>22}: {value}", file=out)

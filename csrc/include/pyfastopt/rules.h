@@ -17,6 +17,9 @@
 // operator() takes the elements as V: T itself, or 16 lanes of T (lanes.h), where the traversal
 // converts 16-bit storage with the CPU's own instructions; the operations are the same IEEE
 // operations either way, so both give the same bits.
+//
+// The constructors are also device functions (PFO_HOST_DEVICE): the CUDA kernel builds each rule
+// on the device, from the step counter there, with the same code (cuda/launch.cuh).
 #pragma once
 
 #include <cmath>
@@ -160,7 +163,7 @@ template <typename T>
 struct Lerp {
   T coeff;
   MaskOf<T> small;
-  explicit Lerp(double weight) {
+  PFO_HOST_DEVICE explicit Lerp(double weight) {
     const T w = static_cast<T>(weight);
     const bool is_small = std::fabs(w) < T(0.5);
     small = mask_of<T>(is_small);
@@ -197,7 +200,7 @@ struct SgdRule {
   T sign, neg_lr, wd, momentum, one_minus_dampening;
   MaskOf<T> first, nesterov, l2;
 
-  SgdRule(const SgdParams& hp, bool first_step)
+  PFO_HOST_DEVICE SgdRule(const SgdParams& hp, bool first_step)
       : sign(sign_of<T>(hp.maximize)),
         neg_lr(static_cast<T>(-hp.lr)),
         wd(static_cast<T>(hp.weight_decay)),
@@ -233,7 +236,7 @@ struct AdagradRule {
   T sign, neg_clr, wd, eps;
   MaskOf<T> l2;
 
-  AdagradRule(const AdagradParams& hp, double step)
+  PFO_HOST_DEVICE AdagradRule(const AdagradParams& hp, double step)
       : sign(sign_of<T>(hp.maximize)),
         neg_clr(static_cast<T>(-(hp.lr / (1.0 + (step - 1.0) * hp.lr_decay)))),
         wd(static_cast<T>(hp.weight_decay)),
@@ -259,7 +262,7 @@ struct AdadeltaRule {
   T sign, neg_lr, wd, rho, one_minus_rho, eps;
   MaskOf<T> l2;
 
-  explicit AdadeltaRule(const AdadeltaParams& hp)
+  PFO_HOST_DEVICE explicit AdadeltaRule(const AdadeltaParams& hp)
       : sign(sign_of<T>(hp.maximize)),
         neg_lr(static_cast<T>(-hp.lr)),
         wd(static_cast<T>(hp.weight_decay)),
@@ -290,7 +293,7 @@ struct RmspropRule {
   Lerp<T> lerp;
   MaskOf<T> l2;
 
-  explicit RmspropRule(const RmspropParams& hp)
+  PFO_HOST_DEVICE explicit RmspropRule(const RmspropParams& hp)
       : sign(sign_of<T>(hp.maximize)),
         neg_lr(static_cast<T>(-hp.lr)),
         wd(static_cast<T>(hp.weight_decay)),
@@ -366,7 +369,7 @@ struct AdamRule {
   Lerp<T> lerp;
   MaskOf<T> l2;
 
-  AdamRule(const AdamParams& hp, double step)
+  PFO_HOST_DEVICE AdamRule(const AdamParams& hp, double step)
       : sign(sign_of<T>(hp.maximize)),
         wd(static_cast<T>(hp.weight_decay)),
         decay_factor(hp.decoupled && hp.weight_decay != 0.0

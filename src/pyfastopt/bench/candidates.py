@@ -36,12 +36,13 @@ class Candidate:
             self.step()
 
     def check(self, reference: Sequence[torch.Tensor], steps: int) -> Parity:
-        """Compare this candidate, after ``steps`` steps, with the reference after as many."""
-        if self.params and self.params[0].dtype in (torch.bfloat16, torch.float16):
-            return compare_lowp(reference, self.params, steps=steps)
-        return compare(
-            reference, self.params, steps=steps, rtol=self.impl.rtol, atol=self.impl.atol
-        )
+        """Compare this candidate, after ``steps`` steps, with the reference after as many
+        (on the host, wherever either lives)."""
+        reference = [t.detach().cpu() for t in reference]
+        params = [p.detach().cpu() for p in self.params]
+        if params and params[0].dtype in (torch.bfloat16, torch.float16):
+            return compare_lowp(reference, params, steps=steps)
+        return compare(reference, params, steps=steps, rtol=self.impl.rtol, atol=self.impl.atol)
 
 
 def exact_reference(spec: OptimizerSpec | None, workload: Workload) -> bool:
@@ -96,15 +97,19 @@ def build_candidate(
     *,
     seed: int = 0,
     batches: Batches | None = None,
+    device: str = "cpu",
 ) -> Candidate:
-    """``impl``'s optimizer on fresh parameters (and model, for training) from ``seed``."""
+    """``impl``'s optimizer on fresh parameters (and model, for training) from ``seed``, on
+    ``device`` (step-only workloads)."""
     if workload.train:
         if batches is None:
             raise ValueError(f"{workload.name} needs training batches")
+        if device != "cpu":
+            raise ValueError(f"{workload.name}: training workloads run on the CPU only")
         model = make_mlp(workload.hidden, seed)
         ts = train_step(model, batches.items, lambda ps: impl.build(spec, ps))
         return Candidate(impl, ts, ts.parameters(), ts)
-    params = as_parameters(*make_tensors(workload, seed))
+    params = as_parameters(*make_tensors(workload, seed), device=device)
     return Candidate(impl, impl.build(spec, params).step, params)
 
 

@@ -14,6 +14,7 @@ import torch
 import pyfastopt
 
 from .._progress import progress
+from .device import gpu_lines, no_gpu_reason
 from .impls import IMPLS, get_impl
 from .machine import header_lines, machine_record
 from .optimizers import OPTIMIZERS, get_optimizer
@@ -24,6 +25,11 @@ from .runner import Settings, run_group
 from .table import format_markdown, format_text
 from .training import Batches, load_batches
 from .workloads import DEFAULT_WORKLOADS, QUICK_WORKLOADS, Workload, fits, parse_workload
+
+
+class NoDevice(RuntimeError):
+    """``--device cuda`` on a machine without a GPU."""
+
 
 #: (rounds, warm-up rounds, minimum ms per sample) of a normal and a --quick run
 FULL = (20, 2, 2.0)
@@ -63,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(IMPLS),
         help="comma-separated implementations (default: %(default)s; "
         "'torch' is always run as the baseline)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where parameters live and steps run (default: %(default)s). cuda: step-only "
+        "workloads on the current GPU, timed with CUDA events, interleaved as on the CPU; "
+        "pyfastopt runs through its CUDA module (PYFASTOPT_CUDA=1 builds), and is reported as "
+        "skipped, with the reason, where that module cannot run. Without a GPU it says so and "
+        "exits with status 2",
     )
     p.add_argument(
         "--threads",
@@ -108,7 +124,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     min_ms = args.min_sample_ms if args.min_sample_ms is not None else min_ms
     if rounds < 1 or warmup < 0 or min_ms < 0:
         raise ValueError("--rounds must be >= 1, --warmup and --min-sample-ms >= 0")
-    return Settings(rounds, warmup, min_ms * 1e6, check=not args.no_check)
+    return Settings(rounds, warmup, min_ms * 1e6, check=not args.no_check, device=args.device)
 
 
 def _workloads(args: argparse.Namespace) -> list[Workload]:
@@ -132,9 +148,15 @@ def _data_note(batches: Batches | None) -> tuple[str, bool | None]:
 def run(args: argparse.Namespace) -> int:
     """Run the matrix the parsed arguments describe; print and write the reports."""
     settings = _settings(args)
+    if settings.device == "cuda":
+        why = no_gpu_reason()
+        if why:
+            raise NoDevice(why)
     specs = [get_optimizer(n) for n in _names(args.optimizers)]
     impls = [get_impl(n).name for n in _names(args.impls)]
     workloads = _workloads(args)
+    if settings.device != "cpu" and any(w.train for w in workloads):
+        raise ValueError("--device cuda: the train-* workloads run on the CPU only")
     if args.plot:
         require_matplotlib()
     if args.threads is not None:
@@ -146,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
     data, real = _data_note(batches)
     machine = machine_record(data, real)
     header = header_lines(machine)
+    if settings.device == "cuda":
+        machine["gpu"] = gpu_lines()
+        header += machine["gpu"]
     print("\n".join(header), flush=True)
 
     records: list[Record] = []
@@ -174,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         "warmup": settings.warmup,
         "min_sample_ms": settings.min_sample_ns / 1e6,
         "parity_checked": settings.check,
+        "device": settings.device,
         "impls": impls,
         "optimizers": [s.name for s in specs],
         "models": [w.name for w in workloads],
@@ -196,14 +222,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns 0, 1 when a parity check failed, 2 on bad arguments."""
+    """Entry point; returns 0, 1 when a parity check failed, 2 on bad arguments or when
+    ``--device cuda`` finds no GPU (it says so on stderr and runs nothing)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     saved = (torch.get_num_threads(), pyfastopt._config._num_threads)
     try:
         return run(args)
-    except (ValueError, FileNotFoundError, PlotUnavailable) as exc:
+    except (ValueError, FileNotFoundError, PlotUnavailable, NoDevice) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     finally:

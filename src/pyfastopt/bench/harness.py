@@ -2,7 +2,8 @@
 
 Warm-up first (which also sizes each candidate's batch of calls so that one sample lasts at
 least ``min_sample_ns``), then ``rounds`` rounds; each sample is the mean time of one call in
-its batch, measured with ``time.perf_counter_ns``. Interleaving spreads the machine's slow
+its batch, measured with ``time.perf_counter_ns`` (on a GPU: with CUDA events around the batch,
+``device.cuda_timer``). Interleaving spreads the machine's slow
 moments over all candidates alike, so ratios of medians from the same run are fair even on a
 noisy machine; absolute times are not comparable across runs.
 """
@@ -56,15 +57,18 @@ def interleaved(
     warmup: int = 1,
     min_sample_ns: float = 1e6,
     on_round: Callable[[int], None] | None = None,
+    timer: Callable[[Callable[[], object], int], float] | None = None,
 ) -> dict[str, Timing]:
-    """Time every candidate ``rounds`` times, round-robin, after ``warmup`` warm-up rounds."""
+    """Time every candidate ``rounds`` times, round-robin, after ``warmup`` warm-up rounds.
+    ``timer(fn, calls)``: ns per call of a batch (default: the host clock)."""
+    time_batch = timer if timer is not None else _time_batch
     if rounds < 1:
         raise ValueError("rounds must be >= 1")
     names = list(candidates)
     batch = dict.fromkeys(names, 1)
     for _ in range(max(1, warmup)):
         for name in names:
-            per_call = _time_batch(candidates[name], batch[name])
+            per_call = time_batch(candidates[name], batch[name])
             batch[name] = max(1, min(_MAX_BATCH, math.ceil(min_sample_ns / max(per_call, 1.0))))
     samples: dict[str, list[float]] = {name: [] for name in names}
     was_enabled = gc.isenabled()
@@ -72,7 +76,7 @@ def interleaved(
     try:
         for r in range(rounds):
             for name in names:
-                samples[name].append(_time_batch(candidates[name], batch[name]))
+                samples[name].append(time_batch(candidates[name], batch[name]))
             if on_round is not None:
                 on_round(r)
     finally:

@@ -122,13 +122,16 @@ def get_impl(name: str) -> Impl:
 
 
 @functools.cache
-def unavailable(impl_name: str, opt_name: str, lowp: bool = False) -> str | None:
+def unavailable(
+    impl_name: str, opt_name: str, lowp: bool = False, device: str = "cpu"
+) -> str | None:
     """None when implementation ``impl_name`` can step optimizer ``opt_name`` here (on
-    bfloat16 parameters with ``lowp``), else why not.
+    bfloat16 parameters with ``lowp``; on ``device``), else why not.
 
-    Optional implementations are probed once per pair with one step on a tiny CPU tensor;
-    the others (torch's for-loop and foreach paths, pyfastopt) are never skipped, so that a
-    broken one fails loudly instead.
+    Optional implementations are probed once per pair with one step on a tiny tensor on the
+    device; the others (torch's for-loop and foreach paths, pyfastopt) are never skipped, so
+    that a broken one fails loudly instead; except pyfastopt on a GPU where its CUDA module is
+    not usable or has no kernel for the optimizer (it would silently time torch's own step).
     """
     from .optimizers import get_optimizer
 
@@ -138,17 +141,30 @@ def unavailable(impl_name: str, opt_name: str, lowp: bool = False) -> str | None
         return reason
     if not impl.applies(spec):
         return f"{impl.name} has no {spec.cls_name}"
-    if lowp and impl.name == "torch-fused" and spec.cls_name == "SGD":
+    if device != "cpu" and impl.name == "deepspeed":
+        return "DeepSpeed's CPU optimizers run on the CPU only"
+    if device != "cpu" and impl.name == "pyfastopt":
+        if not getattr(spec.pyfastopt_cls, "_cuda_kernel", False):
+            return (
+                f"pyfastopt's CUDA module has no {spec.cls_name}: its CUDA parameters take "
+                "torch's own step"
+            )
+        from .. import _cuda_backend
+
+        why = _cuda_backend.reason()
+        return f"pyfastopt's CUDA module is not used: {why}" if why else None
+    if lowp and device == "cpu" and impl.name == "torch-fused" and spec.cls_name == "SGD":
         return "torch's fused SGD does not update bfloat16/float16 parameters (pytorch #191763)"
     if lowp and impl.name == "deepspeed":
         return "not benchmarked on 16-bit parameters"
     if not impl.optional:
         return None
     dtype = torch.bfloat16 if lowp else torch.float32
-    param = torch.nn.Parameter(torch.ones(8, dtype=dtype))
-    param.grad = torch.full((8,), 0.5, dtype=dtype)
+    param = torch.nn.Parameter(torch.ones(8, dtype=dtype, device=device))
+    param.grad = torch.full((8,), 0.5, dtype=dtype, device=device)
     try:
         impl.build(spec, [param]).step()
     except Exception as exc:  # a probe: whatever fails here means "cannot run it"
-        return f"{impl.name} {spec.cls_name} cannot step on CPU: {type(exc).__name__}: {exc}"
+        where = "on CPU" if device == "cpu" else f"on {device}"
+        return f"{impl.name} {spec.cls_name} cannot step {where}: {type(exc).__name__}: {exc}"
     return None

@@ -20,11 +20,11 @@ def stream_elements(nbytes: int, itemsize: int = 4) -> int:
     return max(1, round(nbytes / (STREAMS * itemsize)))
 
 
-def streaming_kernel(nbytes: int) -> Callable[[], object]:
+def streaming_kernel(nbytes: int, device: str = "cpu") -> Callable[[], object]:
     """A callable running ``a.add_(b, alpha=k)`` over arrays that move ``nbytes`` in all."""
     n = stream_elements(nbytes)
-    a = torch.ones(n)
-    b = torch.full((n,), 0.5)
+    a = torch.ones(n, device=device)
+    b = torch.full((n,), 0.5, device=device)
 
     def run() -> torch.Tensor:
         return a.add_(b, alpha=1e-7)

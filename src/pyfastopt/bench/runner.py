@@ -17,6 +17,7 @@ from .candidates import (
     is_checked,
     rounded_reference,
 )
+from .device import cuda_timer
 from .harness import Timing, interleaved
 from .impls import IMPLS, REFERENCE, unavailable
 from .optimizers import OptimizerSpec
@@ -38,6 +39,7 @@ class Settings:
     min_sample_ns: float = 2e6
     check: bool = True
     seed: int = 0
+    device: str = "cpu"  # "cuda": parameters on the current GPU, timed with CUDA events
 
 
 @dataclass
@@ -79,12 +81,17 @@ def run_group(
     names = [REFERENCE] + [n for n in impl_names if n != REFERENCE]
     cands: dict[str, Candidate] = {}
     for name in names:
-        reason = unavailable(name, spec.name, workload.lowp)
+        reason = unavailable(name, spec.name, workload.lowp, settings.device)
         if reason:
             group.skipped.append(Skipped(spec.name, workload.name, name, reason))
         else:
             cands[name] = build_candidate(
-                spec, workload, IMPLS[name], seed=settings.seed, batches=batches
+                spec,
+                workload,
+                IMPLS[name],
+                seed=settings.seed,
+                batches=batches,
+                device=settings.device,
             )
     parity = _check(cands, spec, workload, settings.seed) if settings.check else {}
 
@@ -99,12 +106,13 @@ def run_group(
             c.train.fwd_bwd_ns.clear()
     else:
         nbytes = spec.bytes_per_step(workload.step_numel, workload.itemsize)
-        timed[ROOFLINE] = streaming_kernel(nbytes)
+        timed[ROOFLINE] = streaming_kernel(nbytes, settings.device)
     timings = interleaved(
         timed,
         rounds=settings.rounds,
         warmup=settings.warmup,
         min_sample_ns=settings.min_sample_ns,
+        timer=cuda_timer if settings.device == "cuda" else None,
     )
     roof = timings.pop(ROOFLINE, None)
     for name, timing in timings.items():

@@ -199,12 +199,13 @@ def make_tensors(
 
 
 def as_parameters(
-    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]
+    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], device: str = "cpu"
 ) -> list[torch.nn.Parameter]:
-    """Fresh parameters copied from ``params``, each with its own copy of its gradient."""
+    """Fresh parameters copied from ``params`` (onto ``device``), each with its own copy of its
+    gradient."""
     out = []
     for p, g in zip(params, grads):
-        param = torch.nn.Parameter(p.clone())
-        param.grad = g.clone()
+        param = torch.nn.Parameter(p.to(device, copy=True))
+        param.grad = g.to(device, copy=True)
         out.append(param)
     return out

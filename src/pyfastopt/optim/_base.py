@@ -22,9 +22,9 @@ from typing import Any, ClassVar
 import torch
 import torch.optim.optimizer as _topt
 
-from .. import _config, _core, _reader  # noqa: F401  (_reader picks the metadata reader)
+from .. import _config, _core, _cuda_backend, _reader  # noqa: F401  (_reader: metadata reader)
 from ..errors import StateError, UnsupportedError
-from . import _lowmem, _precision
+from . import _cuda_rows, _lowmem, _precision
 from ._layout import NATIVE_DTYPES, is_dense, same_layout
 from ._precision import MASTER, MASTER_KEY
 from ._state import check_buffer, check_scalar, check_step, describe
@@ -43,7 +43,9 @@ class _Call:
 
     ``source`` is the ``_core.Plan`` the native step function reads. The general path builds it
     (taking every tensor's signature) and runs it; a plan kept for later steps re-checks itself
-    in ``collect`` and is the fast path.
+    in ``collect`` and is the fast path. A call of CUDA parameters (``device`` set) has a
+    ``_cuda.Call`` instead, built by the general path at every step, and ``backend`` is
+    ``pyfastopt._cuda``: the same step functions with the same arguments.
     """
 
     __slots__ = (
@@ -58,9 +60,22 @@ class _Call:
         "written",
         "steady_aux",
         "source",
+        "device",
+        "steps",
+        "backend",
+        "keep",
     )
 
-    def __init__(self, dtype: int, step_f64: bool, rounding: int, store: int, salt: int) -> None:
+    def __init__(
+        self,
+        dtype: int,
+        step_f64: bool,
+        rounding: int,
+        store: int,
+        salt: int,
+        device: torch.device | None = None,
+        steps: int = 0,
+    ) -> None:
         self.dtype = dtype
         self.step_f64 = step_f64
         self.rounding = rounding  # _precision.NEAREST / STOCHASTIC / MASTER
@@ -72,6 +87,10 @@ class _Call:
         self.written: list[_Tensor] = []  # tensors the step writes: their versions are bumped
         self.steady_aux: list[int] = []  # each row's aux word after this step (SGD: not first)
         self.source: Any = None
+        self.device = device  # a CUDA device, or None (the CPU core)
+        self.steps = steps  # CUDA calls: where the step counters are (_cuda_rows)
+        self.backend: Any = _core
+        self.keep: list = []  # CUDA calls: tensors made for the call (a device lr)
 
     def add(
         self, p: _Tensor, st: dict | None, checks: tuple, held: tuple, row: list[int], aux: int
@@ -86,6 +105,17 @@ class _Call:
         self.source = _core.Plan(
             list(group_params), self.rows, self.table, self.width, self.written, _bump_versions
         )
+        return self
+
+    def build_cuda(self, group: dict) -> _Call:
+        """The CUDA module's Call for these rows (validated like any others), on torch's current
+        stream of their device."""
+        assert self.device is not None
+        if self.steps == _cuda_rows.HOST_STEPS:
+            _cuda_rows.refuse_capture_with_host_steps(self.device)
+        self.backend = _cuda_backend.module()
+        lr = _cuda_rows.lr_address(group["lr"], self.device, self.keep)
+        self.source = _cuda_rows.make_call(self.table, self.width, self.device, self.steps, lr)
         return self
 
 
@@ -129,6 +159,10 @@ class FastOptimizer(torch.optim.Optimizer):
     _lazy_buffers: ClassVar[tuple[str, ...]] = ()
     #: whether torch lets GradScaler hand this optimizer its scale (``fused=True``)
     _amp_in_kernel: ClassVar[bool] = False
+    #: whether pyfastopt._cuda has this algorithm (its ``<name>_step`` takes the arguments of
+    #: ``_core``'s and ``_native_step`` calls it through ``call.backend``); without it, CUDA
+    #: parameters take torch's step
+    _cuda_kernel: ClassVar[bool] = False
 
     def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
         options = _precision.split_options(kwargs)  # master_weights, stochastic_rounding
@@ -190,6 +224,11 @@ class FastOptimizer(torch.optim.Optimizer):
         """The native call's storage options: None, or (rounding, seed, grad_scale address,
         found_inf address)."""
         amp = self.__dict__.get("_amp_pointers")
+        if call.device is not None:  # GradScaler's scalars on the call's device, if in the step
+            scalars = self.__dict__.get("_amp_cuda")
+            amp = None
+            if scalars is not None:
+                amp = tuple(0 if t is None else t.data_ptr() for t in scalars[call.device])
         if call.rounding == _precision.NEAREST and amp is None and call.store == _lowmem.AS_PARAM:
             return None
         stochastic = call.rounding == _precision.STOCHASTIC or call.store == _lowmem.BF16_SR
@@ -210,7 +249,7 @@ class FastOptimizer(torch.optim.Optimizer):
                 src, st = saved.get(pid), self.state.get(p)
                 if not isinstance(src, dict) or not isinstance(st, dict):
                     continue
-                if not _native_tensor(p):
+                if not (_native_tensor(p) or self._on_cuda_module(p)):
                     continue
                 for k, v in src.items():
                     if k != "step" and _lowmem.kept_as_saved(k, v, p):
@@ -249,6 +288,10 @@ class FastOptimizer(torch.optim.Optimizer):
 
     def _uses_state(self, group: dict) -> bool:
         return True
+
+    def _on_cuda_module(self, p: _Tensor) -> bool:
+        """Whether the CUDA module steps ``p`` (its state then keeps pyfastopt's layouts)."""
+        return self._cuda_kernel and _cuda_rows.plain(p) and _cuda_backend.usable()
 
     def _row_aux(self, state: dict | None, first: bool) -> int:
         """The row's aux word: the step counter's address (SGD overrides with flags)."""
@@ -302,17 +345,22 @@ class FastOptimizer(torch.optim.Optimizer):
             where = f"param {i} of group {gi}"
             if st is not None and not isinstance(st, dict):
                 raise StateError(f"{where}: state must be a dict, got {describe(st)}")
-            if not st or not _native_tensor(p) or not self._takes(p):
+            on_cuda = not _native_tensor(p) and self._on_cuda_module(p)
+            if not st or not (_native_tensor(p) or on_cuda) or not self._takes(p):
                 continue
             keys = self._buffer_keys_for(p, group)
             mode = _precision.row_mode(p, group, where)
             store = _lowmem.row_store(p, group, mode == MASTER, where)
+            if on_cuda and store == _lowmem.BLOCK8:
+                continue  # refused at the step (UnsupportedError)
             # SGD's buffer may legitimately be absent until the first step with a gradient.
             present = tuple(k for k in keys if not (k in self._lazy_buffers and st.get(k) is None))
             self._settle(p, st, present, mode, store, group, where)
             if mode == MASTER:
                 check_buffer(p, st, MASTER_KEY, where, torch.float32)
-            if self._has_step:
+            if self._has_step and on_cuda:
+                _cuda_rows.check_device_row_step(st, where, p, group)
+            elif self._has_step:
                 check_step(st, where)
             for k in self._scalar_keys:
                 check_scalar(st, k, where)
@@ -396,6 +444,16 @@ class FastOptimizer(torch.optim.Optimizer):
                 finally:
                     del d["_amp_pointers"], d["_amp_found_inf"]
                 return loss
+            scalars = None
+            if self._amp_in_kernel:  # CUDA parameters: the scalars on each device, no sync
+                scalars = _cuda_rows.amp_scalars(self, grad_scale, found_inf)
+            if scalars is not None:
+                d["_amp_cuda"], d["_amp_found_inf"] = scalars, found_inf
+                try:
+                    self._step(None)
+                finally:
+                    del d["_amp_cuda"], d["_amp_found_inf"]
+                return loss
             if found_inf is not None and bool(found_inf.detach().sum().item() != 0):
                 return loss
             if grad_scale is not None:
@@ -434,12 +492,14 @@ class FastOptimizer(torch.optim.Optimizer):
         fallback: list[_Tensor] = []
         inactive: list[_Tensor] = []
         firsts: dict[int, bool] = {}  # a duplicate takes the first-step semantics of its first
+        cuda_seen = False
         for i, p in enumerate(params):
             g = p.grad
             if g is None:
                 inactive.append(p)
                 continue
             where = f"param {i} of group {gi}"
+            on_cuda = False
             if (
                 not _native_tensor(p)
                 or not _native_tensor(g)
@@ -447,16 +507,27 @@ class FastOptimizer(torch.optim.Optimizer):
                 or g.shape != p.shape
                 or not self._takes(p)
             ):
-                # torch's own step, which computes or raises exactly as torch does: other
-                # devices, subclasses, neg/conj views, a gradient of another dtype or shape
-                _refuse_non_float(p, where)
-                fallback.append(p)
-                continue
+                # pyfastopt._cuda, when built and usable, for the algorithms it has
+                on_cuda = self._takes(p) and _cuda_rows.takes(self, p, g)
+                if not on_cuda:
+                    # torch's own step, which computes or raises exactly as torch does: other
+                    # devices, subclasses, neg/conj views, a gradient of another dtype or shape
+                    _refuse_non_float(p, where)
+                    fallback.append(p)
+                    continue
+                if not cuda_seen:
+                    cuda_seen = True
+                    _cuda_rows.graph_capture_check(self)
             st: dict | None = None
             keys = self._buffer_keys_for(p, group)
             first = firsts.get(id(p))
             mode = _precision.row_mode(p, group, where)
             store = _lowmem.row_store(p, group, mode == MASTER, where) if uses_state else 0
+            if on_cuda and store == _lowmem.BLOCK8:
+                raise UnsupportedError(
+                    f"{where}: state_dtype='8bit' is not supported for CUDA parameters yet "
+                    "(state_dtype=torch.bfloat16 is)"
+                )
             if uses_state or mode == MASTER:
                 st = self.state[p]
                 if not isinstance(st, dict):
@@ -482,11 +553,14 @@ class FastOptimizer(torch.optim.Optimizer):
                 self._settle(p, st, keys, mode, store, group, where)
                 for k in (MASTER_KEY,) if mode == MASTER else ():
                     check_buffer(p, st, k, where, torch.float32)
+                plain = _cuda_rows.plain if on_cuda else _native_tensor
                 for k in (*keys, MASTER_KEY) if mode == MASTER else keys:
                     b = st[k]
-                    if not _native_tensor(b):  # a neg/conj view or a subclass: a plain copy
+                    if not plain(b):  # a neg/conj view or a subclass: a plain copy
                         st[k] = torch.empty_like(b).copy_(b)
-                if self._has_step:
+                if self._has_step and on_cuda:
+                    _cuda_rows.check_device_row_step(st, where, p, group)
+                elif self._has_step:
                     check_step(st, where)
                 for k in self._scalar_keys:
                     check_scalar(st, k, where)
@@ -510,22 +584,40 @@ class FastOptimizer(torch.optim.Optimizer):
                 step_f64 = bool(
                     st is not None and self._has_step and st["step"].dtype == torch.float64
                 )
+                device, steps = None, _cuda_rows.NO_STEPS
+                if it.p.device.type == "cuda":
+                    device = it.p.device
+                    if st is not None and self._has_step:
+                        on_host = st["step"].device.type == "cpu"
+                        steps = _cuda_rows.HOST_STEPS if on_host else _cuda_rows.DEVICE_STEPS
                 own = (MASTER_KEY,) if it.mode == MASTER else ()
                 if it.store == _lowmem.BLOCK8:
                     own += _lowmem.aux_keys(keys)
                 own += self._scalar_keys
                 checks = () if st is None else tuple((k, st[k]) for k in (*keys, *own, *step_key))
-                ck = (code, step_f64, it.mode, it.store)
+                ck = (code, step_f64, it.mode, it.store, device, steps)
                 if ck not in wave_calls:  # salt: group and call, for stochastic rounding
                     salt = (gi << 24) + (len(calls) << 4) + len(wave_calls)
-                    wave_calls[ck] = _Call(code, step_f64, it.mode, it.store, salt)
+                    wave_calls[ck] = _Call(code, step_f64, it.mode, it.store, salt, device, steps)
                 wave_calls[ck].add(it.p, st, checks, held, row, self._row_aux(st, False))
             for call in wave_calls.values():
-                call.build(params)
+                if call.device is None:
+                    call.build(params)
+                else:  # CUDA calls are built (and validated) at every step: no cached plan
+                    call.build_cuda(group)
+                    cacheable = False
                 self._native_step(call, None, None, group, threads)
-                call.source.set_aux(call.steady_aux)
+                if call.device is None:
+                    call.source.set_aux(call.steady_aux)
+                else:  # as torch's in-place step bumps them (a Plan does this for the CPU)
+                    _bump_versions(call.written)
                 calls.append(call)
-            if self._skipped_by_scaler():  # nothing was stepped: undo lazily made buffers
+            wave_items = [items[j] for j in wave]
+            # whether GradScaler skipped is read back from a CUDA device only when it matters
+            # (buffers made lazily this step), as reading it waits for the device
+            cuda_only = bool(wave_items) and all(it.p.device.type == "cuda" for it in wave_items)
+            ask = not cuda_only or (bool(self._lazy_buffers) and any(it.first for it in wave_items))
+            if ask and self._skipped_by_scaler():  # nothing was stepped: undo lazily made buffers
                 for it in (items[j] for j in wave):
                     if it.first and it.st is not None:
                         for k in self._lazy_buffers:

@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from .. import _core
 from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
 from ._base import FastOptimizer, _Call
 
@@ -18,12 +17,15 @@ class Adadelta(FastOptimizer, torch.optim.Adadelta):
         + (torch.optim.Adadelta.__doc__ or "")
     )
     _torch_cls = torch.optim.Adadelta
+    _cuda_kernel = True
 
     def _buffer_keys(self, group: dict) -> tuple[str, ...]:
         return ("square_avg", "acc_delta")
 
     def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:
-        state["step"] = torch.zeros((), dtype=_get_scalar_dtype())
+        # torch hosts `step` on the parameter's device when capturable (CUDA parameters)
+        device = p.device if group.get("capturable") else None
+        state["step"] = torch.zeros((), dtype=_get_scalar_dtype(), device=device)
         state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["acc_delta"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
@@ -32,7 +34,7 @@ class Adadelta(FastOptimizer, torch.optim.Adadelta):
     def _native_step(
         self, call: _Call, params: list | None, state: Any, group: dict, threads: int
     ) -> bool:
-        return _core.adadelta_step(
+        return call.backend.adadelta_step(  # _core, or _cuda for CUDA parameters
             call.source,
             params,
             state,

@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from .. import _core
 from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
 from ._base import FastOptimizer, _Call
 
@@ -19,6 +18,7 @@ class Adagrad(FastOptimizer, torch.optim.Adagrad):
     )
     _torch_cls = torch.optim.Adagrad
     _amp_in_kernel = True
+    _cuda_kernel = True
 
     def _buffer_keys(self, group: dict) -> tuple[str, ...]:
         return ("sum",)
@@ -41,7 +41,7 @@ class Adagrad(FastOptimizer, torch.optim.Adagrad):
     def _native_step(
         self, call: _Call, params: list | None, state: Any, group: dict, threads: int
     ) -> bool:
-        return _core.adagrad_step(
+        return call.backend.adagrad_step(  # _core, or _cuda for CUDA parameters
             call.source,
             params,
             state,

@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from .. import _core
 from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
 from ._base import FastOptimizer, _Call
 
@@ -16,6 +15,7 @@ class _AdamStep(FastOptimizer):
     #: AdamW decays decoupled whatever its groups say (before torch 2.6 it had no such group key)
     _always_decoupled = False
     _amp_in_kernel = True
+    _cuda_kernel = True
 
     def _buffer_keys(self, group: dict) -> tuple[str, ...]:
         if group["amsgrad"]:
@@ -42,7 +42,7 @@ class _AdamStep(FastOptimizer):
         self, call: _Call, params: list | None, state: Any, group: dict, threads: int
     ) -> bool:
         beta1, beta2 = group["betas"]
-        return _core.adam_step(
+        return call.backend.adam_step(  # _core, or _cuda for CUDA parameters
             call.source,
             params,
             state,

@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from .. import _core
 from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
 from ._base import FastOptimizer, _Call
 
@@ -18,6 +17,7 @@ class RMSprop(FastOptimizer, torch.optim.RMSprop):
         + (torch.optim.RMSprop.__doc__ or "")
     )
     _torch_cls = torch.optim.RMSprop
+    _cuda_kernel = True
 
     def _buffer_keys(self, group: dict) -> tuple[str, ...]:
         # the native rule's order: square_avg[, grad_avg][, momentum_buffer]
@@ -29,7 +29,9 @@ class RMSprop(FastOptimizer, torch.optim.RMSprop):
         return tuple(keys)
 
     def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:
-        state["step"] = torch.zeros((), dtype=_get_scalar_dtype())
+        # torch hosts `step` on the parameter's device when capturable (CUDA parameters)
+        device = p.device if group.get("capturable") else None
+        state["step"] = torch.zeros((), dtype=_get_scalar_dtype(), device=device)
         state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if group["momentum"] > 0:
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -41,7 +43,7 @@ class RMSprop(FastOptimizer, torch.optim.RMSprop):
     def _native_step(
         self, call: _Call, params: list | None, state: Any, group: dict, threads: int
     ) -> bool:
-        return _core.rmsprop_step(
+        return call.backend.rmsprop_step(  # _core, or _cuda for CUDA parameters
             call.source,
             params,
             state,

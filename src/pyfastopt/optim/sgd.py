@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 
-from .. import _core
 from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
 from ._base import FastOptimizer, _Call
 
@@ -17,6 +16,7 @@ class SGD(FastOptimizer, torch.optim.SGD):
     )
     _torch_cls = torch.optim.SGD
     _amp_in_kernel = True
+    _cuda_kernel = True
     _has_step = False
     _lazy_buffers = ("momentum_buffer",)
 
@@ -39,7 +39,7 @@ class SGD(FastOptimizer, torch.optim.SGD):
     def _native_step(
         self, call: _Call, params: list | None, state: Any, group: dict, threads: int
     ) -> bool:
-        return _core.sgd_step(
+        return call.backend.sgd_step(  # _core, or _cuda for CUDA parameters
             call.source,
             params,
             state,
