@@ -31,7 +31,7 @@ void check_stores(const uint32_t* in, bool bf16_insn) {
   alignas(64) uint16_t out[16];
   for (int k = 0; k < 16; ++k) f[k] = bits_f32(in[k]);
   const Lanes v = _mm512_loadu_ps(f);
-  const LaneBits random = element_random_lanes(0x1234567890ABCDEFull, in[0]);
+  const LaneBits random = RandomLanes(0x1234567890ABCDEFull, in[0]).next();
   alignas(64) uint32_t r[16];
   _mm512_storeu_si512(r, random);
   if (bf16_insn) {
@@ -50,6 +50,37 @@ void check_stores(const uint32_t* in, bool bf16_insn) {
   store_words(out, f32_to_fp16_lanes(v));
   for (int k = 0; k < 16; ++k) {
     if (out[k] != f32_to_fp16(f[k])) fail("fp16", in[k], out[k], f32_to_fp16(f[k]));
+  }
+}
+
+// RandomLanes block after block, across wraps of the index's low word: element_random's bits
+void check_random_stream() {
+  const uint64_t salts[] = {0x1234567890ABCDEFull, 0, ~0ull};
+  const int64_t starts[] = {0,
+                            1,
+                            15,
+                            16,
+                            0xFFFFFFC0ll,
+                            0xFFFFFFC7ll,
+                            0xFFFFFFEFll,
+                            0xFFFFFFF0ll,
+                            0xFFFFFFFFll,
+                            0x1FFFFFFF5ll,
+                            1ll << 40,
+                            (1ll << 40) - 9};
+  for (const uint64_t salt : salts) {
+    for (const int64_t start : starts) {
+      RandomLanes random(salt, start);
+      for (int64_t b = 0; b < 12; ++b) {
+        alignas(64) uint32_t r[16];
+        _mm512_storeu_si512(r, random.next());
+        for (int k = 0; k < 16; ++k) {
+          const int64_t index = start + 16 * b + k;
+          const uint32_t want = element_random(salt, index);
+          if (r[k] != want) fail("RandomLanes stream", static_cast<uint32_t>(index), r[k], want);
+        }
+      }
+    }
   }
 }
 
@@ -80,6 +111,7 @@ int main(int argc, char** argv) {
   const uint64_t stride = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 61;
   const bool bf16_insn = __builtin_cpu_supports("avx512bf16");
   check_loads();
+  check_random_stream();
   uint32_t in[16];
   int n = 0;
   uint64_t count = 0;
