@@ -352,24 +352,22 @@ struct RmspropRule {
   }
 };
 
-// Adam and AdamW. Arrays: p, g, exp_avg, exp_avg_sq[, max_exp_avg_sq]. FUSED follows the
-// arithmetic of torch's fused CPU kernel (`_fused_adam`, the reference for bfloat16/float16):
-// L2 decay and the second moment as a multiply and an add, where the for-loop's vectorised ops
-// fuse them.
-//
-// The decay is chosen per tensor, not per template: L2 through `l2` (see prepare_grad), the
-// decoupled decay as a multiplication of the parameter by `decay_factor`, which is exactly 1
-// (an exact identity) when it does not apply.
-template <typename T, bool AMSGRAD, bool FUSED = false>
-struct AdamRule {
-  using value_type = T;
-  static constexpr int kArrays = AMSGRAD ? 5 : 4;
-  static constexpr unsigned kUnsignedBuffers = AMSGRAD ? 6 : 2;  // exp_avg_sq, max_exp_avg_sq
-  T sign, wd, decay_factor, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step_size;
+// The first half of the Adam family's step (Adam, AdamW, NAdam, RAdam), as torch's
+// single-tensor functions compute it: the decoupled decay, the gradient (maximize's sign, the L2
+// term), both moments. The decay is chosen per tensor, not per template: L2 through `l2` (see
+// prepare_grad), the decoupled decay as a multiplication of the parameter by `decay_factor`,
+// which is exactly 1 (an exact identity) when it does not apply. FUSED: the second moment as a
+// multiply and an add, as torch's fused CPU kernel computes it.
+template <typename T, bool FUSED = false>
+struct AdamMoments {
+  T sign, wd, decay_factor, beta2, one_minus_beta2;
   Lerp<T> lerp;
   MaskOf<T> l2;
 
-  PFO_HOST_DEVICE AdamRule(const AdamParams& hp, double step)
+  // P: AdamParams, NadamParams or RadamParams (lr, beta1, beta2, weight_decay, maximize,
+  // decoupled)
+  template <class P>
+  PFO_HOST_DEVICE explicit AdamMoments(const P& hp)
       : sign(sign_of<T>(hp.maximize)),
         wd(static_cast<T>(hp.weight_decay)),
         decay_factor(hp.decoupled && hp.weight_decay != 0.0
@@ -377,26 +375,42 @@ struct AdamRule {
                          : T(1)),
         beta2(static_cast<T>(hp.beta2)),
         one_minus_beta2(static_cast<T>(1.0 - hp.beta2)),
-        bc2_sqrt(static_cast<T>(std::pow(1.0 - std::pow(hp.beta2, step), 0.5))),
-        eps(static_cast<T>(hp.eps)),
-        neg_step_size(static_cast<T>(-(hp.lr / (1.0 - std::pow(hp.beta1, step))))),
         lerp(1.0 - hp.beta1),
         l2(mask_of<T>(!hp.decoupled && hp.weight_decay != 0.0)) {}
 
+  // decays p, updates m (exp_avg) and v (exp_avg_sq); returns the gradient used
   template <typename V>
-  PFO_HD V moments(V& p, V g0, V& m, V& v) const {
+  PFO_HD V operator()(V& p, V g0, V& m, V& v) const {
     p = times(p, decay_factor);
     const V g = prepare_grad<T, FUSED>(g0, p, wd, sign, l2);
     m = lerp(m, g);
-    V s;
     if constexpr (FUSED) {
-      s = v * beta2 + one_minus_beta2 * g * g;
+      v = v * beta2 + one_minus_beta2 * g * g;
     } else {
-      s = fmadd(one_minus_beta2 * g, g, v * beta2);
+      v = fmadd(one_minus_beta2 * g, g, v * beta2);
     }
-    v = s;
-    return s;
+    return g;
   }
+};
+
+// Adam and AdamW. Arrays: p, g, exp_avg, exp_avg_sq[, max_exp_avg_sq]. FUSED follows the
+// arithmetic of torch's fused CPU kernel (`_fused_adam`, the reference for bfloat16/float16):
+// L2 decay and the second moment as a multiply and an add, where the for-loop's vectorised ops
+// fuse them.
+template <typename T, bool AMSGRAD, bool FUSED = false>
+struct AdamRule {
+  using value_type = T;
+  static constexpr int kArrays = AMSGRAD ? 5 : 4;
+  static constexpr unsigned kUnsignedBuffers = AMSGRAD ? 6 : 2;  // exp_avg_sq, max_exp_avg_sq
+  AdamMoments<T, FUSED> moments;
+  T bc2_sqrt, eps, neg_step_size;
+
+  PFO_HOST_DEVICE AdamRule(const AdamParams& hp, double step)
+      : moments(hp),
+        bc2_sqrt(static_cast<T>(std::pow(1.0 - std::pow(hp.beta2, step), 0.5))),
+        eps(static_cast<T>(hp.eps)),
+        neg_step_size(static_cast<T>(-(hp.lr / (1.0 - std::pow(hp.beta1, step))))) {}
+
   template <typename V>
   PFO_HD void update(V& p, V m, V s) const {
     const V denom = sqrt_of(s) / bc2_sqrt + eps;
@@ -405,11 +419,13 @@ struct AdamRule {
 
   template <typename V>
   PFO_HD void operator()(V& p, const V& g0, V& m, V& v) const {
-    update(p, m, moments(p, g0, m, v));
+    moments(p, g0, m, v);
+    update(p, m, v);
   }
   template <typename V>
   PFO_HD void operator()(V& p, const V& g0, V& m, V& v, V& vmax) const {
-    const V s = max_nan(vmax, moments(p, g0, m, v));
+    moments(p, g0, m, v);
+    const V s = max_nan(vmax, v);
     vmax = s;
     update(p, m, s);
   }
@@ -444,39 +460,25 @@ struct NadamRule {
   using value_type = T;
   static constexpr int kArrays = 4;
   static constexpr unsigned kUnsignedBuffers = 2;  // exp_avg_sq
-  T sign, wd, decay_factor, beta2, one_minus_beta2, bc2, eps, grad_coeff, avg_coeff;
-  Lerp<T> lerp;
-  MaskOf<T> l2;
+  AdamMoments<T> moments;
+  T bc2, eps, grad_coeff, avg_coeff;
 
   // mu_product: its value after this step's update, as torch reads it (`.item()`)
   NadamRule(const NadamParams& hp, double step, double mu_product)
       : NadamRule(hp, step, nadam_coefficients(hp, step, mu_product)) {}
   NadamRule(const NadamParams& hp, double step, const NadamCoefficients& c)
-      : sign(sign_of<T>(hp.maximize)),
-        wd(static_cast<T>(hp.weight_decay)),
-        decay_factor(hp.decoupled && hp.weight_decay != 0.0
-                         ? static_cast<T>(1.0 - hp.lr * hp.weight_decay)
-                         : T(1)),
-        beta2(static_cast<T>(hp.beta2)),
-        one_minus_beta2(static_cast<T>(1.0 - hp.beta2)),
+      : moments(hp),
         bc2(static_cast<T>(1.0 - std::pow(hp.beta2, step))),
         eps(static_cast<T>(hp.eps)),
         grad_coeff(static_cast<T>(c.grad)),
-        avg_coeff(static_cast<T>(c.avg)),
-        lerp(1.0 - hp.beta1),
-        l2(mask_of<T>(!hp.decoupled && hp.weight_decay != 0.0)) {}
+        avg_coeff(static_cast<T>(c.avg)) {}
 
   template <typename V>
   PFO_HD void operator()(V& p, const V& g0, V& m, V& v) const {
-    p = times(p, decay_factor);
-    const V g = prepare_grad<T>(g0, p, wd, sign, l2);
-    const V avg = lerp(m, g);
-    m = avg;
-    const V s = fmadd(one_minus_beta2 * g, g, v * beta2);
-    v = s;
-    const V denom = sqrt_of(s / bc2) + eps;
-    p = p + (grad_coeff * g) / denom;   // param.addcdiv_(grad, denom, value=...)
-    p = p + (avg_coeff * avg) / denom;  // param.addcdiv_(exp_avg, denom, value=...)
+    const V g = moments(p, g0, m, v);
+    const V denom = sqrt_of(v / bc2) + eps;
+    p = p + (grad_coeff * g) / denom;  // param.addcdiv_(grad, denom, value=...)
+    p = p + (avg_coeff * m) / denom;   // param.addcdiv_(exp_avg, denom, value=...)
   }
 };
 
@@ -505,38 +507,26 @@ struct RadamRule {
   using value_type = T;
   static constexpr int kArrays = 4;
   static constexpr unsigned kUnsignedBuffers = 2;  // exp_avg_sq
-  T sign, wd, decay_factor, beta2, one_minus_beta2, bc1, lr, bc2_sqrt, eps, rect;
-  Lerp<T> lerp;
-  MaskOf<T> l2, rectified;
+  AdamMoments<T> moments;
+  T bc1, lr, bc2_sqrt, eps, rect;
+  MaskOf<T> rectified;
 
   RadamRule(const RadamParams& hp, double step)
       : RadamRule(hp, step, radam_rectification(hp, step)) {}
   RadamRule(const RadamParams& hp, double step, const RadamRectification& r)
-      : sign(sign_of<T>(hp.maximize)),
-        wd(static_cast<T>(hp.weight_decay)),
-        decay_factor(hp.decoupled && hp.weight_decay != 0.0
-                         ? static_cast<T>(1.0 - hp.lr * hp.weight_decay)
-                         : T(1)),
-        beta2(static_cast<T>(hp.beta2)),
-        one_minus_beta2(static_cast<T>(1.0 - hp.beta2)),
+      : moments(hp),
         bc1(static_cast<T>(1.0 - std::pow(hp.beta1, step))),
         lr(static_cast<T>(hp.lr)),
         bc2_sqrt(static_cast<T>(r.on ? std::pow(r.bc2, 0.5) : 0.0)),
         eps(static_cast<T>(hp.eps)),
         rect(static_cast<T>(r.on ? std::pow(r.rect_squared, 0.5) : 0.0)),
-        lerp(1.0 - hp.beta1),
-        l2(mask_of<T>(!hp.decoupled && hp.weight_decay != 0.0)),
         rectified(mask_of<T>(r.on)) {}
 
   template <typename V>
   PFO_HD void operator()(V& p, const V& g0, V& m, V& v) const {
-    p = times(p, decay_factor);
-    const V g = prepare_grad<T>(g0, p, wd, sign, l2);
-    const V avg = lerp(m, g);
-    m = avg;
-    const V s = fmadd(one_minus_beta2 * g, g, v * beta2);
-    v = s;
-    const V scaled = (avg / bc1) * lr;  // bias_corrected_exp_avg * lr
+    moments(p, g0, m, v);
+    const V s = v;
+    const V scaled = (m / bc1) * lr;  // bias_corrected_exp_avg * lr
     // * (bias_correction2 ** 0.5 / (sqrt(v) + eps)), which torch computes as a reciprocal
     // times the scalar, * rect; then param.add_(update, alpha=-1)
     const V update = choose<T, V>(
