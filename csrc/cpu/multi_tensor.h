@@ -96,12 +96,12 @@ inline void apply_span_lanes(const Rule& rule_in, const int64_t* ptrs, int64_t b
   constexpr bool kRandom = (PolicyAt<Pols, I>::kRandom || ...);
   std::tuple<typename PolicyAt<Pols, I>::storage*...> a{
       (reinterpret_cast<typename PolicyAt<Pols, I>::storage*>(ptrs[I]) + begin)...};
-  RandomLanes random(salt, begin);  // its bits are used only where an array rounds stochastically
+  std::conditional_t<kRandom, RandomLanes, NoRandomLanes> random(salt, begin);
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     Lanes v[sizeof...(I)] = {PolicyAt<Pols, I>::load_lanes(std::get<I>(a) + i)...};
     rule(v[I]...);
-    const LaneBits r = kRandom ? random.next() : _mm512_setzero_si512();
+    const LaneBits r = random.next();
     (PolicyAt<Pols, I>::store_lanes(std::get<I>(a) + i, v[I], rotate_lanes<rotation_of(I)>(r)),
      ...);
   }

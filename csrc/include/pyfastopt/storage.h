@@ -260,6 +260,12 @@ class RandomLanes {
   LaneBits lo_mul_, hi_term_;
 };
 
+// RandomLanes' stand-in where no array rounds stochastically: no work at all.
+struct NoRandomLanes {
+  PFO_HD NoRandomLanes(uint64_t, int64_t) {}
+  PFO_HD LaneBits next() { return _mm512_setzero_si512(); }
+};
+
 #endif
 
 // ---- the policies ------------------------------------------------------------------------------
