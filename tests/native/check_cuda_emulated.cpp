@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "checks.h"
 #include "counters.cu"  // the step-counter kernel, as the module compiles it
 #include "launch.cuh"
 
@@ -24,20 +25,6 @@ using namespace pyfastopt;
 using namespace pyfastopt::gpu;
 
 namespace {
-
-int failures = 0;
-int checks = 0;
-#define CHECK(cond, ...)                                            \
-  do {                                                              \
-    ++checks;                                                       \
-    if (!(cond)) {                                                  \
-      if (++failures <= 20) {                                       \
-        std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-        std::printf(__VA_ARGS__);                                   \
-        std::printf("\n");                                          \
-      }                                                             \
-    }                                                               \
-  } while (0)
 
 // One row's arrays as raw bytes, 64-byte aligned, filled with values in (0, 1] (the gradient
 // of both signs).
@@ -290,9 +277,7 @@ int main() {
     pfo_emulation::no_device = false;
     CHECK(no_device && counter == 2.0f && p[0] == 1.0f, "no device: not refused cleanly");
   }
-  std::printf("checked: %d checks, %" PRId64 " launches, %" PRId64 " blocks emulated\n", checks,
-              pfo_emulation::launches, pfo_emulation::blocks);
-  std::printf("%d failures\n", failures);
-  if (failures == 0) std::printf("ok\n");
-  return failures == 0 ? 0 : 1;
+  std::printf("checked: %" PRId64 " checks, %" PRId64 " launches, %" PRId64 " blocks emulated\n",
+              checks, pfo_emulation::launches, pfo_emulation::blocks);
+  return report_failures();
 }

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "checks.h"
 #include "pyfastopt/call_storage.h"
 #include "pyfastopt/rules.h"
 #include "pyfastopt/storage.h"
@@ -30,18 +31,6 @@ using namespace pyfastopt::gpu;
 using namespace pyfastopt::host;
 
 namespace {
-
-int failures = 0;
-#define CHECK(cond, ...)                                            \
-  do {                                                              \
-    if (!(cond)) {                                                  \
-      if (++failures <= 20) {                                       \
-        std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-        std::printf(__VA_ARGS__);                                   \
-        std::printf("\n");                                          \
-      }                                                             \
-    }                                                               \
-  } while (0)
 
 struct Stats {
   int64_t tables = 0, launches = 0, blocks = 0, vector_blocks = 0, elements = 0;
@@ -341,7 +330,5 @@ int main() {
               " tensors per launch; sizeof(Launch<2>) = %zu, sizeof(Launch<6>) = %zu bytes\n",
               stats.tables, stats.launches, stats.blocks, stats.vector_blocks, stats.elements,
               stats.max_tensors, sizeof(Launch<2>), sizeof(Launch<6>));
-  std::printf("%d failures\n", failures);
-  if (failures == 0) std::printf("ok\n");
-  return failures == 0 ? 0 : 1;
+  return report_failures();
 }
