@@ -111,16 +111,51 @@ def test_step_hooks_are_called_in_order():
     assert calls == []
 
 
-def test_pre_hook_can_replace_arguments():
+@pytest.mark.parametrize("cls", [torch.optim.SGD, pyfastopt.SGD], ids=["torch", "pyfastopt"])
+def test_pre_hook_can_replace_arguments(cls):
+    """torch's convention: the new args start with the optimizer (step's self)."""
     _, b = make_params(torch.float32, shapes=((3,),))
-    opt = pyfastopt.SGD(b, lr=0.1)
+    opt = cls(b, lr=0.1)
     b[0].grad = torch.ones(3)
 
     def closure():
         return torch.tensor(7.0)
 
-    opt.register_step_pre_hook(lambda o, args, kwargs: ((closure,), {}))
+    opt.register_step_pre_hook(lambda o, args, kwargs: ((o,), {"closure": closure}))
     assert float(opt.step()) == 7.0
+
+
+def test_hooks_see_the_arguments_as_torch_passes_them():
+    """``args`` starts with the optimizer and ``kwargs`` is as the caller passed it (Lightning
+    calls ``step(closure=...)``): the same in pre and post hooks as torch's."""
+
+    def record(cls):
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = cls([p], lr=0.1)
+        seen = []
+
+        def hook(kind):
+            return lambda o, args, kwargs: seen.append(
+                (kind, o is opt, args[0] is opt, len(args), sorted(kwargs))
+            )
+
+        opt.register_step_pre_hook(hook("pre"))
+        opt.register_step_post_hook(hook("post"))
+
+        def closure():
+            p.grad = torch.ones(3)
+            return torch.tensor(1.0)
+
+        assert float(opt.step(closure=closure)) == 1.0
+        assert float(opt.step(closure)) == 1.0
+        assert opt.step() is None
+        return seen, p.detach().clone()
+
+    want, p_torch = record(torch.optim.Adam)
+    got, p_fast = record(pyfastopt.Adam)
+    assert got == want
+    assert want[0] == ("pre", True, True, 1, ["closure"])
+    torch.testing.assert_close(p_fast, p_torch)
 
 
 def test_bad_pre_hook_result_raises():

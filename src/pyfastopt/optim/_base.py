@@ -15,6 +15,7 @@ gradient addresses; any difference goes back to the general path (docs/trust.md)
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from itertools import chain
 from typing import Any, ClassVar
@@ -366,10 +367,14 @@ class FastOptimizer(torch.optim.Optimizer):
                 check_scalar(st, k, where)
 
     # ---- step -----------------------------------------------------------------------------
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Perform a single optimization step (see the torch.optim class of the same name)."""
+    def step(self, *args: Any, **kwargs: Any) -> Any:
+        """Perform a single optimization step (see the torch.optim class of the same name).
+
+        Takes ``closure`` by position or by keyword, as torch's does; the call's arguments are
+        kept as given so that step hooks see them as torch passes them (``_step_with_hooks``).
+        """
         if _is_compiling():  # under torch.compile: run eagerly, the native call is opaque to it
-            return _eager_step(self, closure)
+            return _eager_step(self, args, kwargs)
         if (
             self._optimizer_step_pre_hooks
             or self._optimizer_step_post_hooks
@@ -377,8 +382,8 @@ class FastOptimizer(torch.optim.Optimizer):
             or _GLOBAL_POST
             or _profiler._is_profiler_enabled
         ):
-            return _step_with_hooks(self, closure)
-        return self._step(closure)
+            return _step_with_hooks(self, args, kwargs)
+        return self._step(*args, **kwargs)
 
     step.hooked = True  # type: ignore[attr-defined]  # torch must not wrap it (we call hooks)
 
@@ -421,6 +426,9 @@ class FastOptimizer(torch.optim.Optimizer):
             if group.get("master_weights"):
                 _precision.record_params(group, self._master_seen())
         return loss
+
+    # what inspect.signature(opt.step) reports, as for torch's step: (closure=None)
+    step.__signature__ = inspect.signature(_step)  # type: ignore[attr-defined]
 
     def _master_seen(self) -> dict:
         """Master weights: each parameter's (version, address) after the last step."""
@@ -817,15 +825,19 @@ def _group_index(opt: torch.optim.Optimizer, group: dict) -> int:
 
 
 @_disable_dynamo
-def _eager_step(opt: FastOptimizer, closure: Callable[[], Any] | None) -> Any:
+def _eager_step(opt: FastOptimizer, args: tuple, kwargs: dict[str, Any]) -> Any:
     """The step as torch.compile sees it: one call it does not trace into."""
-    return _step_with_hooks(opt, closure)
+    return _step_with_hooks(opt, args, kwargs)
 
 
-def _step_with_hooks(opt: FastOptimizer, closure: Callable[[], Any] | None) -> Any:
-    """torch's ``profile_hook_step`` around our step, without its cost when nothing listens."""
-    args: tuple = (closure,) if closure is not None else ()
-    kwargs: dict = {}
+def _step_with_hooks(opt: FastOptimizer, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """torch's ``profile_hook_step`` around our step, without its cost when nothing listens.
+
+    As in torch, every hook gets ``args`` starting with the optimizer (``step``'s ``self``) and
+    ``kwargs`` as the caller passed them (``opt.step(closure=c)``: ``(opt,)``, ``{"closure": c}``),
+    and a pre-hook's ``(new_args, new_kwargs)`` is called as ``step(*new_args, **new_kwargs)``.
+    """
+    args = (opt, *args)
     name = f"Optimizer.step#{type(opt).__name__}.step"
     with _profiler.record_function(name):
         for pre_hook in chain(_GLOBAL_PRE.values(), opt._optimizer_step_pre_hooks.values()):
@@ -838,7 +850,7 @@ def _step_with_hooks(opt: FastOptimizer, closure: Callable[[], Any] | None) -> A
                         f"{opt.step} must return None or a tuple of (new_args, new_kwargs), "
                         f"but got {result}."
                     )
-        out = opt._step(*args, **kwargs)
+        out = type(opt)._step(*args, **kwargs)  # args[0] is self, as torch calls its step
         opt._optimizer_step_code()
         for post_hook in chain(opt._optimizer_step_post_hooks.values(), _GLOBAL_POST.values()):
             post_hook(opt, args, kwargs)
