@@ -474,6 +474,21 @@ def test_corrupt_8bit_state_raises(key, bad):
     assert opt.state_dict()["state"].get(0, {}).keys() == before.keys()
 
 
+def test_8bit_state_dict_passed_through_torch_optim_is_refused():
+    """torch.optim's load_state_dict casts the uint8 codes to the parameter's dtype (values
+    0..255) and keeps the scales: loading that back used to quantise the code numbers as if
+    they were state, silently."""
+    p, sd = _saved_8bit()
+    q = torch.nn.Parameter(p.detach().clone())
+    t = torch.optim.Adam([q])
+    t.load_state_dict(sd)
+    assert t.state[q]["exp_avg"].dtype == torch.float32  # torch's cast
+    for kind in ("8bit", None):
+        opt = pyfastopt.Adam([p], state_dtype=kind)
+        with pytest.raises(StateError, match="8-bit codes converted"):
+            opt.load_state_dict(t.state_dict())
+
+
 def test_state_tampered_between_steps_raises_not_crashes():
     p = torch.nn.Parameter(torch.randn(5000))
     opt = pyfastopt.Adam([p], state_dtype="8bit")

@@ -228,3 +228,41 @@ def test_param_reviewed_with_fewer_elements_is_revalidated():
     p.grad = torch.ones(10)
     with pytest.raises(StateError):  # the 1000-element state no longer fits
         opt.step()
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "Adafactor"])
+def test_torch_state_dict_keeps_float64_state(name):
+    """``torch_state_dict()`` used to round the state of float64 parameters to float32, so a
+    float64 run resumed in torch.optim drifted from the one it left."""
+    kw = {"lr": 0.1, "momentum": 0.9} if name == "SGD" else {"lr": 0.1}
+    a, b = make_params(torch.float64, shapes=((6, 5), (7,)))
+    fast = getattr(pyfastopt, name)(b, **kw)
+    run_steps([fast], [b], 3)
+    exported = fast.torch_state_dict()
+    for pid, st in fast.state_dict()["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v) and k != "step":
+                assert exported["state"][pid][k].dtype == torch.float64, k
+                assert torch.equal(exported["state"][pid][k], v), k
+    with torch.no_grad():
+        for x, y in zip(a, b):
+            x.copy_(y)
+    ref = getattr(torch.optim, name)(a, foreach=False, **kw)
+    ref.load_state_dict(exported)
+    run_steps([ref, fast], [a, b], 3, seed=2)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(y, x, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["RMSprop", "Adam"])
+def test_step_on_the_meta_device_is_a_state_error(name):
+    """A ``step`` with no value (meta) used to escape as torch's NotImplementedError."""
+    p = torch.nn.Parameter(torch.randn(4))
+    opt = getattr(pyfastopt, name)([p], lr=0.1)
+    p.grad = torch.randn(4)
+    opt.step()
+    opt.state[p]["step"] = torch.tensor(1.0, device="meta")
+    before = p.detach().clone()
+    with pytest.raises(StateError, match="cannot be read"):
+        opt.step()
+    assert torch.equal(p.detach(), before)

@@ -424,6 +424,124 @@ def test_overlapping_dense_parameters_are_thread_count_independent(name):
     assert torch.equal(results[0], results[1])
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_overlapping_itself_is_torchs_result(name):
+    """``p.data = base.as_strided((5, 4), (1, 1))``: torch's in-place ops write the shared
+    elements one after another; stepping a contiguous copy and copying it back did not."""
+    a, ref, b, fast = pair(name, torch.randn(5, 4))
+    both(a, ref, b, fast, step_with([torch.randn(5, 4)]))
+    for params in (a, b):
+        params[0].data = torch.linspace(-1, 1, 10).as_strided((5, 4), (1, 1))
+    for _ in range(2):
+        both(a, ref, b, fast, step_with([torch.randn(5, 4)]))
+    same(a, b)
+
+
+# ---- 7b. gradients and state sharing memory with what the step writes ---------------------------
+
+DECAY_FIRST = {  # steps that scale the parameter in place before they read the gradient
+    "AdamW": {"lr": 0.1},
+    "Adam": {"lr": 0.1, "weight_decay": 0.1, "decoupled_weight_decay": True},
+    "NAdam": {"lr": 0.1, "weight_decay": 0.1, "decoupled_weight_decay": True},
+    "RAdam": {"lr": 0.1, "weight_decay": 0.1, "decoupled_weight_decay": True},
+    "Adafactor": {"lr": 0.05, "weight_decay": 0.1},
+}
+
+
+def aliased_grad(params, opt):
+    for p in params:
+        p.grad = p.detach()  # the gradient *is* the parameter: torch reads it as decayed
+    opt.step()
+
+
+@pytest.mark.parametrize("name", sorted(DECAY_FIRST))
+def test_gradient_aliasing_its_parameter_is_torchs_result(name):
+    a, ref, b, fast = pair(name, torch.randn(6, 5), **DECAY_FIRST[name])
+    for _ in range(3):
+        both(a, ref, b, fast, aliased_grad)
+        same(a, b, ref, fast)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "Adafactor"])
+def test_gradient_aliasing_its_parameter_after_caching(name):
+    """The fast path compares each gradient's bytes with the memory its plan holds
+    (``Plan.collect``): a gradient set to alias its parameter after a plan is cached sends the
+    group back to the general path, which hands it to torch's step."""
+    a, ref, b, fast = pair(name, torch.randn(6, 5), **DECAY_FIRST[name])
+    both(a, ref, b, fast, step_with([torch.randn(6, 5)]))  # arms the fast path
+    for _ in range(2):
+        both(a, ref, b, fast, aliased_grad)
+    same(a, b, ref, fast)
+
+
+def buffers(opt, p):
+    return [k for k, v in opt.state[p].items() if torch.is_tensor(v) and v.shape == p.shape]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("how", ["param", "other-buffer"])
+def test_state_buffer_sharing_memory_is_torchs_result(name, how):
+    """A state entry set to the parameter itself, or two entries set to one tensor."""
+    torch.manual_seed(0)
+    a, ref, b, fast = pair(name, torch.randn(6, 5), torch.randn(7))
+    both(a, ref, b, fast, step_with([torch.randn(6, 5), torch.randn(7)]))
+    for opt, params in ((ref, a), (fast, b)):
+        st, keys = opt.state[params[0]], buffers(opt, params[0])
+        if len(keys) < (1 if how == "param" else 2):
+            pytest.skip("no buffers of the parameter's shape to alias")
+        if how == "param":
+            st[keys[0]] = params[0].data
+        else:
+            st[keys[1]] = st[keys[0]]
+    for _ in range(2):
+        both(a, ref, b, fast, step_with([torch.randn(6, 5), torch.randn(7)]))
+    for x, y in zip(a, b):  # a square root of the parameter as a buffer: NaN where it is < 0
+        torch.testing.assert_close(y.detach(), x.detach(), rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_state_buffer_sharing_memory_with_bf16_state_is_refused():
+    p = torch.nn.Parameter(torch.randn(64))
+    opt = pyfastopt.Adam([p], lr=0.1, state_dtype=torch.bfloat16)
+    p.grad = torch.randn(64)
+    opt.step()
+    opt.state[p]["exp_avg_sq"] = opt.state[p]["exp_avg"]
+    before = p.detach().clone()
+    with pytest.raises(pyfastopt.StateError, match="shares memory"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["complex", "float64"])
+def test_parameter_made_complex_or_float64_keeps_its_float32_state(name, kind):
+    """``p.data = complex/double`` after steps: torch's step computes with the float32 state or
+    raises; pyfastopt used to cast the state silently (inventing imaginary parts)."""
+    torch.manual_seed(0)
+    a, ref, b, fast = pair(name, torch.randn(6))
+    both(a, ref, b, fast, step_with([torch.randn(6)]))
+    for params in (a, b):
+        d = params[0].data
+        params[0].data = torch.complex(d, 0.5 * d) if kind == "complex" else d.double()
+    g = torch.randn(6, dtype=b[0].dtype)
+    errors = []
+    for params, opt in ((a, ref), (b, fast)):
+        try:
+            step_with([g])(params, opt)
+            errors.append(None)
+        except Exception as exc:  # compared below
+            errors.append(exc)
+    torch_error, fast_error = errors
+    if torch_error is not None:  # torch refuses the float32 state: so must pyfastopt
+        assert fast_error is not None
+        return
+    if isinstance(fast_error, pyfastopt.StateError):  # or refuses it clearly where torch
+        return  # computes with it (a state tensor that does not fit: docs/trust.md)
+    assert fast_error is None
+    same(a, b)
+    for k, v in ref.state[a[0]].items():
+        assert fast.state[b[0]][k].dtype == v.dtype, k
+
+
 # ---- 8. autograd version counters ----------------------------------------------------------
 
 
@@ -567,4 +685,6 @@ def test_plan_refuses_malformed_rows():
         (p, None, (), (torch.zeros(4),)),  # the table's address is not the held tensor's
     ):
         with pytest.raises(ValueError):
-            core.Plan([p], [bad], row, 4, [], bump)
+            core.Plan([p], [bad], row, 4, [], bump, [], [16])
+    with pytest.raises(ValueError):  # one gradient extent per row
+        core.Plan([p], [(p, None, (), (p,))], row, 4, [], bump, [], [])

@@ -158,9 +158,10 @@ PYBIND11_MODULE(_core, m) {
   });
 
   py::class_<Plan>(m, "Plan", "A validated step table plus what must hold for it to stay valid.")
-      .def(py::init<py::list, py::list, std::vector<int64_t>, int64_t, py::list, py::object>(),
+      .def(py::init<py::list, py::list, std::vector<int64_t>, int64_t, py::list, py::object,
+                    std::vector<std::pair<int64_t, int64_t>>, std::vector<int64_t>>(),
            py::arg("group_params"), py::arg("rows"), py::arg("table"), py::arg("width"),
-           py::arg("written"), py::arg("bump"))
+           py::arg("written"), py::arg("bump"), py::arg("extents"), py::arg("grad_bytes"))
       .def("collect", &Plan::collect, py::arg("params"), py::arg("state"),
            "Re-check the plan and fill in gradient addresses; False if it is stale.")
       .def("set_aux", &Plan::set_aux, py::arg("aux"), "Replace each row's aux word.")

@@ -1,6 +1,7 @@
 // Plan: construction (signatures, aliases) and the per-step checks of the fast path.
 #include "plan.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <utility>
 
@@ -25,15 +26,29 @@ PyObject* detach_name() {
 }  // namespace
 
 Plan::Plan(py::list group_params, py::list rows, std::vector<int64_t> table, int64_t width,
-           py::list written, py::object bump)
+           py::list written, py::object bump, std::vector<std::pair<int64_t, int64_t>> extents,
+           std::vector<int64_t> grad_bytes)
     : group_params_list_(std::move(group_params)),
       table_(std::move(table)),
       width_(width),
       written_(std::move(written)),
-      bump_(std::move(bump)) {
+      bump_(std::move(bump)),
+      grad_bytes_(std::move(grad_bytes)) {
   for (py::handle p : group_params_list_) group_params_.push_back(p.ptr());
   if (width_ < 4 || table_.size() != rows.size() * static_cast<std::size_t>(width_)) {
     throw std::invalid_argument("pyfastopt: plan table does not match its rows");
+  }
+  if (grad_bytes_.size() != rows.size()) {
+    throw std::invalid_argument("pyfastopt: one gradient extent per plan row");
+  }
+  std::sort(extents.begin(), extents.end());
+  for (const auto& e : extents) {
+    if (e.second <= e.first) continue;  // empty
+    if (!extents_.empty() && e.first <= extents_.back().second) {
+      extents_.back().second = std::max(extents_.back().second, e.second);
+    } else {
+      extents_.push_back(e);
+    }
   }
   std::size_t i = 0;
   for (py::handle r : rows) {
@@ -127,9 +142,19 @@ bool Plan::collect(py::handle current_params, py::handle state) {
     grads_.push_back(py::reinterpret_steal<py::object>(g));  // held until finish()
     int64_t gptr = 0;
     if (g == Py_None || !grad_fits(g, row.sigs[0], &gptr)) return false;
+    if (overlaps_held(gptr, gptr + grad_bytes_[i])) return false;
     table_[i * static_cast<std::size_t>(width_) + 3] = gptr;
   }
   return true;
+}
+
+bool Plan::overlaps_held(int64_t lo, int64_t hi) const {
+  if (hi <= lo) return false;
+  // the first merged range ending after lo (the ranges are disjoint, so their ends increase)
+  const auto it = std::upper_bound(
+      extents_.begin(), extents_.end(), lo,
+      [](int64_t v, const std::pair<int64_t, int64_t>& e) { return v < e.second; });
+  return it != extents_.end() && it->first < hi;
 }
 
 void Plan::set_aux(const std::vector<int64_t>& aux) {

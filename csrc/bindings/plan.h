@@ -6,14 +6,16 @@
 // lives, also during a call that runs without the GIL. A Plan kept for the next steps is the
 // fast path: `collect()` re-reads every signature, the identity of the group's parameter list, of
 // each state dict and of each state entry, reads each gradient (which must fit its parameter's
-// signature), writes the gradient addresses into the table and holds the gradients until the
-// call is over. Anything else returns false and the Python layer takes the general path again.
-// After each call the Plan bumps the autograd version counter of every tensor it wrote.
+// signature and share no memory with the tensors the plan holds), writes the gradient addresses
+// into the table and holds the gradients until the call is over. Anything else returns false and
+// the Python layer takes the general path again. After each call the Plan bumps the autograd
+// version counter of every tensor it wrote.
 #pragma once
 
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "tensor_sig.h"
@@ -34,9 +36,12 @@ class Plan {
 
   // rows: per table row, (param, state or None, checks, held): see Row. held[0] is the tensor
   // the gradient must fit (the parameter); its address must be one of the row's arrays. written:
-  // tensors whose version counters `bump(written)` advances after each call.
+  // tensors whose version counters `bump(written)` advances after each call. extents: the byte
+  // ranges [lo, hi) of the tensors the table holds (any order); grad_bytes: per row, the bytes a
+  // gradient laid out as held[0] spans from its address.
   Plan(pybind11::list group_params, pybind11::list rows, std::vector<int64_t> table, int64_t width,
-       pybind11::list written, pybind11::object bump);
+       pybind11::list written, pybind11::object bump,
+       std::vector<std::pair<int64_t, int64_t>> extents, std::vector<int64_t> grad_bytes);
 
   // GIL held. True when the table is valid for this step (gradient addresses filled in).
   bool collect(pybind11::handle current_params, pybind11::handle state);
@@ -57,6 +62,11 @@ class Plan {
   int64_t width_;
   pybind11::list written_;
   pybind11::object bump_;
+  // the held tensors' byte ranges, sorted and merged: a gradient must not overlap any (the
+  // general path hands a group whose gradient shares memory with what it writes to torch)
+  std::vector<std::pair<int64_t, int64_t>> extents_;
+  std::vector<int64_t> grad_bytes_;
+  bool overlaps_held(int64_t lo, int64_t hi) const;
   std::vector<pybind11::object> grads_;  // held from collect() until finish()
 };
 

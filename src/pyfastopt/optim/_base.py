@@ -26,7 +26,7 @@ import torch.optim.optimizer as _topt
 from .. import _config, _core, _cuda_backend, _reader  # noqa: F401  (_reader: metadata reader)
 from ..errors import StateError, UnsupportedError
 from . import _cuda_rows, _lowmem, _precision
-from ._layout import NATIVE_DTYPES, is_dense, same_layout
+from ._layout import NATIVE_DTYPES, is_dense, may_overlap_itself, same_layout
 from ._precision import MASTER, MASTER_KEY
 from ._state import check_buffer, check_scalar, check_step, describe
 
@@ -103,8 +103,19 @@ class _Call:
         self.steady_aux.append(aux)
 
     def build(self, group_params: list) -> _Call:
+        # the fast path refuses a gradient that overlaps any tensor the table holds (the general
+        # path hands such a group to torch: _shared_memory); a gradient fits held[0]'s layout
+        extents = [_extent(t) for t in self.written if t.numel() > 0]
+        grad_bytes = [_extent(held[0])[1] - held[0].data_ptr() for _, _, _, held in self.rows]
         self.source = _core.Plan(
-            list(group_params), self.rows, self.table, self.width, self.written, _bump_versions
+            list(group_params),
+            self.rows,
+            self.table,
+            self.width,
+            self.written,
+            _bump_versions,
+            extents,
+            grad_bytes,
         )
         return self
 
@@ -245,11 +256,12 @@ class FastOptimizer(torch.optim.Optimizer):
         converts them to the group's layout (master copies, bfloat16 or 8-bit state, torch's)."""
         saved = state_dict.get("state", {})
         saved_groups = state_dict.get("param_groups", [])
-        for sg, group in zip(saved_groups, self.param_groups):
-            for pid, p in zip(sg.get("params", []), group["params"]):
+        for gi, (sg, group) in enumerate(zip(saved_groups, self.param_groups)):
+            for i, (pid, p) in enumerate(zip(sg.get("params", []), group["params"])):
                 src, st = saved.get(pid), self.state.get(p)
                 if not isinstance(src, dict) or not isinstance(st, dict):
                     continue
+                _lowmem.check_saved_codes(src, f"param {i} of group {gi}")
                 if not (_native_tensor(p) or self._on_cuda_module(p)):
                     continue
                 for k, v in src.items():
@@ -272,7 +284,8 @@ class FastOptimizer(torch.optim.Optimizer):
 
     def torch_state_dict(self) -> dict[str, Any]:
         """This optimizer's ``state_dict`` in torch's layout, every state buffer a float32 tensor
-        (8-bit state dequantised, bfloat16 state widened) and without pyfastopt's own group keys
+        (8-bit state dequantised, bfloat16 state widened; float64 state of float64 parameters
+        kept) and without pyfastopt's own group keys
         or master copies: ``torch.optim`` (and pyfastopt with any ``state_dtype``) loads it."""
         sd = self.state_dict()
         block_of = {}
@@ -514,6 +527,7 @@ class FastOptimizer(torch.optim.Optimizer):
                 or g.dtype != p.dtype
                 or g.shape != p.shape
                 or not self._takes(p)
+                or may_overlap_itself(p)
             ):
                 # pyfastopt._cuda, when built and usable, for the algorithms it has
                 on_cuda = self._takes(p) and _cuda_rows.takes(self, p, g)
@@ -574,6 +588,27 @@ class FastOptimizer(torch.optim.Optimizer):
                     check_scalar(st, k, where)
             firsts[id(p)] = bool(first)
             items.append(_Item(p, g, st, bool(first), mode, store))
+        shared = self._shared_memory(items, group)
+        if shared is not None:
+            # a gradient or state tensor sharing memory with a tensor the step writes: torch's
+            # in-place for-loop reads it as changed by the writes before it, which one fused
+            # pass over all rows cannot do; torch's own step computes it (docs/trust.md)
+            in_kernel_amp = self.__dict__.get("_amp_pointers") is not None
+            if in_kernel_amp or any(
+                it.mode != _precision.NEAREST or it.store != _lowmem.AS_PARAM for it in items
+            ):
+                raise StateError(
+                    f"param {shared} of group {gi}: a gradient or state tensor shares memory "
+                    "with a tensor the step writes, which pyfastopt steps only with torch's "
+                    "layout (no master_weights, stochastic_rounding or state_dtype) and "
+                    "without GradScaler's in-step unscaling (fused=True)"
+                )
+            for it in items:
+                if it.first and it.st is not None:  # made lazily above: torch makes its own
+                    for k in self._lazy_buffers:
+                        it.st.pop(k, None)
+            fallback = [p for p in params if p.grad is not None]
+            items = []
         if fallback:  # first: torch raises here for what it refuses (sparse Adam gradients)
             self._torch_step(group, fallback)
         calls: list[_Call] = []
@@ -639,6 +674,44 @@ class FastOptimizer(torch.optim.Optimizer):
         if not cacheable:
             return None
         return _Plan(inactive, calls, self._plan_key(group))
+
+    def _shared_memory(self, items: list[_Item], group: dict) -> int | None:
+        """The position (in ``items``) of a parameter whose gradient or state shares memory
+        with a tensor the step writes (another row's or its own), or None.
+
+        Parameters overlapping each other are not counted (waves step them in torch's order),
+        nor gradients overlapping each other (only read). Judged on byte ranges.
+        """
+        # lo, hi, kind, (tensor id, state key), item position
+        spans: list[tuple[int, int, int, tuple[int, str], int]] = []
+        for i, it in enumerate(items):
+            tensors: list[tuple[int, str, _Tensor]] = [(_PARAM, "", it.p), (_GRAD, "", it.g)]
+            st = it.st
+            if st is not None:
+                keys = self._buffer_keys_for(it.p, group)
+                own = (MASTER_KEY,) if it.mode == MASTER else ()
+                step = ("step",) if self._has_step else ()
+                for k in (*keys, *own, *step, *self._scalar_keys):
+                    v = st.get(k)
+                    if isinstance(v, _Tensor) and v.layout == torch.strided:
+                        tensors.append((_STATE, k, v))
+            for kind, key, t in tensors:
+                if t.numel() > 0 and t.device.type == "cpu":
+                    spans.append((*_extent(t), kind, (id(t), key), i))
+        spans.sort()
+        open_spans: list[tuple[int, int, int, tuple[int, str], int]] = []
+        for span in spans:
+            lo = span[0]
+            open_spans = [o for o in open_spans if o[1] > lo]
+            for o in open_spans:
+                kinds = {o[2], span[2]}
+                if kinds == {_PARAM} or kinds == {_GRAD}:
+                    continue
+                if o[2] == span[2] == _STATE and o[3] == span[3]:
+                    continue  # one entry of rows sharing a state dict (a duplicated parameter)
+                return min(o[4], span[4])
+            open_spans.append(span)
+        return None
 
     def _lay_out(
         self, it: _Item, keys: tuple[str, ...], copy_back: list[tuple[_Tensor, _Tensor]]
@@ -756,6 +829,9 @@ def _extent(t: _Tensor) -> tuple[int, int]:
     lo = t.data_ptr()
     last = sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
     return lo, lo + (last + 1) * t.element_size()
+
+
+_PARAM, _GRAD, _STATE = 0, 1, 2  # kinds of tensor in _shared_memory
 
 
 def _waves(params: list[_Tensor]) -> list[list[int]]:

@@ -33,6 +33,21 @@ def is_dense(t: torch.Tensor) -> bool:
     return True
 
 
+def may_overlap_itself(t: torch.Tensor) -> bool:
+    """True unless ``t``'s strides prove no two of its elements share memory (each stride, in
+    increasing order, steps past everything the smaller ones reach). ``as_strided`` views such
+    as ``(5, 4)`` with strides ``(1, 1)``: torch's in-place ops write them element after element,
+    which a staged copy cannot reproduce."""
+    if t.numel() <= 1 or is_dense(t):
+        return False
+    reach = 0
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride <= reach:
+            return True
+        reach += (size - 1) * stride
+    return False
+
+
 def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True if element i of ``a``'s memory block is element i of ``b``'s (same shape assumed)."""
     if a.is_contiguous() and b.is_contiguous():

@@ -249,6 +249,22 @@ def _drop_aux(st: dict, key: str) -> None:
 _FORMATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def check_saved_codes(saved: dict, where: str) -> None:
+    """Refuse a checkpoint's state whose 8-bit codes are not uint8 while their scales are
+    there: torch.optim's ``load_state_dict`` casts the codes to the parameter's dtype (a
+    pyfastopt 8-bit checkpoint passed through torch.optim), so their values are code numbers,
+    not state, and quantising or stepping them would be silently wrong. (pyfastopt's own
+    ``state_dict`` never holds scales beside a float buffer.)"""
+    for k, v in saved.items():
+        scales = saved.get(f"{k}{ABSMAX}")
+        if isinstance(v, torch.Tensor) and v.dtype != torch.uint8 and scales is not None:
+            raise StateError(
+                f"{where}: state[{k!r}] is {v.dtype} but {k + ABSMAX!r} holds 8-bit scales: "
+                "these are 8-bit codes converted to numbers (a pyfastopt 8-bit state_dict "
+                "loaded into torch.optim?); export with torch_state_dict() for torch"
+            )
+
+
 def kept_as_saved(key: str, v: Any, p: torch.Tensor) -> bool:
     """Whether a checkpoint's state tensor is one of pyfastopt's layouts that torch's loader
     would corrupt by casting it to the parameter's dtype: 8-bit codes and their scales and map,
@@ -288,7 +304,12 @@ def settle(
                 vals = dequantize(st[k], st[k + ABSMAX], k in UNSIGNED_KEYS, block)
                 st[k] = vals.to(dtype=want, device=p.device)
                 _drop_aux(st, k)
-            elif b.dtype != want and b.dtype in _FORMATS and b.shape == p.shape:
+            elif (
+                b.dtype != want and b.dtype in _FORMATS and want in _FORMATS and b.shape == p.shape
+            ):
+                # between the formats a store or master copy switches (never to float64 or
+                # complex: a float32 buffer of a parameter made float64 or complex through
+                # ``.data`` is refused by the checks, as torch's step refuses or keeps it)
                 st[k] = b.detach().to(want)
             continue
         if b.dtype in (*_FORMATS, p.dtype) and b.shape == p.shape:
@@ -345,7 +366,8 @@ def float32_state(st: dict, block: int) -> dict:
             continue
         if _is_codes(st, k):
             out[k] = dequantize(v, st[k + ABSMAX], k in UNSIGNED_KEYS, block)
-        elif isinstance(v, torch.Tensor) and k not in SCALAR_KEYS and v.is_floating_point():
+        elif isinstance(v, torch.Tensor) and k not in SCALAR_KEYS and v.dtype in _FORMATS:
+            # 16-bit state widened; float64 state (of float64 parameters) kept, as torch has it
             out[k] = v.detach().to(torch.float32, copy=True)
         elif isinstance(v, torch.Tensor):
             out[k] = v.detach().clone()

@@ -66,7 +66,10 @@ def check_step(state: dict, where: str) -> torch.Tensor:
     if isinstance(s, torch.Tensor):
         if s.numel() != 1 or s.layout != torch.strided or s.is_complex():
             raise StateError(f"{where}: state['step'] must hold one number; got {describe(s)}")
-        value = float(s.detach().to("cpu", torch.float64).item())
+        try:
+            value = float(s.detach().to("cpu", torch.float64).item())
+        except (RuntimeError, NotImplementedError) as exc:  # a meta tensor has no value
+            raise StateError(f"{where}: state['step'] cannot be read: {describe(s)}") from exc
         plain = type(s) is torch.Tensor and not s.is_neg()  # memory holds the value as read
         if plain and s.device.type == "cpu" and s.dtype in STEP_DTYPES and _valid_count(value):
             return s

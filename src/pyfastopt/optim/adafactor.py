@@ -93,7 +93,8 @@ class Adafactor(FastOptimizer, torch.optim.Adafactor):
         for k in keys:
             b = st.get(k)
             ok = isinstance(b, torch.Tensor) and b.layout == torch.strided
-            if ok and b.dtype != want and b.dtype in (torch.float32, *LOW_PRECISION):
+            formats = (torch.float32, *LOW_PRECISION)  # never to float64: see _lowmem.settle
+            if ok and b.dtype != want and b.dtype in formats and want in formats:
                 st[k] = b = b.detach().to(want)  # a checkpoint of another storage mode
             if not (
                 ok and b.dtype == want and b.device == p.device and tuple(b.shape) == shapes[k]
