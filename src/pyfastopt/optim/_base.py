@@ -26,7 +26,7 @@ import torch.optim.optimizer as _topt
 from .. import _config, _core, _cuda_backend, _reader  # noqa: F401  (_reader: metadata reader)
 from ..errors import StateError, UnsupportedError
 from . import _cuda_rows, _lowmem, _precision
-from ._layout import NATIVE_DTYPES, is_dense, may_overlap_itself, same_layout
+from ._layout import NATIVE_DTYPES, is_dense, is_plain, may_overlap_itself, same_layout
 from ._precision import MASTER, MASTER_KEY
 from ._state import check_buffer, check_scalar, check_step, describe
 
@@ -793,15 +793,7 @@ def _unwrap(fn: Callable) -> Callable:
 
 def _native_tensor(t: _Tensor) -> bool:
     """A plain CPU-strided tensor whose memory holds its values as they read (no neg/conj bit)."""
-    tp = type(t)
-    return (
-        (tp is _Tensor or tp is _Parameter)
-        and t.device.type == "cpu"
-        and t.layout == torch.strided
-        and t.dtype in NATIVE_DTYPES
-        and not t.is_neg()
-        and not t.is_conj()
-    )
+    return is_plain(t, "cpu")
 
 
 def _make_bump() -> Callable[[list], None]:

@@ -22,7 +22,7 @@ import torch
 
 from .. import _cuda_backend
 from ..errors import StateError
-from ._layout import NATIVE_DTYPES
+from ._layout import NATIVE_DTYPES, is_f32_scalar, is_plain
 from ._state import STEP_DTYPES, check_step, describe
 
 _Tensor = torch.Tensor
@@ -34,15 +34,7 @@ NO_STEPS, HOST_STEPS, DEVICE_STEPS = 0, 1, 2
 
 def plain(t: Any) -> bool:
     """A plain strided CUDA tensor whose memory holds its values as they read."""
-    tp = type(t)
-    return (
-        (tp is _Tensor or tp is _Parameter)
-        and t.device.type == "cuda"
-        and t.layout == torch.strided
-        and t.dtype in NATIVE_DTYPES
-        and not t.is_neg()
-        and not t.is_conj()
-    )
+    return is_plain(t, "cuda")
 
 
 def takes(opt: Any, p: _Tensor, g: Any) -> bool:
@@ -141,14 +133,7 @@ def amp_scalars(opt: Any, grad_scale: Any, found_inf: Any) -> dict | None:
     if not getattr(opt, "_cuda_kernel", False):
         return None
     for t in (grad_scale, found_inf):
-        if t is not None and not (
-            type(t) is torch.Tensor
-            and t.device.type == "cuda"
-            and t.dtype == torch.float32
-            and t.numel() == 1
-            and t.layout == torch.strided
-            and not t.is_neg()
-        ):
+        if t is not None and not is_f32_scalar(t, "cuda"):
             return None
     devices: set[torch.device] = set()
     for group in opt.param_groups:

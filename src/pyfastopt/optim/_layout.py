@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 #: dtype -> (native dtype code, element multiplier). Complex tensors are updated through their
@@ -18,6 +20,34 @@ NATIVE_DTYPES: dict[torch.dtype, tuple[int, int]] = {
 
 #: the 16-bit floating dtypes: float32 compute, one rounding per stored value.
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def is_plain(t: Any, device_type: str) -> bool:
+    """A plain strided tensor (``torch.Tensor`` or ``Parameter``, no subclass) on
+    ``device_type``, of a dtype the native cores take, whose memory holds its values as they
+    read (no neg/conj bit)."""
+    tp = type(t)
+    return (
+        (tp is torch.Tensor or tp is torch.nn.Parameter)
+        and t.device.type == device_type
+        and t.layout == torch.strided
+        and t.dtype in NATIVE_DTYPES
+        and not t.is_neg()
+        and not t.is_conj()
+    )
+
+
+def is_f32_scalar(t: Any, device_type: str) -> bool:
+    """GradScaler's ``grad_scale`` or ``found_inf`` as a kernel reads it: a plain one-element
+    float32 tensor on ``device_type``."""
+    return (
+        type(t) is torch.Tensor
+        and t.device.type == device_type
+        and t.dtype == torch.float32
+        and t.numel() == 1
+        and t.layout == torch.strided
+        and not t.is_neg()
+    )
 
 
 def is_dense(t: torch.Tensor) -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import UnsupportedError
-from ._layout import LOW_PRECISION, NATIVE_DTYPES
+from ._layout import LOW_PRECISION, NATIVE_DTYPES, is_f32_scalar
 
 NEAREST, STOCHASTIC, MASTER = 0, 1, 2
 MASTER_KEY = "master_weight"
@@ -125,14 +125,7 @@ def amp_pointers(
         if t is None:
             addrs.append(0)
             continue
-        if not (
-            type(t) is torch.Tensor
-            and t.device.type == "cpu"
-            and t.dtype == torch.float32
-            and t.numel() == 1
-            and t.layout == torch.strided
-            and not t.is_neg()
-        ):
+        if not is_f32_scalar(t, "cpu"):
             return None
         addrs.append(t.data_ptr())
     for group in opt.param_groups:
