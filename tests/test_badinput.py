@@ -158,13 +158,54 @@ def test_sparse_gradients_work_where_torch_supports_them(name, kw):
     torch.testing.assert_close(b[0], a[0])
 
 
-def test_hyperparameter_of_wrong_type_in_a_group_raises():
-    _, b = make_params(torch.float32, shapes=((3,),))
-    opt = pyfastopt.Adam(b, lr=0.1)
-    opt.param_groups[0]["lr"] = "fast"
-    b[0].grad = torch.ones(3)
-    with pytest.raises((TypeError, ValueError)):
+#: a numeric hyper-parameter of each optimizer besides lr, and whether it is a tuple
+OTHER_HYPER = {
+    "SGD": "momentum", "Adagrad": "eps", "Adadelta": "rho", "RMSprop": "alpha", "Adam": "betas",
+    "AdamW": "weight_decay", "NAdam": "momentum_decay", "RAdam": "eps", "Adamax": "betas",
+    "ASGD": "lambd", "Rprop": "etas", "Adafactor": "beta2_decay",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["first-step", "cached-plan"])
+@pytest.mark.parametrize(
+    "key, bad",
+    [
+        ("lr", "0.1"),
+        ("lr", None),
+        ("lr", [1e-3]),
+        ("lr", torch.tensor([1e-3, 1e-3])),
+        ("other", "x"),
+    ],
+)
+@pytest.mark.parametrize("name", sorted(OTHER_HYPER))
+def test_hyperparameter_of_wrong_type_in_a_group_raises(name, key, bad, cached):
+    # set by hand in param_groups (as a careless scheduler might): a TypeError naming the entry,
+    # raised before anything is read or written, on the cached fast path as on the first step
+    key = OTHER_HYPER[name] if key == "other" else key
+    _, b = make_params(torch.float32, shapes=((40,), (3, 5)))
+    opt = getattr(pyfastopt, name)(b, lr=0.1)
+    for p in b:
+        p.grad = torch.ones_like(p)
+    if cached:
         opt.step()
+    before = [p.detach().clone() for p in b]
+    state = {k: v.clone() for k, v in opt.state[b[0]].items() if torch.is_tensor(v)}
+    if isinstance(opt.defaults[key], tuple) and key != "lr":
+        bad = (bad, *opt.defaults[key][1:])
+    opt.param_groups[0][key] = bad
+    message, error = rf"{name}: param_groups\[0\]\['{key}'\] must be a", TypeError
+    if name in ("ASGD", "Rprop") and key == "lr" and not cached:
+        # the state is created from lr: torch's own error there (a StateError for ASGD's eta
+        # from a two-element tensor, where torch raises RuntimeError)
+        message, error = "", (TypeError, RuntimeError)
+    if name == "Rprop" and key == "lr" and cached:
+        opt.step()  # Rprop reads lr only when it creates its state, in torch too
+        return
+    with pytest.raises(error, match=message):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(b, before))
+    for k, v in state.items():
+        assert torch.equal(opt.state[b[0]][k], v), k
 
 
 def test_grad_of_wrong_shape_after_param_resize_raises():

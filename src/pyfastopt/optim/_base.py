@@ -215,6 +215,16 @@ class FastOptimizer(torch.optim.Optimizer):
         """Run one native call on ``call.source``; ``params``/``state`` re-check a Plan."""
         raise NotImplementedError
 
+    def _native(
+        self, call: _Call, params: list | None, state: Any, group: dict, threads: int
+    ) -> bool:
+        """``_native_step``, with a hyper-parameter of the wrong type named: the core's binding
+        rejects it before anything is read or written, in pybind11's words."""
+        try:
+            return self._native_step(call, params, state, group, threads)
+        except TypeError as exc:
+            raise _native_type_error(self, group, exc) from None
+
     def _plan_key(self, group: dict) -> tuple:
         """What a cached plan is valid for: the buffer names its rows hold, and the flags that
         ``_check_group_options`` refuses (so setting them by hand is caught at the next step)."""
@@ -430,8 +440,11 @@ class FastOptimizer(torch.optim.Optimizer):
             if plan is not None and plan.key == self._plan_key(group):
                 call = plan.single
                 if call is not None:  # the plan re-checks itself inside the native call
-                    if self._native_step(call, group["params"], state, group, threads):
-                        continue
+                    try:  # (_native, inlined: this is the hot path)
+                        if self._native_step(call, group["params"], state, group, threads):
+                            continue
+                    except TypeError as exc:
+                        raise _native_type_error(self, group, exc) from None
                 elif self._fast_step(plan, group, threads):
                     continue
             plans[id(group)] = self._general_step(group, threads)
@@ -499,7 +512,7 @@ class FastOptimizer(torch.optim.Optimizer):
             if not call.source.collect(params, state):
                 return False
         for call in calls:  # waves in order: later waves overlap earlier ones
-            self._native_step(call, None, None, group, threads)
+            self._native(call, None, None, group, threads)
         return True
 
     def _general_step(self, group: dict, threads: int) -> _Plan | None:
@@ -649,7 +662,7 @@ class FastOptimizer(torch.optim.Optimizer):
                 else:  # CUDA calls are built (and validated) at every step: no cached plan
                     call.build_cuda(group)
                     cacheable = False
-                self._native_step(call, None, None, group, threads)
+                self._native(call, None, None, group, threads)
                 if call.device is None:
                     call.source.set_aux(call.steady_aux)
                 else:  # as torch's in-place step bumps them (a Plan does this for the CPU)
@@ -883,6 +896,37 @@ def _check_group_options(opt: FastOptimizer, group: dict) -> None:
             f"{type(opt).__name__}: capturable=True has no meaning for CPU parameters "
             "(there is no graph to capture); leave it False"
         )
+
+
+#: group entries that are not hyper-parameters of the update
+_NOT_HYPER = frozenset(("params", "foreach", "fused", "capturable", "differentiable", "initial_lr"))
+
+
+def _numeric(v: Any) -> bool:
+    """A number, a one-element real tensor, or a tuple/list of those (``None`` allowed inside)."""
+    if isinstance(v, tuple | list):
+        return all(x is None or _numeric(x) for x in v)
+    if isinstance(v, torch.Tensor):
+        return v.numel() == 1 and not v.is_complex()
+    return isinstance(v, int | float)
+
+
+def _native_type_error(opt: torch.optim.Optimizer, group: dict, exc: TypeError) -> TypeError:
+    """A TypeError from the core's binding, which rejects a hyper-parameter of the wrong type
+    before anything is read or written (in pybind11's words): the same error naming the group
+    entry. Any other TypeError is passed on."""
+    if "incompatible function arguments" not in str(exc):
+        return exc
+    where = f"{type(opt).__name__}: param_groups[{_group_index(opt, group)}]"
+    for key, value in group.items():
+        default = opt.defaults.get(key)
+        if key in _NOT_HYPER or not _numeric(default):
+            continue  # not a numeric hyper-parameter (state_dtype, a name, ...)
+        is_tuple = isinstance(default, tuple | list)
+        if not _numeric(value) or is_tuple != isinstance(value, tuple | list):
+            kind = "a tuple of numbers" if is_tuple else "a number or a one-element tensor"
+            return TypeError(f"{where}[{key!r}] must be {kind}, got {describe(value)}")
+    return TypeError(f"{where}: a hyper-parameter is not a number the step can take")
 
 
 def _group_index(opt: torch.optim.Optimizer, group: dict) -> int:
