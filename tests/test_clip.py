@@ -9,6 +9,7 @@ returned total norm. Every case also checks whether the native core or torch's f
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import pytest
@@ -299,6 +300,16 @@ def test_empty_and_none():
         pyfastopt.clip_grad_norm_((q for q in []), 1.0)
     with pytest.raises(ValueError):
         pyfastopt.clip_grad_norm_([], 1.0, norm_type="two")  # torch converts before
+
+
+@pytest.mark.parametrize("max_norm", [None, "abc", torch.tensor([1.0, 2.0])])
+def test_bad_max_norm_raises_without_gradients(max_norm):
+    # torch converts max_norm before its own early return when no parameter has a gradient
+    for params in ([], with_grads([None])):
+        with pytest.raises((TypeError, ValueError)) as theirs:
+            torch_clip(params, max_norm)
+        with pytest.raises(type(theirs.value), match=re.escape(str(theirs.value))):
+            pyfastopt.clip_grad_norm_(params, max_norm)
 
 
 def test_empty_generator_warning_points_at_the_caller():

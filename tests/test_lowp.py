@@ -20,6 +20,7 @@ import torch
 from optim_db import NAMES, case_id, cases, require_torch_options
 
 import pyfastopt
+from pyfastopt import StateError
 from pyfastopt.bench.parity import round_state as _round_state
 from pyfastopt.bench.parity import upcast_hparams
 from pyfastopt.optim._state import SCALAR_KEYS
@@ -263,6 +264,85 @@ def test_grad_scaler_fused_matches_torch_fused(name, dtype):
         assert_lowp_equal(p_f, p_t)
     if "step" in st_t:
         assert float(st_f["step"]) == float(st_t["step"]) == 5.0
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Adagrad"])
+def test_grad_scaler_with_an_optimizer_without_gradients(name):
+    # two optimizers share one scaler and the second's parameters are frozen: GradScaler hands
+    # it found_inf = sum([]), the int 0, and torch's fused step does nothing
+    outs = []
+    for module in (torch.optim, pyfastopt):
+        a = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 40))
+        b = torch.nn.Parameter(torch.ones(4))
+        o1 = getattr(module, name)([a], lr=0.1, fused=True)
+        o2 = getattr(module, name)([b], lr=0.1, fused=True)
+        scaler = torch.amp.GradScaler("cpu")
+        for _ in range(3):
+            o1.zero_grad()
+            o2.zero_grad()
+            scaler.scale((a**2).sum()).backward()
+            scaler.step(o1)
+            scaler.step(o2)
+            scaler.update()
+        assert torch.equal(b.detach(), torch.ones(4))
+        assert all(float(st.get("step", 0)) == 0 for st in o2.state.values())
+        outs.append(a.detach().clone())
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD"])
+@pytest.mark.parametrize("layout", ["transposed", "gapped"])
+def test_grad_scaler_writes_unscaled_gradients_of_another_layout_back(name, layout):
+    # the kernel reads a copy of a gradient laid out unlike its parameter: the unscaled
+    # values must still reach .grad, as torch's unscaling in place leaves them
+    outs = []
+    for module, fused in ((torch.optim, False), (pyfastopt, True)):
+        p = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 24).reshape(4, 6))
+        opt = getattr(module, name)([p], lr=0.1, fused=fused)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        for step in range(3):
+            scaler.scale(torch.ones(()))
+            g = torch.arange(24.0).reshape(4, 6) * (step + 1) * scaler.get_scale()
+            if layout == "transposed":
+                p.grad = g.t().contiguous().t()
+            else:
+                p.grad = torch.zeros(4, 12)[:, ::2].copy_(g)
+            scaler.step(opt)
+            scaler.update()
+            assert torch.equal(p.grad, torch.arange(24.0).reshape(4, 6) * (step + 1))
+        outs.append(p.detach().clone())
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop"])
+@pytest.mark.parametrize(
+    "before, after", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)]
+)
+def test_parameter_dtype_changed_under_its_state_is_refused(name, before, after):
+    # model.to(dtype) after steps leaves the state in the old dtype: torch's step raises
+    # (Adam) or keeps computing with it (SGD, RMSprop); pyfastopt refuses rather than differ
+    m = torch.nn.Linear(8, 4).to(before)
+    kw = {"lr": 0.01, "momentum": 0.9} if name == "SGD" else {"lr": 0.01}
+    opt = getattr(pyfastopt, name)(m.parameters(), **kw)
+    for dtype in (before, after):
+        m.to(dtype)
+        opt.zero_grad()
+        m(torch.ones(2, 8, dtype=dtype)).sum().backward()
+        if dtype == before:
+            opt.step()
+            opt.step()  # a cached plan too
+            continue
+        weight = m.weight.detach().clone()
+        with pytest.raises(StateError, match="changed dtype"):
+            opt.step()
+        assert torch.equal(m.weight.detach(), weight)
+    # the remedy the message names: torch's loader casts the state to the new dtype
+    opt.load_state_dict(opt.state_dict())
+    opt.step()
+    assert all(v.dtype == after for k, v in opt.state[m.weight].items() if k != "step")
+    # a switch of the state's layout keeps the parameter's dtype and converts the state
+    opt.param_groups[0]["master_weights"] = after != torch.float32
+    opt.step()
 
 
 def test_grad_scaler_skip_on_the_first_sgd_step_leaves_no_buffer():

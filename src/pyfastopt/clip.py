@@ -83,6 +83,7 @@ def clip_grad_norm_(
     grads = [p.grad for p in params if p.grad is not None]
     p = float(norm_type)
     if len(grads) == 0:
+        float(max_norm)  # as torch's _clip_grads_with_norm_, before its own early return
         return torch.tensor(0.0)
     table = _table(grads, p)
     if table is None:

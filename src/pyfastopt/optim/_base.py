@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.optim.optimizer as _topt
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _config, _core, _cuda_backend, _reader  # noqa: F401  (_reader: metadata reader)
 from ..errors import StateError, UnsupportedError
@@ -344,6 +345,7 @@ class FastOptimizer(torch.optim.Optimizer):
             raise StateError(f"cannot load this state_dict: {type(exc).__name__}: {exc}") from exc
         self._fastopt_plans = {}
         self._fastopt_master_seen = {}  # the master copies now come from the checkpoint
+        self._fastopt_made_for = WeakIdKeyDictionary()  # and the state's dtypes
         try:
             for group in self.param_groups:
                 for key in _precision.OPTIONS + _lowmem.OPTIONS + ("sr_seed", "sr_step"):
@@ -456,6 +458,28 @@ class FastOptimizer(torch.optim.Optimizer):
     # what inspect.signature(opt.step) reports, as for torch's step: (closure=None)
     step.__signature__ = inspect.signature(_step)  # type: ignore[attr-defined]
 
+    def _check_made_for(self, p: _Tensor, first: bool, where: str) -> None:
+        """Refuse a parameter whose dtype changed between float32, bfloat16 and float16 since
+        its state was last stepped (``model.to(dtype)``, ``.data``), and note its dtype.
+
+        Its buffers then still have the old dtype: torch's step raises (Adam-like) or keeps
+        computing with them (SGD, RMSprop, ...), while bringing them to the new layout would
+        differ from torch without a word. A switch of ``state_dtype`` or ``master_weights``
+        keeps the parameter's dtype and converts the state (``_lowmem.settle``).
+        """
+        made_for = self.__dict__.get("_fastopt_made_for")
+        if made_for is None:
+            made_for = self._fastopt_made_for = WeakIdKeyDictionary()
+        before = made_for.get(p)
+        if before is not None and before != p.dtype and not first and before in _lowmem.FORMATS:
+            raise StateError(
+                f"{where}: the parameter changed dtype from {before} to {p.dtype} after its state "
+                "was made (model.to(dtype) or .data); torch.optim's step then raises or keeps the "
+                "old state dtype, which pyfastopt does not emulate. Re-create the optimizer, or "
+                "load its state_dict (torch's loader casts the state to the parameters' dtypes)"
+            )
+        made_for[p] = p.dtype
+
     def _master_seen(self) -> dict:
         """Master weights: each parameter's (version, address) after the last step."""
         seen = self.__dict__.get("_fastopt_master_seen")
@@ -488,7 +512,8 @@ class FastOptimizer(torch.optim.Optimizer):
                 finally:
                     del d["_amp_cuda"], d["_amp_found_inf"]
                 return loss
-            if found_inf is not None and bool(found_inf.detach().sum().item() != 0):
+            # found_inf is the int 0 where GradScaler unscaled no gradient (sum of none)
+            if found_inf is not None and bool(torch.as_tensor(found_inf).sum().item() != 0):
                 return loss
             if grad_scale is not None:
                 with torch.no_grad():
@@ -585,6 +610,7 @@ class FastOptimizer(torch.optim.Optimizer):
                                 memory_format=torch.preserve_format,
                             )
                         first = True
+                self._check_made_for(p, first, where)
                 self._settle(p, st, keys, mode, store, group, where)
                 for k in (MASTER_KEY,) if mode == MASTER else ():
                     check_buffer(p, st, k, where, torch.float32)
@@ -752,13 +778,13 @@ class FastOptimizer(torch.optim.Optimizer):
             bufs = [st[k] for k in keys] if st is not None else []
             pt = p
             if not same_layout(g, p):
-                g = torch.empty_like(p).copy_(g)
+                g = self._grad_copy(g, torch.empty_like(p).copy_(g), copy_back)
                 cacheable = False
         else:
             cacheable = False
             pt = p.detach().contiguous()
             copy_back.append((p, pt))
-            g = g.contiguous()
+            g = self._grad_copy(g, g.contiguous(), copy_back)
             bufs = []
             for k in keys:
                 assert st is not None
@@ -783,6 +809,18 @@ class FastOptimizer(torch.optim.Optimizer):
             row.extend(s.data_ptr() for s in scalars)
             row.append(sum(1 << i for i, s in enumerate(scalars) if s.dtype == torch.float64))
         return row, (pt, *bufs, *scales, *step, *scalars), g, cacheable
+
+    def _grad_copy(
+        self, g: _Tensor, copy: _Tensor, copy_back: list[tuple[_Tensor, _Tensor]]
+    ) -> _Tensor:
+        """The copy of a gradient the kernel reads in ``p``'s layout; with GradScaler's scale
+        unscaled in the step (which writes the unscaled gradient, as torch's fused step does to
+        ``.grad``) the copy is written back to ``g`` after the step."""
+        d = self.__dict__
+        amp = d.get("_amp_pointers") is not None or d.get("_amp_cuda") is not None
+        if amp and copy is not g and not may_overlap_itself(g):
+            copy_back.append((g, copy))
+        return copy
 
     def _torch_step(self, group: dict, params: list[_Tensor]) -> None:
         """torch's own step for ``params`` of ``group`` (devices and layouts we do not take)."""

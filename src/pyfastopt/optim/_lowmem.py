@@ -246,7 +246,7 @@ def _drop_aux(st: dict, key: str) -> None:
 
 
 #: the float formats state may change between (a store of another group setting, a checkpoint)
-_FORMATS = (torch.float32, torch.bfloat16, torch.float16)
+FORMATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def check_saved_codes(saved: dict, where: str) -> None:
@@ -304,15 +304,13 @@ def settle(
                 vals = dequantize(st[k], st[k + ABSMAX], k in UNSIGNED_KEYS, block)
                 st[k] = vals.to(dtype=want, device=p.device)
                 _drop_aux(st, k)
-            elif (
-                b.dtype != want and b.dtype in _FORMATS and want in _FORMATS and b.shape == p.shape
-            ):
+            elif b.dtype != want and b.dtype in FORMATS and want in FORMATS and b.shape == p.shape:
                 # between the formats a store or master copy switches (never to float64 or
                 # complex: a float32 buffer of a parameter made float64 or complex through
                 # ``.data`` is refused by the checks, as torch's step refuses or keeps it)
                 st[k] = b.detach().to(want)
             continue
-        if b.dtype in (*_FORMATS, p.dtype) and b.shape == p.shape:
+        if b.dtype in (*FORMATS, p.dtype) and b.shape == p.shape:
             codes, scales = quantize(b, k in UNSIGNED_KEYS, block)
             st[k], st[k + ABSMAX], st[k + QMAP] = codes, scales, qmap(k in UNSIGNED_KEYS)
 
@@ -366,7 +364,7 @@ def float32_state(st: dict, block: int) -> dict:
             continue
         if _is_codes(st, k):
             out[k] = dequantize(v, st[k + ABSMAX], k in UNSIGNED_KEYS, block)
-        elif isinstance(v, torch.Tensor) and k not in SCALAR_KEYS and v.dtype in _FORMATS:
+        elif isinstance(v, torch.Tensor) and k not in SCALAR_KEYS and v.dtype in FORMATS:
             # 16-bit state widened; float64 state (of float64 parameters) kept, as torch has it
             out[k] = v.detach().to(torch.float32, copy=True)
         elif isinstance(v, torch.Tensor):
