@@ -644,3 +644,109 @@ def test_non_contiguous_parameter_with_8bit_state():
         b.step()
     assert torch.equal(p, q)
     assert torch.equal(a.state[p]["exp_avg"], b.state[q]["exp_avg"])
+
+
+# ---- option switches and hostile state found by a probe -----------------------------------------
+
+
+def test_block_size_change_reblocks_the_codes():
+    # 4100 elements: 2 blocks at 4096 and at 2064 alike, so the scale vector alone cannot tell
+    # which block size the codes were made with; the optimizer remembers it
+    p = torch.nn.Parameter(torch.zeros(4100))
+    opt = pyfastopt.Adam([p], lr=1e-3, state_dtype="8bit", block_size=4096)
+    p.grad = torch.cat([torch.full((4096,), 1e-3), torch.full((4,), 100.0)])
+    opt.step()
+    st = opt.state[p]
+    before = _lowmem.dequantize(st["exp_avg"], st["exp_avg_absmax"], False, 4096)
+    opt.param_groups[0]["block_size"] = 2064
+    exported = opt.torch_state_dict()["state"][0]["exp_avg"]
+    assert torch.equal(exported, before)  # read with the block size the codes were made with
+    p.grad = torch.zeros(4100)
+    opt.step()
+    after = _lowmem.dequantize(st["exp_avg"], st["exp_avg_absmax"], False, 2064)
+    assert st["exp_avg_absmax"].shape == (2,)
+    # re-blocked, then decayed: within the new blocks' quantisation error of 0.9 * before
+    torch.testing.assert_close(after[:2064], 0.9 * before[:2064], rtol=0.02, atol=0)
+    torch.testing.assert_close(after[4096:], 0.9 * before[4096:], rtol=0.02, atol=0)
+
+
+def test_torch_state_dict_checks_the_codes_before_reading():
+    p = torch.nn.Parameter(torch.zeros(8192))
+    opt = pyfastopt.AdamW([p], lr=1e-3, state_dtype="8bit")
+    p.grad = torch.randn(8192)
+    opt.step()
+    opt.state[p]["exp_avg_absmax"] = torch.ones(3)  # truncated: would read past it
+    with pytest.raises(StateError, match="block scales"):
+        opt.torch_state_dict()
+
+
+@pytest.mark.parametrize("name", ["Adagrad", "Adam"])
+def test_float16_master_with_bf16_state_survives_a_checkpoint(name):
+    # torch's loader would cast bfloat16 state to float16: Adagrad's sum overflows to inf
+    p = torch.nn.Parameter(torch.ones(64, dtype=torch.float16))
+    kw = {"lr": 0.1, "master_weights": True, "state_dtype": torch.bfloat16}
+    opt = getattr(pyfastopt, name)([p], **kw)
+    p.grad = torch.full((64,), 999.0, dtype=torch.float16)
+    opt.step()
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    q = torch.nn.Parameter(p.detach().clone())
+    opt2 = getattr(pyfastopt, name)([q], **kw)
+    opt2.load_state_dict(torch.load(buf))
+    for k, v in opt.state[p].items():
+        assert opt2.state[q][k].dtype == v.dtype and torch.equal(opt2.state[q][k], v), k
+    p.grad = q.grad = torch.full((64,), 1.0, dtype=torch.float16)
+    opt.step()
+    opt2.step()
+    assert torch.equal(p, q)
+
+
+def test_master_copy_is_dropped_when_master_weights_go_off():
+    p = torch.nn.Parameter(torch.zeros(8, dtype=torch.bfloat16))
+    opt = pyfastopt.SGD([p], lr=1.0, master_weights=True)
+    p.grad = torch.ones(8, dtype=torch.bfloat16)
+    opt.step()
+    opt.param_groups[0]["master_weights"] = False
+    for _ in range(5):
+        opt.step()
+    assert "master_weight" not in opt.state[p]
+    assert all("master_weight" not in st for st in opt.state_dict()["state"].values())
+    opt.load_state_dict(opt.state_dict())
+    opt.param_groups[0]["master_weights"] = True
+    opt.step()  # a fresh master copy from the parameter (-6), not the stale one (-1)
+    assert torch.equal(p, torch.full((8,), -7.0, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_block_scales_sharing_memory_are_refused(cached):
+    ps = [torch.nn.Parameter(torch.randn(8192)) for _ in range(2)]
+    opt = pyfastopt.AdamW(ps, lr=1e-3, state_dtype="8bit")
+    for p in ps:
+        p.grad = torch.randn(8192)
+    opt.step()
+    if cached:
+        opt.step()
+    for where in ("param", "other param"):
+        st = opt.state[ps[0]]
+        saved = st["exp_avg_absmax"]
+        st["exp_avg_absmax"] = (
+            ps[0].data[:32] if where == "param" else opt.state[ps[1]]["exp_avg_absmax"]
+        )
+        before = [p.detach().clone() for p in ps]
+        with pytest.raises(StateError, match="shares memory"):
+            opt.step()
+        assert all(torch.equal(p, b) for p, b in zip(ps, before))
+        st["exp_avg_absmax"] = saved
+
+
+@pytest.mark.parametrize("key", ["exp_avg", "exp_avg_absmax", "exp_avg_sq"])
+def test_state_storage_shrunk_in_place_is_refused(key):
+    p = torch.nn.Parameter(torch.randn(8192))
+    opt = pyfastopt.AdamW([p], lr=1e-3, state_dtype="8bit")
+    p.grad = torch.randn(8192)
+    opt.step()
+    opt.step()  # cached
+    opt.state[p][key].untyped_storage().resize_(8)
+    with pytest.raises(StateError, match="past its storage"):
+        opt.step()

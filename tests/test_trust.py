@@ -18,6 +18,8 @@ import torch
 from helpers import torch_inits_added_adagrad_groups
 
 import pyfastopt
+from pyfastopt import StateError
+from pyfastopt.errors import OperandError
 
 pytestmark = pytest.mark.usefixtures("reader")  # every case with both metadata readers
 
@@ -688,3 +690,44 @@ def test_plan_refuses_malformed_rows():
             core.Plan([p], [bad], row, 4, [], bump, [], [16])
     with pytest.raises(ValueError):  # one gradient extent per row
         core.Plan([p], [(p, None, (), (p,))], row, 4, [], bump, [], [])
+
+
+# ---- values set in place on the cached path, shrunk storage, options set by hand ----------------
+
+
+@pytest.mark.parametrize("value", [float("nan"), -5.0, float("inf")])
+@pytest.mark.parametrize("name", ["Adam", "RMSprop", "Adafactor", "NAdam"])
+def test_step_counter_set_in_place_is_refused_on_the_cached_path(name, value):
+    p = torch.nn.Parameter(torch.randn(6, 5))
+    opt = getattr(pyfastopt, name)([p], lr=1e-2)
+    p.grad = torch.randn(6, 5)
+    opt.step()
+    opt.step()  # the plan is cached: it re-checks the counter's identity, not its value
+    opt.state[p]["step"].fill_(value)
+    before = p.detach().clone()
+    with pytest.raises(StateError, match="finite count"):
+        opt.step()
+    assert torch.equal(p, before)
+
+
+@pytest.mark.parametrize("target", ["param", "grad", "state"])
+def test_storage_shrunk_in_place_is_refused(target):
+    p = torch.nn.Parameter(torch.randn(4096))
+    opt = pyfastopt.AdamW([p], lr=1e-2)
+    p.grad = torch.randn(4096)
+    opt.step()
+    opt.step()
+    t = {"param": p, "grad": p.grad, "state": opt.state[p]["exp_avg"]}[target]
+    t.untyped_storage().resize_(8)
+    with pytest.raises((StateError, OperandError), match="past its storage"):
+        opt.step()
+
+
+def test_master_weights_and_stochastic_rounding_set_by_hand_are_refused():
+    p = torch.nn.Parameter(torch.randn(8).bfloat16())
+    opt = pyfastopt.Adam([p], lr=1e-2, master_weights=True)
+    p.grad = torch.randn(8).bfloat16()
+    opt.step()
+    opt.param_groups[0]["stochastic_rounding"] = True
+    with pytest.raises(ValueError, match="exclude each other"):
+        opt.step()

@@ -154,6 +154,9 @@ PYBIND11_MODULE(_core, m) {
       if (e) std::rethrow_exception(e);
     } catch (const pyfastopt::ZeroDivision& z) {
       PyErr_SetString(PyExc_ZeroDivisionError, z.what());
+    } catch (const pyfastopt::BadStepCounter& b) {
+      const py::object state_error = py::module_::import("pyfastopt.errors").attr("StateError");
+      PyErr_SetString(state_error.ptr(), b.what());
     }
   });
 

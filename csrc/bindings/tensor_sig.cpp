@@ -4,9 +4,12 @@
 // dominates the cost of `t.dtype` or `t.data_ptr()` from C.
 #include "tensor_sig.h"
 
+#include <pybind11/stl.h>
+
 #include <array>
 #include <chrono>
 #include <cstring>
+#include <vector>
 
 #include "torch_abi.h"
 
@@ -179,11 +182,45 @@ bool same_meta(const abi::Meta& m, const TensorSig& s) {
                           : std::memcmp(m.strides, s.layout.data(), dim * sizeof(int64_t)) == 0;
 }
 
+// Bytes per element of `t` (0 when the read fails).
+int64_t itemsize_of(PyObject* t) {
+  int64_t n = 0;
+  return read_int(PyObject_CallMethod(t, "element_size", nullptr), &n) ? n : 0;
+}
+
+// Whether `g`'s elements lie inside its storage, through torch's Python accessors.
+bool within_storage_py(PyObject* g, int64_t itemsize) {
+  int64_t nbytes = 0, offset = 0, last = 0;
+  PyObject* storage = PyObject_CallMethod(g, "untyped_storage", nullptr);
+  if (storage == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  const bool ok = read_int(PyObject_CallMethod(storage, "nbytes", nullptr), &nbytes) &&
+                  read_int(PyObject_CallMethod(g, "storage_offset", nullptr), &offset);
+  Py_DECREF(storage);
+  py::object shape, strides;
+  try {
+    shape = py::reinterpret_borrow<py::object>(g).attr("shape");
+    strides = py::reinterpret_borrow<py::object>(g).attr("stride")();
+  } catch (const py::error_already_set&) {
+    return false;
+  }
+  const auto sizes = shape.cast<std::vector<int64_t>>();
+  const auto steps = strides.cast<std::vector<int64_t>>();
+  for (std::size_t d = 0; d < sizes.size(); ++d) {
+    if (sizes[d] == 0) return ok;
+    last += (sizes[d] - 1) * steps[d];
+  }
+  return ok && itemsize > 0 && (offset + last + 1) * itemsize <= nbytes;
+}
+
 bool read_sig_native(PyObject* t, TensorSig* out) {
   abi::Meta m;
   if (!abi::read(t, &m)) return false;
   TensorSig s;
   s.type = Py_TYPE(t);
+  s.itemsize = itemsize_of(t);
   s.native = true;
   s.ptr = m.ptr;
   s.scalar = m.dtype;
@@ -236,6 +273,7 @@ bool read_sig(PyObject* t, TensorSig* out) {
   PyObject* cplx = a->is_complex(t);
   if (cplx == nullptr) return false;
   s.complex = cplx == Py_True;
+  s.itemsize = itemsize_of(t);
   Py_DECREF(cplx);
   // a signature is only taken of a tensor the core may read raw: same_meta confirms the bits
   if (!same_meta(t, *a, s)) return false;
@@ -261,10 +299,10 @@ bool grad_fits(PyObject* g, const TensorSig& p, int64_t* ptr) {
     abi::Meta m;  // the device is read too: only CPU tensors pass
     if (!abi::read(g, &m)) return false;
     *ptr = m.ptr;
-    return same_meta(m, p);
+    return same_meta(m, p) && abi::within_storage(m, p.itemsize);
   }
   return a != nullptr && read_int(a->data_ptr(g), ptr) && same_meta(g, *a, p) &&
-         is_true(a->is_cpu(g));
+         is_true(a->is_cpu(g)) && within_storage_py(g, p.itemsize);
 }
 
 PyObject* grad_of(PyObject* p) {

@@ -32,6 +32,7 @@ struct TensorSig {
   pybind11::object strides;   // None when contiguous, else the stride tuple
   bool single = false;        // at most one element: any strides lay it out alike
   bool complex = false;       // whether the conjugate bit must be read too
+  int64_t itemsize = 0;       // bytes per element (a gradient's storage must hold its extent)
   // the C reader's fields (`native`): scalar type, sizes, strides (empty when contiguous)
   bool native = false;
   int32_t scalar = -1;
@@ -46,7 +47,9 @@ bool read_sig(PyObject* t, TensorSig* out);
 bool same_sig(PyObject* t, const TensorSig& s);
 
 // True when `g` can serve as the gradient of a parameter with signature `p`: a plain CPU tensor of
-// p's dtype, shape and layout, no neg/conj bit. Its address goes to *ptr.
+// p's dtype, shape and layout, no neg/conj bit, whose elements lie inside its storage (one shrunk
+// in place keeps its sizes; gradients are new tensors at each step, so their addresses say
+// nothing). Its address goes to *ptr.
 bool grad_fits(PyObject* g, const TensorSig& p, int64_t* ptr);
 
 // p.grad as a new reference, or nullptr (Python error cleared) when the read fails.

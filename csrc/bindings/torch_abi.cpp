@@ -25,7 +25,7 @@ using Bump = void (*)(Handle);  // void f(const at::Tensor&)
 struct Functions {
   GetPtr data_ptr = nullptr;
   GetI32 dtype = nullptr, device_type = nullptr, layout = nullptr;
-  GetI64 dim = nullptr;
+  GetI64 dim = nullptr, storage_size = nullptr, storage_offset = nullptr;
   GetArr sizes = nullptr, strides = nullptr;
   Pred is_neg = nullptr, is_conj = nullptr;
   Bump bump = nullptr;
@@ -88,6 +88,8 @@ bool resolve() {
                   find(lib, "aoti_torch_get_dtype", &f.dtype) &&
                   find(lib, "aoti_torch_get_device_type", &f.device_type) &&
                   find(lib, "aoti_torch_get_dim", &f.dim) &&
+                  find(lib, "aoti_torch_get_storage_size", &f.storage_size) &&
+                  find(lib, "aoti_torch_get_storage_offset", &f.storage_offset) &&
                   find(lib, "aoti_torch_get_sizes", &f.sizes) &&
                   find(lib, "aoti_torch_get_strides", &f.strides) &&
                   find(lib, "aoti_torch_device_type_cpu", &cpu) &&
@@ -194,6 +196,15 @@ bool agrees(PyObject* t, const PyTypeObject* tensor_type, std::vector<PyObject*>
       conj != m.conj) {
     return false;
   }
+  int64_t offset = 0, nbytes = 0;
+  PyObject* storage = call0(t, "untyped_storage");
+  if (!py_int(call0(t, "storage_offset"), &offset) || storage == nullptr ||
+      !py_int(call0(storage, "nbytes"), &nbytes) || offset != m.storage_offset ||
+      nbytes != m.storage_nbytes) {
+    Py_XDECREF(storage);
+    return false;
+  }
+  Py_DECREF(storage);
   // dtype codes: one per torch.dtype, different dtypes different codes
   PyObject* dt = PyObject_GetAttrString(t, "dtype");
   if (dt == nullptr) return false;
@@ -276,6 +287,10 @@ bool read(PyObject* t, Meta* out) {
       g_fn.dim(h, &out->dim) != 0 || g_fn.sizes(h, &sizes) != 0 || g_fn.strides(h, &strides) != 0) {
     return false;
   }
+  if (g_fn.storage_size(h, &out->storage_nbytes) != 0 ||
+      g_fn.storage_offset(h, &out->storage_offset) != 0) {
+    return false;
+  }
   out->contiguous = contiguous(out->dim, sizes, strides);
   out->ptr = reinterpret_cast<int64_t>(ptr);
   out->sizes = sizes;
@@ -283,6 +298,15 @@ bool read(PyObject* t, Meta* out) {
   out->neg = g_fn.is_neg(h);
   out->conj = g_fn.is_conj(h);
   return true;
+}
+
+bool within_storage(const Meta& m, int64_t itemsize) {
+  int64_t last = 0;
+  for (int64_t d = 0; d < m.dim; ++d) {
+    if (m.sizes[d] == 0) return true;  // no elements
+    last += (m.sizes[d] - 1) * m.strides[d];
+  }
+  return itemsize > 0 && (m.storage_offset + last + 1) * itemsize <= m.storage_nbytes;
 }
 
 bool bump_version(PyObject* t) {

@@ -32,7 +32,13 @@ struct Meta {
   bool contiguous = false;
   bool neg = false;
   bool conj = false;
+  int64_t storage_nbytes = 0;  // the storage's size in bytes
+  int64_t storage_offset = 0;  // in elements
 };
+
+// Whether the elements of a tensor read as `m`, of `itemsize` bytes each, lie inside its storage
+// (a storage shrunk in place keeps the tensor's sizes and strides).
+bool within_storage(const Meta& m, int64_t itemsize);
 
 // True when the reader is on (probe passed and not switched off).
 bool enabled();

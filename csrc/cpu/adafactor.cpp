@@ -211,6 +211,7 @@ class Step {
     flat_.reserve(rows);
     fact_.reserve(rows);
     int64_t parts = 0, scratch = 0;
+    cpu::check_step_values(t_);
     for (int64_t r = 0; r < t_.rows; ++r) {
       const double step = cpu::advance_step(t_, r);
       const double one_minus_beta2_t = std::pow(step, hp_.beta2_decay);

@@ -106,6 +106,7 @@ template <class St, class R, class Make>
 void run(const Table& t, bool has_step, int num_threads, Make&& make, int scalars = 0) {
   using Full = decltype(compose<St>(t, std::declval<R>()));
   check_table<St, Full, cpu::BlockArrays<Policies<St, Full>>::kCount>(t, has_step, scalars);
+  if (has_step) cpu::check_step_values(t);
   if (scalars > 0) cpu::check_scalars(t, scalars);
   std::vector<Full> rules;
   rules.reserve(static_cast<std::size_t>(t.rows));

@@ -11,7 +11,9 @@
 // steps. The rule is the same template, applied to 16 lanes; the bits are the same.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -356,6 +358,21 @@ void multi_tensor_apply(const Table& table, const std::vector<Rule>& rules, int 
     multi_tensor_apply_blocks<Pols>(table, rules, num_threads);
   } else {
     multi_tensor_apply_elements<Pols>(table, rules, num_threads);
+  }
+}
+
+// Refuses a table whose step counters do not all hold a finite count >= 0, as the first step's
+// checks do (_state.check_step): a cached plan re-checks the counters' identity, not their
+// values, which may have been set in place since. Before anything is written.
+inline void check_step_values(const Table& table) {
+  for (int64_t r = 0; r < table.rows; ++r) {
+    const int64_t addr = row_aux(table, r);
+    const double v = table.step_f64 ? *reinterpret_cast<const double*>(addr)
+                                    : static_cast<double>(*reinterpret_cast<const float*>(addr));
+    if (!(std::isfinite(v) && v >= 0.0)) {
+      throw BadStepCounter("state['step'] must be a finite count >= 0, got " + std::to_string(v) +
+                           " (row " + std::to_string(r) + " of the call)");
+    }
   }
 }
 

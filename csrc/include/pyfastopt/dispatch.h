@@ -25,6 +25,12 @@ struct ZeroDivision : std::domain_error {
   using std::domain_error::domain_error;
 };
 
+// Thrown before anything is written where a step counter holds no count (NaN, infinite or
+// negative: set in place since the step that checked it); the bindings raise StateError.
+struct BadStepCounter : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
 // The storage type of a call's parameters and gradients. bfloat16 and float16 are computed in
 // float32 and rounded once per stored value (storage.h).
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };

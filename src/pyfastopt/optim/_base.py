@@ -25,9 +25,17 @@ import torch.optim.optimizer as _topt
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _config, _core, _cuda_backend, _reader  # noqa: F401  (_reader: metadata reader)
-from ..errors import StateError, UnsupportedError
+from ..errors import OperandError, StateError, UnsupportedError
 from . import _cuda_rows, _lowmem, _precision
-from ._layout import NATIVE_DTYPES, is_dense, is_plain, may_overlap_itself, same_layout
+from ._layout import (
+    NATIVE_DTYPES,
+    fits_storage,
+    is_dense,
+    is_plain,
+    may_overlap_itself,
+    same_layout,
+)
+from ._lowmem import FORMATS
 from ._precision import MASTER, MASTER_KEY
 from ._state import check_buffer, check_scalar, check_step, describe
 
@@ -280,18 +288,60 @@ class FastOptimizer(torch.optim.Optimizer):
                         st[k] = v.detach().to(device=p.device, copy=True)
 
     def _settle(
-        self, p: _Tensor, st: dict, keys: tuple, mode: int, store: int, group: dict, where: str
+        self,
+        p: _Tensor,
+        st: dict,
+        keys: tuple,
+        mode: int,
+        store: int,
+        group: dict,
+        where: str,
+        first: bool = False,
     ) -> None:
-        """Bring ``p``'s state to the group's layout (master copy, state store) and check it."""
+        """Bring ``p``'s state to the group's layout (master copy, state store) and check it.
+
+        What the state was last settled for, ``(p's dtype, block size of its 8-bit codes)``, is
+        kept per parameter (not in ``state_dict``; ``load_state_dict`` starts afresh): codes are
+        re-blocked when ``block_size`` changed, and a parameter whose dtype changed between
+        float32, bfloat16 and float16 under its state is refused. Its buffers then still have
+        the old dtype: torch's step raises (Adam-like) or keeps computing with them (SGD,
+        RMSprop, ...), while bringing them to the new layout would differ from torch without a
+        word. A switch of ``state_dtype`` or ``master_weights`` keeps the parameter's dtype and
+        converts the state.
+        """
+        before = self._settled_for(p, first, where)
         _precision.ensure_master(p, st, mode)
         block = int(group.get("block_size", _lowmem.DEFAULTS["block_size"]))
         as_param = _precision.state_dtype(p, mode)
-        _lowmem.settle(p, st, keys, store, as_param, block, where)
+        made_with = before[1] if before is not None else None
+        _lowmem.settle(p, st, keys, store, as_param, block, where, made_with)
         _lowmem.check_state(p, st, keys, store, as_param, block, where, check_buffer)
         if store != _lowmem.BLOCK8:
             for k in keys:
                 st.pop(k + _lowmem.ABSMAX, None)
                 st.pop(k + _lowmem.QMAP, None)
+        self._made_for()[p] = (p.dtype, block if store == _lowmem.BLOCK8 else None)
+
+    def _settled_for(self, p: _Tensor, first: bool, where: str) -> tuple | None:
+        """What ``p``'s state was last settled for (see ``_settle``), after refusing a change of
+        ``p``'s dtype between float32, bfloat16 and float16 since then."""
+        before = self._made_for().get(p)
+        if before is not None and not first and before[0] != p.dtype and before[0] in FORMATS:
+            raise StateError(
+                f"{where}: the parameter changed dtype from {before[0]} to {p.dtype} after its "
+                "state was made (model.to(dtype) or .data); torch.optim's step then raises or "
+                "keeps the old state dtype, which pyfastopt does not emulate. Re-create the "
+                "optimizer, or load its state_dict (torch's loader casts the state to the "
+                "parameters' dtypes)"
+            )
+        return before
+
+    def _made_for(self) -> WeakIdKeyDictionary:
+        """Per parameter: (dtype, 8-bit block size) its state was last settled for."""
+        made = self.__dict__.get("_fastopt_made_for")
+        if made is None:
+            made = self._fastopt_made_for = WeakIdKeyDictionary()
+        return made
 
     def torch_state_dict(self) -> dict[str, Any]:
         """This optimizer's ``state_dict`` in torch's layout, every state buffer a float32 tensor
@@ -299,12 +349,16 @@ class FastOptimizer(torch.optim.Optimizer):
         kept) and without pyfastopt's own group keys
         or master copies: ``torch.optim`` (and pyfastopt with any ``state_dtype``) loads it."""
         sd = self.state_dict()
+        made = self._made_for()
         block_of = {}
-        for g in sd["param_groups"]:
-            for pid in g["params"]:
-                block_of[pid] = int(g.get("block_size", _lowmem.DEFAULTS["block_size"]))
+        for g, group in zip(sd["param_groups"], self.param_groups, strict=True):
+            for pid, p in zip(g["params"], group["params"], strict=True):
+                made_with = made.get(p, (None, None))[1]  # the codes' own block size
+                block_of[pid] = made_with or int(group.get("block_size", 256))
         state = {
-            pid: _lowmem.float32_state(st, block_of.get(pid, 256)) if isinstance(st, dict) else st
+            pid: _lowmem.float32_state(st, block_of.get(pid, 256), f"state of param id {pid}")
+            if isinstance(st, dict)
+            else st
             for pid, st in sd["state"].items()
         }
         own = set(_precision.OPTIONS) | set(_lowmem.OPTIONS) | {"sr_seed", "sr_step"}
@@ -458,28 +512,6 @@ class FastOptimizer(torch.optim.Optimizer):
     # what inspect.signature(opt.step) reports, as for torch's step: (closure=None)
     step.__signature__ = inspect.signature(_step)  # type: ignore[attr-defined]
 
-    def _check_made_for(self, p: _Tensor, first: bool, where: str) -> None:
-        """Refuse a parameter whose dtype changed between float32, bfloat16 and float16 since
-        its state was last stepped (``model.to(dtype)``, ``.data``), and note its dtype.
-
-        Its buffers then still have the old dtype: torch's step raises (Adam-like) or keeps
-        computing with them (SGD, RMSprop, ...), while bringing them to the new layout would
-        differ from torch without a word. A switch of ``state_dtype`` or ``master_weights``
-        keeps the parameter's dtype and converts the state (``_lowmem.settle``).
-        """
-        made_for = self.__dict__.get("_fastopt_made_for")
-        if made_for is None:
-            made_for = self._fastopt_made_for = WeakIdKeyDictionary()
-        before = made_for.get(p)
-        if before is not None and before != p.dtype and not first and before in _lowmem.FORMATS:
-            raise StateError(
-                f"{where}: the parameter changed dtype from {before} to {p.dtype} after its state "
-                "was made (model.to(dtype) or .data); torch.optim's step then raises or keeps the "
-                "old state dtype, which pyfastopt does not emulate. Re-create the optimizer, or "
-                "load its state_dict (torch's loader casts the state to the parameters' dtypes)"
-            )
-        made_for[p] = p.dtype
-
     def _master_seen(self) -> dict:
         """Master weights: each parameter's (version, address) after the last step."""
         seen = self.__dict__.get("_fastopt_master_seen")
@@ -578,6 +610,8 @@ class FastOptimizer(torch.optim.Optimizer):
                 if not cuda_seen:
                     cuda_seen = True
                     _cuda_rows.graph_capture_check(self)
+            _check_storage(p, "the parameter", OperandError, where)
+            _check_storage(g, "its gradient", OperandError, where)
             st: dict | None = None
             keys = self._buffer_keys_for(p, group)
             first = firsts.get(id(p))
@@ -610,13 +644,17 @@ class FastOptimizer(torch.optim.Optimizer):
                                 memory_format=torch.preserve_format,
                             )
                         first = True
-                self._check_made_for(p, first, where)
-                self._settle(p, st, keys, mode, store, group, where)
+                for k, v in st.items():  # before anything reads them
+                    if isinstance(v, _Tensor):
+                        _check_storage(v, f"state[{k!r}]", StateError, where)
+                self._settle(p, st, keys, mode, store, group, where, first)
                 for k in (MASTER_KEY,) if mode == MASTER else ():
                     check_buffer(p, st, k, where, torch.float32)
                 plain = _cuda_rows.plain if on_cuda else _native_tensor
                 for k in (*keys, MASTER_KEY) if mode == MASTER else keys:
                     b = st[k]
+                    if b.dtype == torch.uint8:
+                        continue  # 8-bit codes, checked by _settle (_lowmem.check_codes)
                     if not plain(b):  # a neg/conj view or a subclass: a plain copy
                         st[k] = torch.empty_like(b).copy_(b)
                 if self._has_step and on_cuda:
@@ -625,6 +663,10 @@ class FastOptimizer(torch.optim.Optimizer):
                     check_step(st, where)
                 for k in self._scalar_keys:
                     check_scalar(st, k, where)
+            else:  # stateless steps (SGD without momentum): a master copy switched off goes
+                stale = self.state.get(p)
+                if isinstance(stale, dict):
+                    stale.pop(MASTER_KEY, None)
             firsts[id(p)] = bool(first)
             items.append(_Item(p, g, st, bool(first), mode, store))
         shared = self._shared_memory(items, group)
@@ -714,6 +756,24 @@ class FastOptimizer(torch.optim.Optimizer):
             return None
         return _Plan(inactive, calls, self._plan_key(group))
 
+    def _row_tensors(self, it: _Item, group: dict) -> list[tuple[int, str, _Tensor]]:
+        """``(kind, state key, tensor)`` for every tensor a row's step reads or writes: the
+        parameter, its gradient, the state buffers, master copy, 8-bit block scales, step
+        counter and 0-d scalars."""
+        tensors: list[tuple[int, str, _Tensor]] = [(_PARAM, "", it.p), (_GRAD, "", it.g)]
+        st = it.st
+        if st is not None:
+            keys = self._buffer_keys_for(it.p, group)
+            own = (MASTER_KEY,) if it.mode == MASTER else ()
+            if it.store == _lowmem.BLOCK8:
+                own += _lowmem.aux_keys(keys)
+            step = ("step",) if self._has_step else ()
+            for k in (*keys, *own, *step, *self._scalar_keys):
+                v = st.get(k)
+                if isinstance(v, _Tensor) and v.layout == torch.strided:
+                    tensors.append((_STATE, k, v))
+        return tensors
+
     def _shared_memory(self, items: list[_Item], group: dict) -> int | None:
         """The position (in ``items``) of a parameter whose gradient or state shares memory
         with a tensor the step writes (another row's or its own), or None.
@@ -721,22 +781,12 @@ class FastOptimizer(torch.optim.Optimizer):
         Parameters overlapping each other are not counted (waves step them in torch's order),
         nor gradients overlapping each other (only read). Judged on byte ranges.
         """
-        # lo, hi, kind, (tensor id, state key), item position
+        # lo, hi, kind, (state dict id, state key), item position
         spans: list[tuple[int, int, int, tuple[int, str], int]] = []
         for i, it in enumerate(items):
-            tensors: list[tuple[int, str, _Tensor]] = [(_PARAM, "", it.p), (_GRAD, "", it.g)]
-            st = it.st
-            if st is not None:
-                keys = self._buffer_keys_for(it.p, group)
-                own = (MASTER_KEY,) if it.mode == MASTER else ()
-                step = ("step",) if self._has_step else ()
-                for k in (*keys, *own, *step, *self._scalar_keys):
-                    v = st.get(k)
-                    if isinstance(v, _Tensor) and v.layout == torch.strided:
-                        tensors.append((_STATE, k, v))
-            for kind, key, t in tensors:
+            for kind, key, t in self._row_tensors(it, group):
                 if t.numel() > 0 and t.device.type == "cpu":
-                    spans.append((*_extent(t), kind, (id(t), key), i))
+                    spans.append((*_extent(t), kind, (id(it.st), key), i))
         spans.sort()
         open_spans: list[tuple[int, int, int, tuple[int, str], int]] = []
         for span in spans:
@@ -842,6 +892,16 @@ def _unwrap(fn: Callable) -> Callable:
     return fn
 
 
+def _check_storage(t: _Tensor, what: str, error: type[Exception], where: str) -> None:
+    """Refuse a tensor whose storage was shrunk in place under it, before anything reads it:
+    its sizes would send a kernel past the allocation (torch's own step crashes there)."""
+    if t.layout == torch.strided and t.device.type == "cpu" and not fits_storage(t):
+        raise error(
+            f"{where}: {what} extends past its storage ({t.untyped_storage().nbytes()} bytes "
+            f"for {tuple(t.shape)} elements of {t.dtype}; resized in place?)"
+        )
+
+
 def _native_tensor(t: _Tensor) -> bool:
     """A plain CPU-strided tensor whose memory holds its values as they read (no neg/conj bit)."""
     return is_plain(t, "cpu")
@@ -924,6 +984,10 @@ def _refuse_non_float(p: _Tensor, where: str) -> None:
 def _check_group_options(opt: FastOptimizer, group: dict) -> None:
     _lowmem.check_group(group, type(opt).__name__)
     opt._check_options(group)
+    if group.get("master_weights") and group.get("stochastic_rounding"):
+        raise ValueError(  # as the constructor (set by hand in param_groups since)
+            f"{type(opt).__name__}: master_weights and stochastic_rounding exclude each other"
+        )
     if group.get("differentiable"):
         raise UnsupportedError(
             f"{type(opt).__name__}: differentiable=True is not supported by pyfastopt (the "

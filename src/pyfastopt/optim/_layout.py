@@ -78,6 +78,17 @@ def may_overlap_itself(t: torch.Tensor) -> bool:
     return False
 
 
+def fits_storage(t: torch.Tensor) -> bool:
+    """Whether a strided tensor's elements lie inside its storage. A storage shrunk in place
+    (``t.untyped_storage().resize_(n)``) keeps the tensor's sizes and strides, and a kernel
+    trusting them would read and write past the allocation."""
+    if t.numel() == 0:
+        return True
+    last = sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True))
+    end = (t.storage_offset() + last + 1) * t.element_size()
+    return end <= t.untyped_storage().nbytes()
+
+
 def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True if element i of ``a``'s memory block is element i of ``b``'s (same shape assumed)."""
     if a.is_contiguous() and b.is_contiguous():

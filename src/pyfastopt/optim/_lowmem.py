@@ -268,16 +268,16 @@ def check_saved_codes(saved: dict, where: str) -> None:
 def kept_as_saved(key: str, v: Any, p: torch.Tensor) -> bool:
     """Whether a checkpoint's state tensor is one of pyfastopt's layouts that torch's loader
     would corrupt by casting it to the parameter's dtype: 8-bit codes and their scales and map,
-    float32 state or master copies of a 16-bit parameter, bfloat16 state of a float32 one, and
-    float32/float64 0-d state scalars of a 16-bit parameter."""
+    float32 state or master copies of a 16-bit parameter, bfloat16 state of a float32 or float16
+    one (float16 would overflow), and float32/float64 0-d state scalars of a 16-bit parameter."""
     if not isinstance(v, torch.Tensor) or v.dtype == p.dtype:
         return False
     if v.dtype == torch.uint8 or key.endswith((ABSMAX, QMAP)):
         return True
     if key in SCALAR_KEYS:  # 0-d scalars (mu_product, eta, mu): not rounded to 16 bits
         return p.dtype in LOW_PRECISION and v.dtype in (torch.float32, torch.float64)
-    if p.dtype in LOW_PRECISION:
-        return v.dtype == torch.float32
+    if p.dtype in LOW_PRECISION:  # float32 state or master copies; bfloat16 state of float16
+        return v.dtype == torch.float32 or v.dtype == torch.bfloat16
     return p.dtype == torch.float32 and v.dtype == torch.bfloat16
 
 
@@ -289,22 +289,30 @@ def settle(
     as_param: torch.dtype,
     block: int,
     where: str,
+    made_with: int | None = None,
 ) -> None:
     """Bring the buffers ``keys`` of ``p`` to the form ``store`` asks for: a float buffer of
-    another dtype is cast, 8-bit codes are dequantised into a float store, a float buffer is
+    another dtype is cast, 8-bit codes are dequantised into a float store (or re-quantised in
+    blocks of ``block`` where they were made with blocks of ``made_with``), a float buffer is
     quantised into an 8-bit one. What cannot be converted is left for the checks to refuse."""
     want = float_dtype(p, store, as_param)
+    made_with = block if made_with is None else made_with
     for k in keys:
         b = st.get(k)
         if not isinstance(b, torch.Tensor):
             continue
+        if _is_codes(st, k) and (want is not None or made_with != block):
+            check_codes(p, st, k, made_with, where)
+            vals = dequantize(st[k], st[k + ABSMAX], k in UNSIGNED_KEYS, made_with)
+            if want is None:  # another block size: the same values, in the new blocks
+                codes, scales = quantize(vals, k in UNSIGNED_KEYS, block)
+                st[k], st[k + ABSMAX], st[k + QMAP] = codes, scales, qmap(k in UNSIGNED_KEYS)
+                continue
+            st[k] = vals.to(dtype=want, device=p.device)
+            _drop_aux(st, k)
+            continue
         if want is not None:
-            if _is_codes(st, k):
-                check_codes(p, st, k, block, where)
-                vals = dequantize(st[k], st[k + ABSMAX], k in UNSIGNED_KEYS, block)
-                st[k] = vals.to(dtype=want, device=p.device)
-                _drop_aux(st, k)
-            elif b.dtype != want and b.dtype in FORMATS and want in FORMATS and b.shape == p.shape:
+            if b.dtype != want and b.dtype in FORMATS and want in FORMATS and b.shape == p.shape:
                 # between the formats a store or master copy switches (never to float64 or
                 # complex: a float32 buffer of a parameter made float64 or complex through
                 # ``.data`` is refused by the checks, as torch's step refuses or keeps it)
@@ -356,14 +364,16 @@ def state_bytes(state: Any) -> int:
     return total
 
 
-def float32_state(st: dict, block: int) -> dict:
-    """One parameter's state in torch's layout, every buffer float32 (the export)."""
+def float32_state(st: dict, block: int, where: str) -> dict:
+    """One parameter's state in torch's layout, every buffer float32 (the export); ``block``:
+    the block size its 8-bit codes were made with."""
     out: dict = {}
     for k, v in st.items():
         if k.endswith((ABSMAX, QMAP)) or k == "master_weight":
             continue
         if _is_codes(st, k):
-            out[k] = dequantize(v, st[k + ABSMAX], k in UNSIGNED_KEYS, block)
+            check_codes(v, st, k, block, where)  # never reads past the scales
+            out[k] = dequantize(st[k], st[k + ABSMAX], k in UNSIGNED_KEYS, block)
         elif isinstance(v, torch.Tensor) and k not in SCALAR_KEYS and v.dtype in FORMATS:
             # 16-bit state widened; float64 state (of float64 parameters) kept, as torch has it
             out[k] = v.detach().to(torch.float32, copy=True)

@@ -71,9 +71,11 @@ def state_dtype(p: torch.Tensor, mode: int) -> torch.dtype:
 
 def ensure_master(p: torch.Tensor, st: dict, mode: int) -> None:
     """Master weights: make a low-precision parameter's float32 master copy from ``p`` when its
-    state has none (a new mode, or a checkpoint without one). The buffers are brought to their
-    dtype by ``_lowmem.settle``."""
-    if p.dtype in LOW_PRECISION and mode == MASTER and MASTER_KEY not in st:
+    state has none (a new mode, or a checkpoint without one), and drop it when the mode is off.
+    The buffers are brought to their dtype by ``_lowmem.settle``."""
+    if mode != MASTER:  # switched off: a stale copy would resume from old weights later
+        st.pop(MASTER_KEY, None)
+    elif p.dtype in LOW_PRECISION and MASTER_KEY not in st:
         st[MASTER_KEY] = torch.empty_like(p, dtype=torch.float32).copy_(p.detach())
 
 

@@ -82,11 +82,20 @@ class Adafactor(FastOptimizer, torch.optim.Adafactor):
             state[key] = torch.zeros(shape, dtype=p.dtype, device=p.device)
 
     def _settle(
-        self, p: _Tensor, st: dict, keys: tuple, mode: int, store: int, group: dict, where: str
+        self,
+        p: _Tensor,
+        st: dict,
+        keys: tuple,
+        mode: int,
+        store: int,
+        group: dict,
+        where: str,
+        first: bool = False,
     ) -> None:
         """Check (and cast, as the other optimizers' buffers are) the factored state."""
         if store != _lowmem.AS_PARAM:
             raise UnsupportedError(f"{where}: Adafactor keeps torch's state layout")
+        self._settled_for(p, first, where)  # refuses a parameter whose dtype changed under it
         _precision.ensure_master(p, st, mode)
         want = _precision.state_dtype(p, mode)
         shapes = _factor_shapes(p)
@@ -109,6 +118,7 @@ class Adafactor(FastOptimizer, torch.optim.Adafactor):
             m = st[MASTER_KEY]
             if isinstance(m, torch.Tensor) and m.layout == torch.strided and not m.is_contiguous():
                 st[MASTER_KEY] = m.contiguous()
+        self._made_for()[p] = (p.dtype, None)
 
     def _lay_out(
         self, it: _Item, keys: tuple[str, ...], copy_back: list[tuple[_Tensor, _Tensor]]
