@@ -181,3 +181,17 @@ def test_side_tools_refuse_an_unknown_model_as_a_usage_error(tool, capsys):
         module.main(["--models", "mlp-128,bogus"])
     assert exc.value.code == 2
     assert "unknown model 'bogus'" in capsys.readouterr().err
+
+
+def test_lowp_times_only_the_implementations_asked_for(capsys):
+    from pyfastopt.bench import lowp
+
+    rc = lowp.main(["--models", "fixed-2x64", "--optimizers", "Adam", "--rounds", "1",
+                    "--impls", "torch-fused"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    impls = [line.split()[2] for line in out.splitlines()[2:]]
+    assert impls == ["torch-fused", "pyfastopt", "roofline"]
+    with pytest.raises(SystemExit) as exc:
+        lowp.main(["--impls", "torch,bogus"])
+    assert exc.value.code == 2 and "bogus" in capsys.readouterr().err
