@@ -105,12 +105,24 @@ def test_zero_redundancy_matches_torch_and_swaps_checkpoints(name):
         _assert_close(outs[0], outs[1])
 
 
+def _resumed(
+    model: nn.Module, sd: dict, make: Callable[..., torch.optim.Optimizer]
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A copy of ``model`` and a new optimizer from ``make`` given the DCP state_dict ``sd``."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    m = _model()
+    m.load_state_dict(model.state_dict())
+    opt = make(m.parameters())
+    set_optimizer_state_dict(m, opt, optim_state_dict=copy.deepcopy(sd))
+    return m, opt
+
+
 @pytest.mark.parametrize("state_dtype", [None, torch.bfloat16, "8bit"])
 @pytest.mark.parametrize("name", list(KWARGS))
 def test_dcp_state_dict_helpers_round_trip(name, state_dtype):
     from torch.distributed.checkpoint.state_dict import (
         get_optimizer_state_dict,
-        set_optimizer_state_dict,
     )
 
     kw = dict(KWARGS[name], state_dtype=state_dtype)
@@ -126,10 +138,7 @@ def test_dcp_state_dict_helpers_round_trip(name, state_dtype):
     _train(a, opt, 4)
     sd = get_optimizer_state_dict(a, opt)
     assert set(sd["state"]) == {n for n, _ in a.named_parameters()}  # keyed by name
-    b = _model()
-    b.load_state_dict(a.state_dict())
-    opt_b = getattr(pyfastopt, name)(b.parameters(), **kw)
-    set_optimizer_state_dict(b, opt_b, optim_state_dict=copy.deepcopy(sd))
+    b, opt_b = _resumed(a, sd, lambda ps: getattr(pyfastopt, name)(ps, **kw))
     _train(a, opt, 3)
     _train(b, opt_b, 3)
     _assert_equal(a, b)
@@ -139,7 +148,6 @@ def test_dcp_state_dict_helpers_round_trip(name, state_dtype):
 def test_dcp_state_dict_helpers_swap_with_torch(name):
     from torch.distributed.checkpoint.state_dict import (
         get_optimizer_state_dict,
-        set_optimizer_state_dict,
     )
 
     for src_cls, dst_cls in (
@@ -150,14 +158,8 @@ def test_dcp_state_dict_helpers_swap_with_torch(name):
         opt = src_cls(a.parameters(), **KWARGS[name])
         _train(a, opt, 4)
         sd = get_optimizer_state_dict(a, opt)
-        b = _model()
-        b.load_state_dict(a.state_dict())
-        opt_b = dst_cls(b.parameters(), **KWARGS[name])
-        set_optimizer_state_dict(b, opt_b, optim_state_dict=copy.deepcopy(sd))
-        ref = _model()
-        ref.load_state_dict(a.state_dict())
-        opt_ref = src_cls(ref.parameters(), **KWARGS[name])
-        set_optimizer_state_dict(ref, opt_ref, optim_state_dict=copy.deepcopy(sd))
+        b, opt_b = _resumed(a, sd, lambda ps, c=dst_cls: c(ps, **KWARGS[name]))
+        ref, opt_ref = _resumed(a, sd, lambda ps, c=src_cls: c(ps, **KWARGS[name]))
         _train(b, opt_b, 3)
         _train(ref, opt_ref, 3)
         _assert_close(ref, b)
