@@ -354,7 +354,9 @@ class FastOptimizer(torch.optim.Optimizer):
         for g, group in zip(sd["param_groups"], self.param_groups, strict=True):
             for pid, p in zip(g["params"], group["params"], strict=True):
                 made_with = made.get(p, (None, None))[1]  # the codes' own block size
-                block_of[pid] = made_with or int(group.get("block_size", 256))
+                block_of[pid] = made_with or int(
+                    group.get("block_size", _lowmem.DEFAULTS["block_size"])
+                )
         state = {
             pid: _lowmem.float32_state(st, block_of.get(pid, 256), f"state of param id {pid}")
             if isinstance(st, dict)
@@ -798,6 +800,8 @@ class FastOptimizer(torch.optim.Optimizer):
                     continue
                 if o[2] == span[2] == _STATE and o[3] == span[3]:
                     continue  # one entry of rows sharing a state dict (a duplicated parameter)
+                if o[2] == span[2] == _STATE and o[3][1] == span[3][1] == "step":
+                    continue  # one counter for several rows: advanced row by row, as torch's
                 return min(o[4], span[4])
             open_spans.append(span)
         return None
