@@ -265,3 +265,43 @@ def test_lanes_give_the_bits_of_the_vectorised_loop(dtype):
         pyfastopt._config.set_simd("auto")
     for x, y in zip(*results):
         assert torch.equal(x.view(torch.int16), y.view(torch.int16))
+
+
+def test_gradient_marked_coalesced_but_unsorted_steps_as_torch():
+    outs = []
+    for module in (torch.optim, pyfastopt):
+        p = torch.nn.Parameter(torch.ones(8, 4))
+        opt = module.SparseAdam([p], lr=0.1)
+        idx, val = torch.tensor([[3, 1, 6]]), torch.arange(12.0).reshape(3, 4)
+        p.grad = torch.sparse_coo_tensor(idx, val, (8, 4), is_coalesced=True)
+        opt.step()
+        outs.append((p.detach().clone(), opt.state[p]["exp_avg"].to_dense()))
+    torch.testing.assert_close(outs[1][0], outs[0][0])
+    torch.testing.assert_close(outs[1][1], outs[0][1])
+
+
+def test_refused_gradient_changes_no_step_counter():
+    # repeated indices marked coalesced: the native step refuses them before writing anything,
+    # the step counters included (a retry then takes the first step's bias correction)
+    a, b = torch.nn.Parameter(torch.ones(8, 4)), torch.nn.Parameter(torch.ones(8, 4))
+    opt = pyfastopt.SparseAdam([a, b], lr=0.1)
+    good = torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.ones(2, 4), (8, 4))
+    a.grad = good
+    b.grad = torch.sparse_coo_tensor(
+        torch.tensor([[1, 1]]), torch.ones(2, 4), (8, 4), is_coalesced=True
+    )
+    with pytest.raises(ValueError):
+        opt.step()
+    assert opt.state[a]["step"] == opt.state[b]["step"] == 0
+    assert torch.equal(a.detach(), torch.ones(8, 4)) and torch.equal(b.detach(), torch.ones(8, 4))
+
+
+def test_negative_index_raises_before_coalescing():
+    # torch's own coalesce() corrupts memory on a negative index of an unchecked tensor
+    p = torch.nn.Parameter(torch.ones(8, 4))
+    opt = pyfastopt.SparseAdam([p], lr=0.1)
+    p.grad = torch.sparse_coo_tensor(
+        torch.tensor([[-3, 1]]), torch.ones(2, 4), (8, 4), check_invariants=False
+    )
+    with pytest.raises(IndexError, match="out of range"):
+        opt.step()

@@ -155,7 +155,6 @@ class SparseAdam(FastOptimizer, torch.optim.SparseAdam):
             for j in wave:
                 p = native[j]
                 st = self.state[p]
-                st["step"] = steps[j]
                 offsets, values, width = grads[j]
                 if values.numel() == 0:  # torch skips an empty gradient (its step still counts)
                     continue
@@ -176,10 +175,21 @@ class SparseAdam(FastOptimizer, torch.optim.SparseAdam):
                     threads,
                     _PMIN,
                 )
+            for j in wave:  # counted once the wave's calls went through (they may refuse)
+                self.state[native[j]]["step"] = steps[j]
             written = [t for i, t in enumerate(held) if i % 5 < 3]
             if written:
                 _bump_versions(written)
             del held
+
+
+def _check_indices(indices: torch.Tensor, p: torch.Tensor, where: str) -> None:
+    """IndexError for a sparse index outside ``p``'s sparse dimensions (rows: dimensions)."""
+    if indices.numel() == 0:
+        return
+    sizes = torch.tensor(p.shape[: indices.shape[0]], dtype=torch.int64).unsqueeze(1)
+    if bool((indices < 0).any()) or bool((indices >= sizes).any()):
+        raise IndexError(f"{where}: sparse gradient index out of range for shape {tuple(p.shape)}")
 
 
 def _neg_step_size(lr: Any, beta1: float, beta2: float, step: int) -> int:
@@ -198,6 +208,9 @@ def _positions(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(element offsets, packed values, elements per offset) of a coalesced sparse gradient of
     the contiguous parameter ``p``: every address the native step will touch, checked here."""
+    raw = grad._indices()
+    if raw.dtype == torch.int64 and raw.dim() == 2 and raw.shape[0] == grad.sparse_dim():
+        _check_indices(raw, p, where)  # before coalesce(), which crashes on negative ones
     g = grad.coalesce()
     indices, values = g._indices(), g._values()
     sparse_dim = g.sparse_dim()
@@ -219,11 +232,15 @@ def _positions(
     width = math.prod(dense_shape)
     if nnz == 0 or width == 0:
         return torch.empty(0, dtype=torch.int64), values.new_empty(0), max(width, 1)
-    sizes = torch.tensor(p.shape[:sparse_dim], dtype=torch.int64).unsqueeze(1)
-    if bool((indices < 0).any()) or bool((indices >= sizes).any()):
-        raise IndexError(f"{where}: sparse gradient index out of range for shape {tuple(p.shape)}")
+    _check_indices(indices, p, where)
     strides = torch.tensor(p.stride()[:sparse_dim], dtype=torch.int64).unsqueeze(1)
     offsets = (indices * strides).sum(0) if sparse_dim else torch.zeros(nnz, dtype=torch.int64)
+    if nnz > 1 and not bool((offsets[1:] > offsets[:-1]).all()):
+        # marked coalesced but not sorted (coalesce() then returns it as it is): sorted here
+        # when every index is distinct, which changes nothing; repeated ones the step refuses
+        offsets, order = offsets.sort()
+        if bool((offsets[1:] > offsets[:-1]).all()):
+            values = values[order]
     values = values.contiguous()
     if values.is_neg() or values.is_conj():
         values = values.resolve_neg().resolve_conj()
