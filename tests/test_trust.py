@@ -731,3 +731,81 @@ def test_master_weights_and_stochastic_rounding_set_by_hand_are_refused():
     opt.param_groups[0]["stochastic_rounding"] = True
     with pytest.raises(ValueError, match="exclude each other"):
         opt.step()
+
+
+def test_two_threads_stepping_one_optimizer_take_turns():
+    # thread A is in its native call (the GIL released) when the main thread replaces the
+    # gradient and steps the same optimizer: the steps run one after the other (a lock per
+    # optimizer), where sharing the cached plan freed A's gradient under its kernel
+    code = """
+    import threading, time, torch, pyfastopt
+    pyfastopt.set_num_threads(1)
+    n = 1 << 24
+    p = torch.nn.Parameter(torch.zeros(n))
+    opt = pyfastopt.Adam([p], lr=1e-3)
+    for _ in range(2):
+        p.grad = torch.ones(n)
+        opt.step()
+    for _ in range(3):
+        p.grad = torch.ones(n)
+        a = threading.Thread(target=opt.step)
+        a.start()
+        time.sleep(0.003)
+        p.grad = torch.ones(n)
+        opt.step()
+        a.join()
+    assert float(opt.state[p]["step"]) == 8.0
+    print("ok")
+    """
+    out = run_py(code, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, (out.returncode, out.stderr[-2000:])
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop", "Adafactor"])
+def test_inference_tensors_are_not_updated_outside_inference_mode(name):
+    kw = {"lr": 0.1, "momentum": 0.9} if name == "SGD" else {"lr": 0.1}
+    with torch.inference_mode():
+        made_inside = torch.nn.Parameter(torch.ones(6, 5))
+    for p, first_inside in ((made_inside, False), (torch.nn.Parameter(torch.ones(6, 5)), True)):
+        opt = getattr(pyfastopt, name)([p], **kw)
+        p.grad = torch.ones(6, 5)
+        if first_inside:  # the state made inside is inference tensors
+            with torch.inference_mode():
+                opt.step()
+                opt.step()
+        before = p.detach().clone()
+        with pytest.raises(RuntimeError, match="Inplace update to inference tensor"):
+            opt.step()
+        assert torch.equal(p.detach(), before)
+
+
+def test_load_state_dict_hooks_raise_as_in_torch():
+    class HookError(Exception):
+        pass
+
+    def pre(opt, sd):
+        raise HookError("pre")
+
+    def post(opt):
+        raise HookError("post")
+
+    outs = []
+    for module, kw in ((torch.optim, {"foreach": False}), (pyfastopt, {})):
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = module.SGD([p], lr=0.1, momentum=0.9, **kw)
+        p.grad = torch.ones(3)
+        opt.step()
+        sd = opt.state_dict()
+        sd = {"state": {0: {"momentum_buffer": torch.full((3,), 5.0)}},
+              "param_groups": [dict(sd["param_groups"][0], lr=0.01)]}  # fmt: skip
+        handle = opt.register_load_state_dict_pre_hook(pre)
+        with pytest.raises(HookError, match="pre"):  # its own type, nothing loaded
+            opt.load_state_dict(sd)
+        assert opt.param_groups[0]["lr"] == 0.1
+        handle.remove()
+        opt.register_load_state_dict_post_hook(post)
+        with pytest.raises(HookError, match="post"):  # raised after the state was loaded
+            opt.load_state_dict(sd)
+        outs.append((opt.param_groups[0]["lr"], opt.state[p]["momentum_buffer"].clone()))
+    assert outs[0][0] == outs[1][0] == 0.01
+    assert torch.equal(outs[0][1], outs[1][1])

@@ -19,6 +19,9 @@ _source = "torch"
 #: thread costs more than it saves on small steps.
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
+#: The most threads set_num_threads takes.
+MAX_THREADS = 4096
+
 
 def set_num_threads(n: int | None) -> None:
     """Set the threads pyfastopt's kernels use; ``None`` follows ``torch.get_num_threads()``."""
@@ -28,6 +31,8 @@ def set_num_threads(n: int | None) -> None:
         return
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"num_threads must be a positive int or None, got {n!r}")
+    if n > MAX_THREADS:  # GNU OpenMP would abort the process creating that many
+        raise ValueError(f"num_threads must be at most {MAX_THREADS}, got {n}")
     _num_threads, _source = n, "set_num_threads"
 
 

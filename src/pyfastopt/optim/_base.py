@@ -16,6 +16,7 @@ gradient addresses; any difference goes back to the general path (docs/trust.md)
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 from itertools import chain
 from typing import Any, ClassVar
@@ -390,15 +391,31 @@ class FastOptimizer(torch.optim.Optimizer):
             raise
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's ``load_state_dict``, then a full validation; on error nothing changes."""
+        """torch's ``load_state_dict``, then a full validation; on error nothing changes.
+
+        The post-hooks run last, as in torch, but after the validation (they see the state as
+        the step will); an exception from a hook propagates as it is, where torch's own loader
+        failing becomes a ``StateError``. A post-hook that raises leaves the state loaded, as
+        torch's does."""
         old_state, old_groups = self.state, self.param_groups
+        post_hooks = self._optimizer_load_state_dict_post_hooks
+        posts = list(post_hooks.items())
+        post_hooks.clear()  # run below, after the validation
         try:
             super().load_state_dict(state_dict)
         except StateError:
             raise
-        except Exception as exc:  # torch's own loader choked on it: one error type for callers
+        except Exception as exc:
             self.state, self.param_groups = old_state, old_groups
+            if _raised_by_hook(exc, self._optimizer_load_state_dict_pre_hooks):
+                raise  # a pre-hook's own exception, as torch propagates it
+            # torch's own loader choked on it: one error type for callers
             raise StateError(f"cannot load this state_dict: {type(exc).__name__}: {exc}") from exc
+        finally:
+            added = list(post_hooks.items())  # registered by a pre-hook meanwhile
+            post_hooks.clear()
+            post_hooks.update(posts)
+            post_hooks.update(added)
         self._fastopt_plans = {}
         self._fastopt_master_seen = {}  # the master copies now come from the checkpoint
         self._fastopt_made_for = WeakIdKeyDictionary()  # and the state's dtypes
@@ -415,6 +432,8 @@ class FastOptimizer(torch.optim.Optimizer):
             self.state, self.param_groups = old_state, old_groups
             self._fastopt_plans = {}
             raise
+        for hook in list(post_hooks.values()):
+            hook(self)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -456,15 +475,16 @@ class FastOptimizer(torch.optim.Optimizer):
         """
         if _is_compiling():  # under torch.compile: run eagerly, the native call is opaque to it
             return _eager_step(self, args, kwargs)
-        if (
-            self._optimizer_step_pre_hooks
-            or self._optimizer_step_post_hooks
-            or _GLOBAL_PRE
-            or _GLOBAL_POST
-            or _profiler._is_profiler_enabled
-        ):
-            return _step_with_hooks(self, args, kwargs)
-        return self._step(*args, **kwargs)
+        with step_lock(self):
+            if (
+                self._optimizer_step_pre_hooks
+                or self._optimizer_step_post_hooks
+                or _GLOBAL_PRE
+                or _GLOBAL_POST
+                or _profiler._is_profiler_enabled
+            ):
+                return _step_with_hooks(self, args, kwargs)
+            return self._step(*args, **kwargs)
 
     step.hooked = True  # type: ignore[attr-defined]  # torch must not wrap it (we call hooks)
 
@@ -671,6 +691,7 @@ class FastOptimizer(torch.optim.Optimizer):
                     stale.pop(MASTER_KEY, None)
             firsts[id(p)] = bool(first)
             items.append(_Item(p, g, st, bool(first), mode, store))
+        inference = self._inference_writes(items, group, gi)
         shared = self._shared_memory(items, group)
         if shared is not None:
             # a gradient or state tensor sharing memory with a tensor the step writes: torch's
@@ -695,7 +716,7 @@ class FastOptimizer(torch.optim.Optimizer):
         if fallback:  # first: torch raises here for what it refuses (sparse Adam gradients)
             self._torch_step(group, fallback)
         calls: list[_Call] = []
-        cacheable = not fallback
+        cacheable = not fallback and not inference  # inference tensors: checked at every step
         for wave in _waves([it.p for it in items]):
             wave_calls: dict[tuple[int, bool, int], _Call] = {}
             copy_back: list[tuple[_Tensor, _Tensor]] = []
@@ -775,6 +796,23 @@ class FastOptimizer(torch.optim.Optimizer):
                 if isinstance(v, _Tensor) and v.layout == torch.strided:
                     tensors.append((_STATE, k, v))
         return tensors
+
+    def _inference_writes(self, items: list[_Item], group: dict, gi: int) -> bool:
+        """Whether the step writes an inference tensor (a parameter made, or state first made,
+        under ``torch.inference_mode()``); outside inference mode that raises torch's
+        RuntimeError, as torch's in-place update does, before anything is written."""
+        for it in items:
+            for kind, key, t in self._row_tensors(it, group):
+                if kind != _GRAD and t.is_inference():
+                    if not torch.is_inference_mode_enabled():
+                        what = "the parameter" if kind == _PARAM else f"state[{key!r}]"
+                        raise RuntimeError(
+                            "Inplace update to inference tensor outside InferenceMode is not "
+                            f"allowed ({what} of a parameter of group {gi}). You can make a "
+                            "clone to get a normal tensor before doing inplace update."
+                        )
+                    return True
+        return False
 
     def _shared_memory(self, items: list[_Item], group: dict) -> int | None:
         """The position (in ``items``) of a parameter whose gradient or state shares memory
@@ -894,6 +932,33 @@ def _unwrap(fn: Callable) -> Callable:
     while hasattr(fn, "__wrapped__"):
         fn = fn.__wrapped__
     return fn
+
+
+def _raised_by_hook(exc: BaseException, hooks: Any) -> bool:
+    """Whether ``exc`` was raised inside one of ``hooks`` (a frame of its traceback runs one)."""
+    codes = set()
+    for h in hooks.values():
+        h = _unwrap(h)  # a function or method, else a callable object's __call__
+        call = h if hasattr(h, "__code__") else type(h).__call__
+        codes.add(getattr(call, "__code__", None))
+    codes.discard(None)
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def step_lock(opt: torch.optim.Optimizer) -> threading.RLock:
+    """The optimizer's step lock: a step runs its native calls without the GIL, and two threads
+    stepping one optimizer at once would share its cached plans (one thread's gradients freed
+    under the other's kernel). Steps of one optimizer therefore run one at a time; a hook may
+    step it again from the same thread. Not pickled (torch's ``__getstate__``): made anew."""
+    lock = opt.__dict__.get("_fastopt_lock")
+    if lock is None:
+        lock = opt.__dict__.setdefault("_fastopt_lock", threading.RLock())
+    return lock
 
 
 def _check_storage(t: _Tensor, what: str, error: type[Exception], where: str) -> None:

@@ -9,6 +9,7 @@ import torch
 from torch.optim.optimizer import ParamsT
 
 from ..errors import StateError, UnsupportedError
+from ._base import step_lock
 from ._quasi_newton import run_step
 from ._vectors import Grad, Space
 
@@ -94,13 +95,14 @@ class BFGS(torch.optim.Optimizer):
         Args:
             closure (Callable): A closure that reevaluates the model and returns the loss.
         """
-        if len(self.param_groups) != 1:
-            raise AssertionError(
-                f"Expected exactly one param_group, but got {len(self.param_groups)}"
-            )
-        space = _space(self._params)
-        _check_state(space, self.state.get(self._params[0]))
-        return run_step(self, torch.enable_grad()(closure), space, _BfgsDirection())
+        with step_lock(self):
+            if len(self.param_groups) != 1:
+                raise AssertionError(
+                    f"Expected exactly one param_group, but got {len(self.param_groups)}"
+                )
+            space = _space(self._params)
+            _check_state(space, self.state.get(self._params[0]))
+            return run_step(self, torch.enable_grad()(closure), space, _BfgsDirection())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict``, keeping ``H`` in float64 (torch casts every floating

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ._base import _unwrap
+from ._base import _unwrap, step_lock
 from ._quasi_newton import run_step, scalar
 from ._vectors import Grad, Space, _span
 
@@ -47,14 +47,15 @@ class LBFGS(torch.optim.LBFGS):
         Args:
             closure (Callable): A closure that reevaluates the model and returns the loss.
         """
-        if len(self.param_groups) != 1:
-            raise AssertionError(
-                f"Expected exactly one param_group, but got {len(self.param_groups)}"
-            )
-        space = Space.of(self._params)
-        if space is None or not _state_fits(space, self.state.get(self._params[0])):
-            return _unwrap(torch.optim.LBFGS.step)(self, closure)
-        return run_step(self, torch.enable_grad()(closure), space, _LbfgsDirection())
+        with step_lock(self):
+            if len(self.param_groups) != 1:
+                raise AssertionError(
+                    f"Expected exactly one param_group, but got {len(self.param_groups)}"
+                )
+            space = Space.of(self._params)
+            if space is None or not _state_fits(space, self.state.get(self._params[0])):
+                return _unwrap(torch.optim.LBFGS.step)(self, closure)
+            return run_step(self, torch.enable_grad()(closure), space, _LbfgsDirection())
 
 
 class _LbfgsDirection:
