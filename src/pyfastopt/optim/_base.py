@@ -475,7 +475,8 @@ class FastOptimizer(torch.optim.Optimizer):
         """
         if _is_compiling():  # under torch.compile: run eagerly, the native call is opaque to it
             return _eager_step(self, args, kwargs)
-        with step_lock(self):
+        lock = self.__dict__.get("_fastopt_lock")  # (step_lock, inlined: the hot path)
+        with lock if lock is not None else step_lock(self):
             if (
                 self._optimizer_step_pre_hooks
                 or self._optimizer_step_post_hooks
