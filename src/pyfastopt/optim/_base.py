@@ -692,8 +692,9 @@ class FastOptimizer(torch.optim.Optimizer):
                     stale.pop(MASTER_KEY, None)
             firsts[id(p)] = bool(first)
             items.append(_Item(p, g, st, bool(first), mode, store))
-        inference = self._inference_writes(items, group, gi)
-        shared = self._shared_memory(items, group)
+        tensors = [self._row_tensors(it, group) for it in items]
+        inference = _inference_writes(tensors, gi)
+        shared = _shared_memory(items, tensors)
         if shared is not None:
             # a gradient or state tensor sharing memory with a tensor the step writes: torch's
             # in-place for-loop reads it as changed by the writes before it, which one fused
@@ -797,53 +798,6 @@ class FastOptimizer(torch.optim.Optimizer):
                 if isinstance(v, _Tensor) and v.layout == torch.strided:
                     tensors.append((_STATE, k, v))
         return tensors
-
-    def _inference_writes(self, items: list[_Item], group: dict, gi: int) -> bool:
-        """Whether the step writes an inference tensor (a parameter made, or state first made,
-        under ``torch.inference_mode()``); outside inference mode that raises torch's
-        RuntimeError, as torch's in-place update does, before anything is written."""
-        for it in items:
-            for kind, key, t in self._row_tensors(it, group):
-                if kind != _GRAD and t.is_inference():
-                    if not torch.is_inference_mode_enabled():
-                        what = "the parameter" if kind == _PARAM else f"state[{key!r}]"
-                        raise RuntimeError(
-                            "Inplace update to inference tensor outside InferenceMode is not "
-                            f"allowed ({what} of a parameter of group {gi}). You can make a "
-                            "clone to get a normal tensor before doing inplace update."
-                        )
-                    return True
-        return False
-
-    def _shared_memory(self, items: list[_Item], group: dict) -> int | None:
-        """The position (in ``items``) of a parameter whose gradient or state shares memory
-        with a tensor the step writes (another row's or its own), or None.
-
-        Parameters overlapping each other are not counted (waves step them in torch's order),
-        nor gradients overlapping each other (only read). Judged on byte ranges.
-        """
-        # lo, hi, kind, (state dict id, state key), item position
-        spans: list[tuple[int, int, int, tuple[int, str], int]] = []
-        for i, it in enumerate(items):
-            for kind, key, t in self._row_tensors(it, group):
-                if t.numel() > 0 and t.device.type == "cpu":
-                    spans.append((*_extent(t), kind, (id(it.st), key), i))
-        spans.sort()
-        open_spans: list[tuple[int, int, int, tuple[int, str], int]] = []
-        for span in spans:
-            lo = span[0]
-            open_spans = [o for o in open_spans if o[1] > lo]
-            for o in open_spans:
-                kinds = {o[2], span[2]}
-                if kinds == {_PARAM} or kinds == {_GRAD}:
-                    continue
-                if o[2] == span[2] == _STATE and o[3] == span[3]:
-                    continue  # one entry of rows sharing a state dict (a duplicated parameter)
-                if o[2] == span[2] == _STATE and o[3][1] == span[3][1] == "step":
-                    continue  # one counter for several rows: advanced row by row, as torch's
-                return min(o[4], span[4])
-            open_spans.append(span)
-        return None
 
     def _lay_out(
         self, it: _Item, keys: tuple[str, ...], copy_back: list[tuple[_Tensor, _Tensor]]
@@ -960,6 +914,56 @@ def step_lock(opt: torch.optim.Optimizer) -> threading.RLock:
     if lock is None:
         lock = opt.__dict__.setdefault("_fastopt_lock", threading.RLock())
     return lock
+
+
+def _inference_writes(tensors: list[list[tuple[int, str, _Tensor]]], gi: int) -> bool:
+    """Whether the step writes an inference tensor (a parameter made, or state first made,
+    under ``torch.inference_mode()``); outside inference mode that raises torch's
+    RuntimeError, as torch's in-place update does, before anything is written. ``tensors``:
+    ``_row_tensors`` of each row."""
+    for row in tensors:
+        for kind, key, t in row:
+            if kind != _GRAD and t.is_inference():
+                if not torch.is_inference_mode_enabled():
+                    what = "the parameter" if kind == _PARAM else f"state[{key!r}]"
+                    raise RuntimeError(
+                        "Inplace update to inference tensor outside InferenceMode is not "
+                        f"allowed ({what} of a parameter of group {gi}). You can make a "
+                        "clone to get a normal tensor before doing inplace update."
+                    )
+                return True
+    return False
+
+
+def _shared_memory(items: list[_Item], tensors: list[list[tuple[int, str, _Tensor]]]) -> int | None:
+    """The position (in ``items``) of a parameter whose gradient or state shares memory
+    with a tensor the step writes (another row's or its own), or None.
+
+    Parameters overlapping each other are not counted (waves step them in torch's order),
+    nor gradients overlapping each other (only read). Judged on byte ranges.
+    """
+    # lo, hi, kind, (state dict id, state key), item position
+    spans: list[tuple[int, int, int, tuple[int, str], int]] = []
+    for i, (it, row) in enumerate(zip(items, tensors, strict=True)):
+        for kind, key, t in row:
+            if t.numel() > 0 and t.device.type == "cpu":
+                spans.append((*_extent(t), kind, (id(it.st), key), i))
+    spans.sort()
+    open_spans: list[tuple[int, int, int, tuple[int, str], int]] = []
+    for span in spans:
+        lo = span[0]
+        open_spans = [o for o in open_spans if o[1] > lo]
+        for o in open_spans:
+            kinds = {o[2], span[2]}
+            if kinds == {_PARAM} or kinds == {_GRAD}:
+                continue
+            if o[2] == span[2] == _STATE and o[3] == span[3]:
+                continue  # one entry of rows sharing a state dict (a duplicated parameter)
+            if o[2] == span[2] == _STATE and o[3][1] == span[3][1] == "step":
+                continue  # one counter for several rows: advanced row by row, as torch's
+            return min(o[4], span[4])
+        open_spans.append(span)
+    return None
 
 
 def _check_storage(t: _Tensor, what: str, error: type[Exception], where: str) -> None:
