@@ -285,5 +285,6 @@ TrustMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     derandomize=EXAMPLES <= 30,  # CI: the same examples every run
+    database=None if EXAMPLES <= 30 else settings.default.database,  # (no .hypothesis/ written)
 )
 test_trust_state_machine = TrustMachine.TestCase
