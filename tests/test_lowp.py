@@ -362,6 +362,184 @@ def test_grad_scaler_skip_on_the_first_sgd_step_leaves_no_buffer():
     assert torch.equal(opt.state[p]["momentum_buffer"], torch.ones(4, dtype=torch.float16))
 
 
+class _Tagged(torch.nn.Parameter):
+    """A parameter subclass: torch's own step takes it (as FSDP2's DTensor)."""
+
+
+def _scaled_run(module, params_fn, name, steps, kw, inf_at=(), scale=2.0**10):
+    """Steps ``params_fn()`` with GradScaler (fused=True); returns the parameters, the gradients
+    after each step and the state after the first step."""
+    ps = params_fn()
+    opt = getattr(module, name)(ps, fused=True, **kw)
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=2)
+    g = torch.Generator().manual_seed(5)
+    grads_after, first_state = [], None
+    for i in range(steps):
+        scaler.scale(torch.ones(()))
+        s = scaler.get_scale()
+        for p in ps:  # tiny gradients: subnormal in float16 once unscaled
+            r = torch.randn(p.shape, generator=g) * 10 ** torch.empty(p.shape).uniform_(
+                -7, -2, generator=g
+            )
+            if i in inf_at:
+                r.view(-1)[0] = float("inf")
+            p.grad = (r * s).to(p.dtype)
+        scaler.step(opt)
+        scaler.update()
+        grads_after.append([p.grad.clone() for p in ps])
+        if i == 0:
+            first_state = [copy.deepcopy(dict(opt.state.get(p, {}))) for p in ps]
+    return [p.detach().clone() for p in ps], grads_after, first_state
+
+
+def _assert_states_equal(a: list[dict], b: list[dict]) -> None:
+    for sa, sb in zip(a, b, strict=True):
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), k
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Adagrad"])
+def test_grad_scaler_float64_unscaled_in_the_kernel_like_torch_fused(name):
+    # float64 parameters: unscaled in float64 in the step, and a skipped first step leaves
+    # torch's initial state (step 0, zero moments), as torch's fused float64 step does
+    kw = {"lr": 0.01, "momentum": 0.9} if name == "SGD" else {"lr": 0.01}
+    init = torch.randn(333, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def params():
+        return [torch.nn.Parameter(init.clone())]
+
+    # (SGD: torch's fused step keeps an uninitialised momentum buffer after a skipped first
+    # step, where pyfastopt keeps none: test_grad_scaler_skip_on_the_first_sgd_step_...)
+    inf_at = (1, 3) if name == "SGD" else (0, 3)
+    t = _scaled_run(torch.optim, params, name, 6, kw, inf_at=inf_at)
+    f = _scaled_run(pyfastopt, params, name, 6, kw, inf_at=inf_at)
+    _assert_states_equal(f[2], t[2])
+    for ga, gb in zip(f[1], t[1]):
+        assert all(torch.equal(a, b) for a, b in zip(ga, gb))
+    torch.testing.assert_close(f[0], t[0], rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+@pytest.mark.parametrize("extra", ["float64", "subclass"])
+def test_grad_scaler_one_odd_parameter_keeps_in_step_unscaling_for_the_others(name, extra):
+    # a float64 parameter, or a tensor subclass that torch's own step takes, beside float16
+    # ones: the float16 gradients are still unscaled in float32 in the step (they used to be
+    # divided in float16 first, off torch in most elements), and the odd one is stepped as
+    # torch's fused step steps it
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(64, 64, generator=g).half()
+    b = torch.randn(64, generator=g).half()
+    x = torch.randn(40, generator=g).double()
+
+    def params():
+        odd = _Tagged(x.half()) if extra == "subclass" else torch.nn.Parameter(x.clone())
+        return [torch.nn.Parameter(w.clone()), torch.nn.Parameter(b.clone()), odd]
+
+    t = _scaled_run(torch.optim, params, name, 5, {"lr": 0.01}, inf_at=(2,))
+    f = _scaled_run(pyfastopt, params, name, 5, {"lr": 0.01}, inf_at=(2,))
+    for a, bb in zip(f[0][:2], t[0][:2]):
+        assert_lowp_equal(a, bb)
+    if extra == "subclass":
+        assert torch.equal(f[0][2], t[0][2])
+    else:
+        torch.testing.assert_close(f[0][2], t[0][2], rtol=1e-13, atol=1e-15)
+    for ga, gb in zip(f[1], t[1]):
+        assert all(torch.equal(a, bb) for a, bb in zip(ga, gb))
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD"])
+def test_grad_scaler_with_stochastic_rounding(name):
+    # bfloat16 parameters with stochastic rounding take GradScaler's scalars in the step: with a
+    # power-of-two scale the unscaled gradients are the unscaled ones exactly, so the run equals
+    # the same seeded run without a scaler; an inf skips the step and changes nothing
+    kw = {"lr": 0.01, "momentum": 0.9} if name == "SGD" else {"lr": 0.01}
+    g = torch.Generator().manual_seed(4)
+    init = torch.randn(300, generator=g).bfloat16()
+    grads = [(torch.randn(300, generator=g) * 0.1).bfloat16() for _ in range(4)]
+    outs = []
+    for scaled in (False, True):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(init.clone())
+        opt = getattr(pyfastopt, name)([p], stochastic_rounding=True, fused=scaled, **kw)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=100)
+        for gr in grads:
+            if not scaled:
+                p.grad = gr.clone()
+                opt.step()
+                continue
+            scaler.scale(torch.ones(()))
+            p.grad = gr * scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+            assert torch.equal(p.grad, gr)  # unscaled in the step, written back
+        outs.append((p.detach().clone(), copy.deepcopy(opt.state[p])))
+    assert torch.equal(outs[0][0], outs[1][0])
+    _assert_states_equal([outs[0][1]], [outs[1][1]])
+    # an inf: nothing changes
+    p_before, st_before = outs[1][0], outs[1][1]
+    scaler.scale(torch.ones(()))
+    bad = torch.full((300,), float("inf"), dtype=torch.bfloat16)
+    p.grad = bad.clone()
+    scaler.step(opt)
+    assert torch.equal(p.detach(), p_before)
+    assert torch.equal(p.grad, bad)
+    _assert_states_equal([dict(opt.state[p])], [st_before])
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"state_dtype": "8bit"},
+        {"state_dtype": torch.bfloat16},
+        {"master_weights": True},
+        {"stochastic_rounding": True},
+    ],
+    ids=["8bit", "bf16-state", "master", "sr"],
+)
+@pytest.mark.parametrize("odd", ["subclass", "grad-dtype"])
+def test_own_options_are_refused_for_parameters_torch_steps(option, odd):
+    # torch's own step takes a tensor subclass (FSDP2's DTensor) or a gradient of another dtype:
+    # it cannot keep 8-bit or bfloat16 state, a master copy or stochastic rounding, so the
+    # option is refused by name rather than silently dropped; nothing is written
+    cls = _Tagged if odd == "subclass" else torch.nn.Parameter
+    p = cls(torch.linspace(-1, 1, 8192).bfloat16())
+    q = torch.nn.Parameter(torch.ones(8192, dtype=torch.bfloat16))
+    opt = pyfastopt.Adam([q, p], lr=0.1, **option)
+    q.grad = torch.ones_like(q)
+    if odd == "subclass":
+        p.grad = torch.ones_like(p)
+    else:
+        p.grad_dtype = None  # (torch 2.10+: lets a gradient of another dtype be assigned)
+        p.grad = torch.ones(8192)
+    before = p.detach().clone()
+    key = next(iter(option))
+    with pytest.raises(pyfastopt.UnsupportedError, match=f"param 1 of group 0: {key}"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
+    assert torch.equal(q.detach(), torch.ones(8192, dtype=torch.bfloat16))
+
+
+def test_shared_gradient_with_grad_scaler_is_torchs_fused_step():
+    # a gradient sharing memory with a parameter the step writes sends the group to torch's own
+    # step; with GradScaler's scalars in the step, torch's fused step gets them (it used to raise)
+    outs = []
+    for module in (torch.optim, pyfastopt):
+        a = torch.nn.Parameter(torch.linspace(-1, 1, 32))
+        b = torch.nn.Parameter(torch.linspace(1, 2, 32))
+        opt = module.Adam([a, b], lr=0.1, fused=True)
+        scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+        for _ in range(3):
+            scaler.scale(torch.ones(()))
+            a.grad = torch.full((32,), 0.5) * scaler.get_scale()
+            b.grad = a.detach()  # b's gradient is a's memory
+            scaler.step(opt)
+            scaler.update()
+        outs.append((a.detach().clone(), b.detach().clone()))
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert torch.equal(outs[0][1], outs[1][1])
+
+
 # ---- master weights ----------------------------------------------------------------------------
 
 

@@ -143,16 +143,15 @@ void with_storage(const Table& t, DType dtype, F&& f) {
   if (t.rounding != Rounding::kNearest && (dtype == DType::kFloat32 || dtype == DType::kFloat64)) {
     refuse("stochastic rounding and master weights apply to bfloat16/float16 parameters");
   }
-  if (amp && t.rounding == Rounding::kStochastic) {
-    refuse(
-        "stochastic rounding with GradScaler is not supported (use float16 with master weights)");
-  }
-  if (amp && dtype == DType::kFloat64) refuse("float64 gradients are unscaled before the call");
   if (t.state == StateStore::kBlock8 &&
       (t.block < 16 || t.block > kMaxStateBlock || t.block % 16 != 0)) {
     refuse("the 8-bit state's block size must be a multiple of 16 between 16 and 4096");
   }
   constexpr StateStores S = kStores;
+  // The CPU kernels (every store) also unscale float64 gradients, and bfloat16 ones under
+  // stochastic rounding, in the step; the CUDA module's Python side divides float64 gradients
+  // before its call (_cuda_rows.amp_scalars), and it refuses the other.
+  constexpr bool kCpuAmp = kAmpCapable && kStores == StateStores::kAll;
   const bool master = t.rounding == Rounding::kMaster;
   switch (dtype) {
     case DType::kFloat32:
@@ -162,11 +161,19 @@ void with_storage(const Table& t, DType dtype, F&& f) {
       return with_state<Plain<float>, ReadOnly<Plain<float>>, Plain<float>, void, false, S>(t, f);
     case DType::kFloat64:
       if (t.state != StateStore::kAsParam) refuse("float64 parameters keep float64 state");
+      if constexpr (kCpuAmp) {  // unscaled in float64, as torch's fused float64 step
+        if (amp) return f(Storage<Plain<double>, Plain<double>, Plain<double>, void, true>{});
+      }
+      if (amp) refuse("float64 gradients are unscaled before the call");
       return f(Storage<Plain<double>, ReadOnly<Plain<double>>, Plain<double>>{});
     case DType::kBFloat16:
       if constexpr (kAmpCapable) {
         if (amp && master) {
           return with_state<Plain<float>, Bf16, Plain<float>, WriteOnly<Bf16>, true, S>(t, f);
+        }
+        if (amp && t.rounding == Rounding::kStochastic) {
+          if constexpr (kCpuAmp) return with_state<Bf16Stochastic, Bf16, Bf16, void, true, S>(t, f);
+          refuse("stochastic rounding with GradScaler's scalars in the step: CPU parameters only");
         }
         if (amp) return with_state<Bf16, Bf16, Bf16, void, true, S>(t, f);
       }

@@ -549,13 +549,14 @@ class FastOptimizer(torch.optim.Optimizer):
         try:
             amp = None
             if self._amp_in_kernel:
-                amp = _precision.amp_pointers(self, grad_scale, found_inf, _native_tensor)
+                amp = _precision.amp_pointers(self, grad_scale, found_inf)
             if amp is not None:  # the kernel skips on found_inf == 1 and unscales in its step
                 d["_amp_pointers"], d["_amp_found_inf"] = amp, found_inf
+                d["_amp_torch"] = (grad_scale, found_inf)  # for what torch's step takes
                 try:
                     self._step(None)
                 finally:
-                    del d["_amp_pointers"], d["_amp_found_inf"]
+                    del d["_amp_pointers"], d["_amp_found_inf"], d["_amp_torch"]
                 return loss
             scalars = None
             if self._amp_in_kernel:  # CUDA parameters: the scalars on each device, no sync
@@ -628,6 +629,7 @@ class FastOptimizer(torch.optim.Optimizer):
                     # torch's own step, which computes or raises exactly as torch does: other
                     # devices, subclasses, neg/conj views, a gradient of another dtype or shape
                     _refuse_non_float(p, where)
+                    _refuse_own_options(self, p, group, where)
                     fallback.append(p)
                     continue
                 if not cuda_seen:
@@ -699,15 +701,12 @@ class FastOptimizer(torch.optim.Optimizer):
             # a gradient or state tensor sharing memory with a tensor the step writes: torch's
             # in-place for-loop reads it as changed by the writes before it, which one fused
             # pass over all rows cannot do; torch's own step computes it (docs/trust.md)
-            in_kernel_amp = self.__dict__.get("_amp_pointers") is not None
-            if in_kernel_amp or any(
-                it.mode != _precision.NEAREST or it.store != _lowmem.AS_PARAM for it in items
-            ):
+            # (GradScaler's scalars go to torch's step with the group: _torch_step)
+            if any(it.mode != _precision.NEAREST or it.store != _lowmem.AS_PARAM for it in items):
                 raise StateError(
                     f"param {shared} of group {gi}: a gradient or state tensor shares memory "
                     "with a tensor the step writes, which pyfastopt steps only with torch's "
-                    "layout (no master_weights, stochastic_rounding or state_dtype) and "
-                    "without GradScaler's in-step unscaling (fused=True)"
+                    "layout (no master_weights, stochastic_rounding or state_dtype)"
                 )
             for it in items:
                 if it.first and it.st is not None:  # made lazily above: torch makes its own
@@ -870,17 +869,25 @@ class FastOptimizer(torch.optim.Optimizer):
         return copy
 
     def _torch_step(self, group: dict, params: list[_Tensor]) -> None:
-        """torch's own step for ``params`` of ``group`` (devices and layouts we do not take)."""
+        """torch's own step for ``params`` of ``group`` (devices and layouts we do not take).
+        While the kernels take GradScaler's scalars, torch's step gets them too (its fused step
+        skips on ``found_inf`` and unscales these gradients itself)."""
         raw = _unwrap(self._torch_cls.step)
         sub = dict(group)
         sub["params"] = params
+        d = self.__dict__
+        scalars = d.get("_amp_torch")
         saved = self.param_groups
         self.param_groups = [sub]
+        if scalars is not None:
+            d["grad_scale"], d["found_inf"] = scalars
         try:
             with torch.no_grad():
                 raw(self)
         finally:
             self.param_groups = saved
+            if scalars is not None:
+                del d["grad_scale"], d["found_inf"]
 
 
 def _unwrap(fn: Callable) -> Callable:
@@ -1053,6 +1060,35 @@ def _refuse_non_float(p: _Tensor, where: str) -> None:
         and not (p.is_floating_point() or p.is_complex())
     ):
         raise UnsupportedError(f"{where}: cannot optimize a {p.dtype} tensor")
+
+
+def _refuse_own_options(opt: FastOptimizer, p: _Tensor, group: dict, where: str) -> None:
+    """A parameter torch's own step takes (a tensor subclass such as FSDP2's DTensor, another
+    device, a gradient of another dtype or shape, ...) is updated with torch's state layout and
+    rounding: pyfastopt's own options that would change its step are refused, not dropped."""
+    mode = _precision.row_mode(p, group, where)
+    store = _lowmem.AS_PARAM
+    if opt._uses_state(group):
+        store = _lowmem.row_store(p, group, mode == MASTER, where)
+    if mode == _precision.NEAREST and store == _lowmem.AS_PARAM:
+        return
+    what = {
+        MASTER: "master_weights=True",
+        _precision.STOCHASTIC: "stochastic_rounding=True",
+    }.get(mode) or f"state_dtype={group.get('state_dtype')!r}"
+    g = p.grad
+    if type(p) not in (torch.Tensor, torch.nn.Parameter):
+        why = f"a {type(p).__name__} (tensor subclass)"
+    elif p.device.type != "cpu":
+        why = f"on device {p.device}"
+    elif g is not None and (g.dtype != p.dtype or g.shape != p.shape):
+        why = f"a {g.dtype} gradient of shape {tuple(g.shape)}"
+    else:
+        why = "a layout or view the native step does not take"
+    raise UnsupportedError(
+        f"{where}: {what} does not apply to this parameter ({why}): torch's own step updates "
+        "it, with torch's state layout and rounding"
+    )
 
 
 def _check_group_options(opt: FastOptimizer, group: dict) -> None:

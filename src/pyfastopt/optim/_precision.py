@@ -17,13 +17,12 @@ beyond torch (constructor keywords of every pyfastopt optimizer, kept per param 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ..errors import UnsupportedError
-from ._layout import LOW_PRECISION, NATIVE_DTYPES, is_f32_scalar
+from ._layout import LOW_PRECISION, is_f32_scalar
 
 NEAREST, STOCHASTIC, MASTER = 0, 1, 2
 MASTER_KEY = "master_weight"
@@ -113,15 +112,11 @@ def call_seed(group: dict, salt: int) -> int:
     return (x * 0xBF58476D1CE4E5B9 ^ salt) & _MASK
 
 
-def amp_pointers(
-    opt: torch.optim.Optimizer,
-    grad_scale: Any,
-    found_inf: Any,
-    native: Callable[[torch.Tensor], bool],
-) -> tuple | None:
-    """(grad_scale address or 0, found_inf address or 0) when the whole step can take
-    GradScaler's scalars in the kernel: float32 CPU scalars, and every parameter with a gradient
-    a plain CPU float32/bfloat16/float16 tensor. None: unscale in Python as before."""
+def amp_pointers(opt: torch.optim.Optimizer, grad_scale: Any, found_inf: Any) -> tuple | None:
+    """(grad_scale address or 0, found_inf address or 0) when the CPU step can take GradScaler's
+    scalars in its kernels: float32 CPU scalars and every parameter with a gradient on the CPU.
+    The kernels unscale (float64 too) and skip; a parameter torch's own step takes gets them
+    in torch's step (``_torch_step``). None: the CUDA module's scalars, or unscaled in Python."""
     addrs = []
     for t in (grad_scale, found_inf):
         if t is None:
@@ -132,11 +127,6 @@ def amp_pointers(
         addrs.append(t.data_ptr())
     for group in opt.param_groups:
         for p in group["params"]:
-            if p.grad is None:
-                continue
-            code = NATIVE_DTYPES.get(p.dtype, (None,))[0]
-            if code not in (0, 2, 3) or not native(p) or not native(p.grad):
-                return None
-            if p.grad.dtype != p.dtype or p.grad.shape != p.shape:
+            if p.grad is not None and p.device.type != "cpu":
                 return None
     return (addrs[0], addrs[1])
