@@ -91,6 +91,27 @@ def assert_same_state(ref: torch.optim.Optimizer, fast: torch.optim.Optimizer, *
 
 
 @functools.cache
+def set_grad_of_another_dtype(p: torch.Tensor, g: torch.Tensor) -> None:
+    """``p.grad = g`` where ``g`` has another dtype than ``p``: torch 2.10+ allows it once
+    ``p.grad_dtype`` is None; older torch refuses the assignment, and ``.data`` swaps it in."""
+    if hasattr(p, "grad_dtype"):
+        p.grad_dtype = None
+        p.grad = g
+    else:
+        p.grad = torch.zeros_like(g, dtype=p.dtype)
+        p.grad.data = g
+
+
+def require_amp_scaling(name: str) -> None:
+    """Skip (visibly) where this torch's ``name(fused=True)`` does not take GradScaler's scale
+    in its step (torch 2.5's Adagrad): GradScaler then unscales itself, as for pyfastopt's."""
+    import pytest
+
+    opt = getattr(torch.optim, name)([torch.nn.Parameter(torch.zeros(1))], fused=True)
+    if not getattr(opt, "_step_supports_amp_scaling", False):
+        pytest.skip(f"torch {torch.__version__}'s {name}(fused=True) takes no GradScaler scale")
+
+
 def torch_inits_added_adagrad_groups() -> bool:
     """Whether this torch's Adagrad can step a group added with ``add_param_group`` (torch 2.5
     cannot: its step raises KeyError('sum'), which pyfastopt does not copy)."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import run_native_check
-from optim_db import NAMES, case_id, cases
+from helpers import require_amp_scaling, run_native_check
+from optim_db import NAMES, case_id, cases, require_torch_options
 
 import pyfastopt
 from pyfastopt import _core
@@ -90,6 +90,7 @@ def _assert_same_bits(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
 @pytest.mark.parametrize("case", cases(), ids=case_id)
 def test_lanes_give_the_bits_of_the_vectorised_loop(case, dtype, specials, lanes_and_simd):
     name, kw = case
+    require_torch_options(name, kw)
     _core.select_simd("avx512")
     got = _run(name, kw, dtype, True, specials)
     want = _run(name, kw, dtype, False, specials)
@@ -122,6 +123,7 @@ def test_lanes_in_every_storage_mode(name, mode, lanes_and_simd):
 @pytest.mark.parametrize("master", [False, True], ids=["plain", "master"])
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adagrad"])
 def test_lanes_with_grad_scaler_in_the_kernel(name, dtype, master, lanes_and_simd):
+    require_amp_scaling(name)
     kw = {"lr": 0.01, "momentum": 0.9} if name == "SGD" else {"lr": 0.01}
     _core.select_simd("avx512")
     results = []

@@ -17,6 +17,7 @@ import copy
 
 import pytest
 import torch
+from helpers import require_amp_scaling, set_grad_of_another_dtype
 from optim_db import NAMES, case_id, cases, require_torch_options
 
 import pyfastopt
@@ -212,6 +213,7 @@ def test_state_dict_hand_over_with_torch_fused_adam(dtype, direction):
 def test_grad_scaler_fused_matches_torch_fused(name, dtype):
     """fused=True: GradScaler hands the step its scale and inf flag. The kernel skips exactly
     when torch's fused step does, unscales in float32 and writes the rounded gradient back."""
+    require_amp_scaling(name)
     kw = {"lr": 0.01, "momentum": 0.9} if name == "SGD" else {"lr": 0.01}
     g = torch.Generator().manual_seed(3)
     init = torch.randn(517, generator=g).to(dtype)
@@ -268,6 +270,7 @@ def test_grad_scaler_fused_matches_torch_fused(name, dtype):
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Adagrad"])
 def test_grad_scaler_with_an_optimizer_without_gradients(name):
+    require_amp_scaling(name)
     # two optimizers share one scaler and the second's parameters are frozen: GradScaler hands
     # it found_inf = sum([]), the int 0, and torch's fused step does nothing
     outs = []
@@ -401,6 +404,7 @@ def _assert_states_equal(a: list[dict], b: list[dict]) -> None:
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Adagrad"])
 def test_grad_scaler_float64_unscaled_in_the_kernel_like_torch_fused(name):
+    require_amp_scaling(name)
     # float64 parameters: unscaled in float64 in the step, and a skipped first step leaves
     # torch's initial state (step 0, zero moments), as torch's fused float64 step does
     kw = {"lr": 0.01, "momentum": 0.9} if name == "SGD" else {"lr": 0.01}
@@ -510,8 +514,7 @@ def test_own_options_are_refused_for_parameters_torch_steps(option, odd):
     if odd == "subclass":
         p.grad = torch.ones_like(p)
     else:
-        p.grad_dtype = None  # (torch 2.10+: lets a gradient of another dtype be assigned)
-        p.grad = torch.ones(8192)
+        set_grad_of_another_dtype(p, torch.ones(8192))
     before = p.detach().clone()
     key = next(iter(option))
     with pytest.raises(pyfastopt.UnsupportedError, match=f"param 1 of group 0: {key}"):

@@ -16,6 +16,7 @@ import threading
 import pytest
 import torch
 from helpers import torch_inits_added_adagrad_groups
+from optim_db import require_torch_options
 
 import pyfastopt
 from pyfastopt import StateError
@@ -458,6 +459,7 @@ def aliased_grad(params, opt):
 
 @pytest.mark.parametrize("name", sorted(DECAY_FIRST))
 def test_gradient_aliasing_its_parameter_is_torchs_result(name):
+    require_torch_options(name, DECAY_FIRST[name])
     a, ref, b, fast = pair(name, torch.randn(6, 5), **DECAY_FIRST[name])
     for _ in range(3):
         both(a, ref, b, fast, aliased_grad)

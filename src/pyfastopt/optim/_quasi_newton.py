@@ -24,9 +24,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
-from torch.optim.optimizer import _to_scalar
 
 from ._line_search import strong_wolfe
+from ._state import to_scalar
 from ._vectors import Grad, Space
 
 _Tensor = torch.Tensor
@@ -98,7 +98,7 @@ def run_step(
     """torch.optim.LBFGS.step over ``space`` (the caller checked the parameter groups, wrapped
     the closure in ``torch.enable_grad`` and runs this under ``torch.no_grad``)."""
     group = opt.param_groups[0]
-    lr = _to_scalar(group["lr"])
+    lr = to_scalar(group["lr"])
     max_iter = group["max_iter"]
     max_eval = group["max_eval"]
     tolerance_grad = group["tolerance_grad"]

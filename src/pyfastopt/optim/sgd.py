@@ -27,6 +27,11 @@ class SGD(FastOptimizer, torch.optim.SGD):
     def _buffer_keys(self, group: dict) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
+    def _takes(self, p: torch.Tensor) -> bool:
+        # torch's SGD computes complex parameters in complex arithmetic (no real view), whose
+        # add(alpha=) is not fused: its own step keeps them bit for bit
+        return not p.is_complex()
+
     def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:
         # torch clones the first gradient into the buffer; the kernel does that (aux flag 1)
         state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.optim.optimizer import _to_scalar
 
 from .. import _config, _core
 from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
@@ -33,7 +32,7 @@ from ._base import (
     _waves,
 )
 from ._layout import NATIVE_DTYPES
-from ._state import check_buffer, describe
+from ._state import check_buffer, describe, to_scalar
 
 KEYS = ("exp_avg", "exp_avg_sq")
 WIDTH = 9  # [n, step size, p, values, exp_avg, exp_avg_sq, offsets, width, numel]
@@ -140,7 +139,7 @@ class SparseAdam(FastOptimizer, torch.optim.SparseAdam):
             self._check_state(p, st, where)
             grads.append(_positions(p, p.grad, where))
         beta1, beta2 = group["betas"]
-        lr = _to_scalar(group["lr"])
+        lr = to_scalar(group["lr"])
         # the steps and step sizes, as torch computes them (raising where torch raises: a
         # division by zero, a negative square root) before anything changes
         counts: dict[int, int] = {}
