@@ -11,6 +11,7 @@ import pytest
 import torch.distributed as dist
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
+FSDP2_WORKER = Path(__file__).with_name("_fsdp2_worker.py")
 
 # gloo's own teardown (torch's C++ process group, after the ranks have compared their replicas)
 # has aborted with this message in some of this project's CI runs (about one in three), and in none
@@ -26,11 +27,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_ranks(tmp_path: Path, world: int = 2) -> list[tuple[int, str, str]]:
+def _run_ranks(tmp_path: Path, worker: Path, world: int = 2) -> list[tuple[int, str, str]]:
     port = _free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(rank), str(world), str(port)],
+            [sys.executable, str(worker), str(rank), str(world), str(port)],
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -45,7 +46,7 @@ def _run_ranks(tmp_path: Path, world: int = 2) -> list[tuple[int, str, str]]:
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            pytest.fail("DDP ranks did not finish in 120 s")
+            pytest.fail(f"{worker.name}: the ranks did not finish in 120 s")
         results.append((p.returncode, out, err))
     return results
 
@@ -62,15 +63,14 @@ def _teardown_abort(rc: int, out: str, err: str) -> bool:
     return rc == -6 and _verdict(out) is not None and err.strip().endswith(GLOO_TEARDOWN_ABORT)
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo")
-def test_ddp_two_ranks(tmp_path):
+def _two_ranks(tmp_path: Path, worker: Path, what: str) -> None:
     for attempt in range(2):
-        results = _run_ranks(tmp_path)
+        results = _run_ranks(tmp_path, worker)
         for rank, (rc, out, err) in enumerate(results):
             verdict = _verdict(out)
             assert verdict is not None, f"rank {rank} gave no verdict (exit {rc}):\n{err[-2000:]}"
             same, moved = verdict
-            assert same, f"rank {rank}: the replicas differ after 5 DDP steps"
+            assert same, f"rank {rank}: {what}"
             assert moved, f"rank {rank}: the parameters did not move"
         aborted = [r for r, (rc, out, err) in enumerate(results) if _teardown_abort(rc, out, err)]
         if aborted and attempt == 0:
@@ -78,3 +78,23 @@ def test_ddp_two_ranks(tmp_path):
         for rank, (rc, _, err) in enumerate(results):
             assert rc == 0, f"rank {rank} exited with {rc}:\n{err[-2000:]}"
         return
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo")
+def test_ddp_two_ranks(tmp_path):
+    _two_ranks(tmp_path, WORKER, "the replicas differ after 5 DDP steps")
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo")
+def test_fsdp2_two_ranks_is_torchs_step(tmp_path):
+    pytest.importorskip("torch.distributed.fsdp", reason="no FSDP2")
+    from torch.distributed import fsdp
+
+    if not hasattr(fsdp, "fully_shard"):
+        pytest.skip("this torch has no torch.distributed.fsdp.fully_shard")
+    _two_ranks(
+        tmp_path,
+        FSDP2_WORKER,
+        "FSDP2 parameters stepped unlike torch (float32, bfloat16, float16 with GradScaler), "
+        "or state_dtype not refused for them",
+    )
