@@ -247,3 +247,20 @@ def test_gradient_resized_through_data_raises_on_the_fast_path(name):
     with pytest.raises(RuntimeError, match="size of tensor"):  # torch's own step refuses it
         opt.step()
     assert torch.equal(p.detach(), before)
+
+
+def test_every_error_class_is_exported_with_its_documented_bases():
+    # README, "One trust boundary": users catch these by their top-level names
+    import pyfastopt.errors as errors
+
+    bases = {
+        "PyfastoptError": (RuntimeError,),
+        "StateError": (ValueError, KeyError),
+        "UnsupportedError": (TypeError,),
+        "OperandError": (ValueError,),
+    }
+    for name, extra in bases.items():
+        cls = getattr(pyfastopt, name)
+        assert cls is getattr(errors, name) and name in pyfastopt.__all__
+        assert issubclass(cls, (pyfastopt.PyfastoptError, *extra))
+        assert all(issubclass(cls, b) for b in (pyfastopt.PyfastoptError, *extra))

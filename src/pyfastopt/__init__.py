@@ -25,7 +25,7 @@ except ImportError as _exc:  # one clear ImportError instead of "partially initi
     raise _core_import_error(_exc, __name__, _Path(__file__).parent) from None
 from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
 from .clip import clip_grad_norm_  # noqa: E402
-from .errors import PyfastoptError, StateError, UnsupportedError  # noqa: E402
+from .errors import OperandError, PyfastoptError, StateError, UnsupportedError  # noqa: E402
 from .optim import (  # noqa: E402
     ASGD,
     BFGS,
@@ -58,6 +58,7 @@ __all__ = [
     "Adamax",
     "LBFGS",
     "NAdam",
+    "OperandError",
     "RAdam",
     "PyfastoptError",
     "RMSprop",
