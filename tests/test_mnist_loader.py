@@ -68,13 +68,44 @@ def test_no_env_var_says_how_to_fix(monkeypatch):
         find_mnist()
 
 
-def test_missing_directory_lists_where_it_looked(tmp_path):
-    missing = tmp_path / "nowhere"
+def test_missing_files_list_where_it_looked(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
-        load_mnist(missing)
+        load_mnist(tmp_path)
     message = str(info.value)
     assert "train-images-idx3-ubyte" in message
-    assert str(missing) in message and str(missing / "MNIST" / "raw") in message
+    assert str(tmp_path) in message and str(tmp_path / "MNIST" / "raw") in message
+
+
+def test_missing_directory_is_named(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="MNIST directory not found") as info:
+        load_mnist(missing)
+    assert str(missing) in str(info.value)
+
+
+def test_a_file_is_not_a_directory(tmp_path):
+    a_file = tmp_path / "mnist.tar"
+    a_file.write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="is a file, not a directory"):
+        find_mnist(a_file)
+
+
+def test_an_empty_name_is_not_the_current_directory(tmp_path, monkeypatch):
+    make_mnist(tmp_path)
+    monkeypatch.chdir(tmp_path)  # MNIST right here: "" must still not find it
+    with pytest.raises(FileNotFoundError, match="empty"):
+        find_mnist("")
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_env_var_naming_no_directory_says_so(tmp_path, monkeypatch, kind):
+    path = tmp_path / "nowhere"
+    if kind == "file":
+        path.write_bytes(b"")
+    monkeypatch.setenv(ENV_VAR, str(path))
+    with pytest.raises(FileNotFoundError) as info:
+        find_mnist()
+    assert f"{ENV_VAR}={path}" in str(info.value)
 
 
 def test_one_split_is_enough_for_that_split(tmp_path):

@@ -160,6 +160,7 @@ def test_mnist_writes_report_json_and_pictures(mnist_out: Path, results: dict):
         assert heading in report
     assert results["settings"]["torch_extra_kwargs"] == {"foreach": False}
     assert results["command"].startswith("python -m pyfastopt.study mnist")
+    assert results["machine"]["mnist"] == str(find_mnist().absolute())  # the data's provenance
     for name in MNIST_PNGS:
         assert f"]({name})" in report
         _check_png(mnist_out / name)
@@ -234,7 +235,11 @@ def test_lr_sweep(mnist_root: str, tmp_path: Path):
     for lr in half_decades(method_table.BY_NAME["sgd"].lr):
         assert f"| SGD | {lr:.4g}" in table
     assert table.count("**") == 2  # one best lr, in bold
-    assert len(json.loads((out / "sweep.json").read_text(encoding="utf-8"))["sgd"]) == 5
+    raw = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+    assert len(raw["runs"]["sgd"]) == 5
+    assert raw["command"].startswith("python -m pyfastopt.study sweep")
+    assert raw["machine"]["torch"] == torch.__version__
+    assert raw["machine"]["mnist"] == str(Path(mnist_root).absolute())
 
 
 # --- errors ------------------------------------------------------------------------------------

@@ -21,6 +21,12 @@ import pyfastopt
 from pyfastopt import _core, _reader
 from pyfastopt.optim._base import _bump_versions
 
+from . import _args
+
+PROG = "python -m pyfastopt.bench.breakdown"
+#: the optimizers ``--optimizer`` takes
+OPTIMIZERS = ("SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta")
+
 
 def _best_us(fn: Callable[[], object], calls: int = 20000, repeats: int = 9) -> float:
     best = float("inf")
@@ -91,13 +97,25 @@ def compare_readers(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pyfastopt.bench.breakdown", description=__doc__
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    parser.add_argument(
+        "--tensors",
+        type=_args.positive_int,
+        default=6,
+        help="parameter tensors (default: %(default)s)",
     )
-    parser.add_argument("--tensors", type=int, default=6)
-    parser.add_argument("--numel", type=int, default=16)
-    names = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta"]
-    parser.add_argument("--optimizer", default="Adam", choices=names)
+    parser.add_argument(
+        "--numel",
+        type=_args.positive_int,
+        default=16,
+        help="elements per tensor (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--optimizer",
+        type=_args.one_name(OPTIMIZERS, "optimizer"),
+        default="Adam",
+        help=f"any case, one of {', '.join(OPTIMIZERS)} (default: %(default)s)",
+    )
     parser.add_argument(
         "--python-reader", action="store_true", help="read metadata through the Python accessors"
     )
@@ -107,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         help="time every optimizer's step with both readers, interleaved",
     )
     args = parser.parse_args(argv)
+    return _args.guarded(PROG, lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     pyfastopt.set_num_threads(1)
     if args.compare_readers:
         print(f"opt.step(), {args.tensors} tensors x {args.numel} elements, 1 thread, median of 7")

@@ -13,6 +13,7 @@ from types import MappingProxyType
 import torch
 
 from . import _deepspeed
+from ._args import lookup
 from .optimizers import OptimizerSpec
 
 Builder = Callable[[OptimizerSpec, Sequence[torch.Tensor]], torch.optim.Optimizer]
@@ -112,13 +113,9 @@ IMPLS: Mapping[str, Impl] = MappingProxyType(
 
 
 def get_impl(name: str) -> Impl:
-    """The implementation named ``name``, or ValueError listing the known names."""
-    try:
-        return IMPLS[name.strip().lower()]
-    except KeyError:
-        raise ValueError(
-            f"unknown implementation {name!r}; choose from {', '.join(IMPLS)}"
-        ) from None
+    """The implementation named ``name`` (case-insensitive), or ValueError listing the known
+    names."""
+    return IMPLS[lookup(name, IMPLS, "implementation")]
 
 
 @functools.cache

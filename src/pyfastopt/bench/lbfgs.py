@@ -16,14 +16,19 @@ the two L-BFGS runs are checked to agree after ``PARITY_STEPS`` steps.
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
 
 import pyfastopt
+from pyfastopt.optim.bfgs import MAX_NUMEL as BFGS_MAX_NUMEL
 
+from . import _args
 from .harness import Timing, interleaved
-from .workloads import workload_list
+from .workloads import Workload, workload_list
+
+PROG = "python -m pyfastopt.bench.lbfgs"
 
 #: steps both L-BFGS runs take from the same start before their parameters are compared
 PARITY_STEPS = 12
@@ -121,21 +126,63 @@ def report(model: str, what: str, timed: dict[str, Timing], closure: Timing, bas
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pyfastopt.bench.lbfgs", description=__doc__)
+_models = functools.partial(workload_list, step_only=True, float32_only=True)
+
+
+def bfgs_workload(text: str) -> Workload | None:
+    """``type`` of ``--bfgs-model``: one float32 step-only workload small enough for BFGS's
+    dense inverse Hessian, or None for ``''``."""
+    if not text.strip():
+        return None
+    workloads = _models(text)
+    if len(workloads) > 1:
+        raise argparse.ArgumentTypeError(f"one workload, not {len(workloads)}: {text!r}")
+    (workload,) = workloads
+    if workload.numel > BFGS_MAX_NUMEL:
+        raise argparse.ArgumentTypeError(
+            f"{workload.name} has {workload.numel:,} elements; BFGS takes at most "
+            f"{BFGS_MAX_NUMEL:,} (pyfastopt.optim.bfgs.MAX_NUMEL)"
+        )
+    return workload
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument(
-        "--models", type=workload_list, default="mlp-128,mlp-512-256", help="L-BFGS workloads"
+        "--models",
+        type=_models,
+        default="mlp-128,mlp-512-256",
+        help="comma-separated L-BFGS workloads: mlp-H1[-H2...], small-NxM, fixed-NxM, flat-N "
+        "(sizes may end in K or M) (default: %(default)s)",
     )
-    parser.add_argument("--history", default="10,100", help="history sizes (comma-separated)")
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--history",
+        type=_args.int_list(1, unique=True, example="10,100"),
+        default="10,100",
+        help="history sizes, comma-separated, each at least 1 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=_args.positive_int,
+        default=15,
+        help="timed rounds per candidate (default: %(default)s)",
+    )
     parser.add_argument(
         "--bfgs-model",
-        type=workload_list,
+        type=bfgs_workload,
         default="mlp-8",
-        help="a workload of at most pyfastopt.optim.bfgs.MAX_NUMEL elements ('' for none)",
+        help=f"one workload of at most {BFGS_MAX_NUMEL} elements "
+        "(pyfastopt.optim.bfgs.MAX_NUMEL) for BFGS ('' for none; default: %(default)s)",
     )
-    args = parser.parse_args(argv)
-    histories = [int(h) for h in args.history.split(",") if h]
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _args.guarded(PROG, lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     print(
         f"torch {torch.__version__}, threads torch {torch.get_num_threads()} pyfastopt "
         f"{pyfastopt.get_num_threads()}, simd {pyfastopt._core.simd_path()}, median of "
@@ -147,12 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     for workload in args.models:
         model, shapes = workload.name, workload.shapes
-        for history in histories:
+        for history in args.history:
             diff = parity(shapes, history)
             timed, closure = time_case(lbfgs_makers(history), shapes, args.rounds, history + 5)
             report(model, f"history {history}", timed, closure, "torch LBFGS")
             print(f"{model:<14} {f'history {history}':<12} parity: max relative diff {diff:.1e}")
-    for workload in args.bfgs_model[:1]:
+    if args.bfgs_model is not None:
+        workload = args.bfgs_model
         shapes = workload.shapes
         numel = sum(torch.Size(s).numel() for s in shapes)
         makers = {

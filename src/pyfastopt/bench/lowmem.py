@@ -13,6 +13,7 @@ bytes per parameter as the optimizer holds them after a step.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 from collections.abc import Callable, Sequence
 
@@ -21,10 +22,13 @@ import torch
 import pyfastopt
 from pyfastopt.optim._lowmem import state_bytes
 
+from . import _args
 from .harness import interleaved
 from .lowp import roofline_share
 from .roofline import streaming_kernel
 from .workloads import workload_list
+
+PROG = "python -m pyfastopt.bench.lowmem"
 
 Shapes = Sequence[tuple[int, ...]]
 Make = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -39,6 +43,8 @@ FUSED = ("Adam", "AdamW", "SGD")
 #: the 8-bit classes of other libraries, by pyfastopt name: (module, class)
 BNB = {"Adam": "Adam8bit", "AdamW": "AdamW8bit", "SGD": "SGD8bit", "RMSprop": "RMSprop8bit"}
 TORCHAO = {"AdamW": "AdamW8bit", "Adam": "Adam8bit"}
+#: the other libraries ``--others`` may name
+OTHERS = ("bitsandbytes", "torchao")
 
 
 def bytes_moved_8bit(numel: int, buffers: int, block: int = 256) -> float:
@@ -67,6 +73,8 @@ class Built:
 
 def other_library(lib: str, name: str) -> tuple[Make | None, str]:
     """(builder, '') for bitsandbytes' or torchao's 8-bit class, or (None, why not)."""
+    if lib not in OTHERS:
+        return None, f"unknown library {lib!r}; choose from {', '.join(OTHERS)}"
     table = BNB if lib == "bitsandbytes" else TORCHAO
     if name not in table:
         return None, f"{lib} has no 8-bit {name}"
@@ -112,19 +120,45 @@ def candidates(
     return built, notes
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pyfastopt.bench.lowmem", description=__doc__)
-    parser.add_argument("--models", type=workload_list, default="mlp-512-256,fixed-2x16M")
-    parser.add_argument("--optimizers", default="AdamW,SGD")
-    parser.add_argument("--rounds", type=int, default=15)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    parser.add_argument(
+        "--models",
+        type=functools.partial(workload_list, step_only=True, float32_only=True),
+        default="mlp-512-256,fixed-2x16M",
+        help="comma-separated float32 workloads: mlp-H1[-H2...], small-NxM, fixed-NxM, flat-N "
+        "(sizes may end in K or M) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--optimizers",
+        type=_args.name_list(KW, "optimizer"),
+        default="AdamW,SGD",
+        help=f"comma-separated, any case, from {', '.join(KW)} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=_args.positive_int,
+        default=15,
+        help="timed rounds per candidate (default: %(default)s)",
+    )
     parser.add_argument("--per-param", action="store_true", help="one optimizer per parameter")
     parser.add_argument(
         "--others",
-        default="bitsandbytes,torchao",
-        help="other libraries' 8-bit optimizers to time where installed ('' for none)",
+        type=_args.name_list(OTHERS, "library", allow_empty=True),
+        default=",".join(OTHERS),
+        help=f"other libraries' 8-bit optimizers to time where installed, from "
+        f"{', '.join(OTHERS)} ('' for none; default: %(default)s)",
     )
-    args = parser.parse_args(argv)
-    others = [o for o in args.others.split(",") if o]
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _args.guarded(PROG, lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    others = args.others
     print(
         f"torch {torch.__version__}, threads torch {torch.get_num_threads()} pyfastopt "
         f"{pyfastopt.get_num_threads()}, simd {pyfastopt._core.simd_path()}, median of "
@@ -137,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     for workload in args.models:
         model, shapes = workload.name, workload.shapes
         numel = sum(torch.Size(s).numel() for s in shapes)
-        for name in args.optimizers.split(","):
+        for name in args.optimizers:
             built, notes = candidates(name, shapes, args.per_param, others)
             steps: dict[str, Callable[[], object]] = {k: b.step for k, b in built.items()}
             steps["roofline"] = streaming_kernel(int(bytes_moved_8bit(numel, BUFFERS[name])))

@@ -11,6 +11,7 @@ streaming rate as the median of per-round ratios.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 from collections.abc import Callable, Sequence
 
@@ -18,9 +19,12 @@ import torch
 
 import pyfastopt
 
+from . import _args
 from .harness import Timing, interleaved
 from .roofline import streaming_kernel
 from .workloads import workload_list
+
+PROG = "python -m pyfastopt.bench.lowp"
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: bytes a step moves per element in torch's layout (16-bit param, grad and state):
@@ -83,35 +87,65 @@ def candidates(
     return out
 
 
-def _impl_list(text: str) -> tuple[str, ...]:
-    impls = tuple(x for x in text.split(",") if x)
-    unknown = [x for x in impls if x not in IMPLS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown implementation(s) {unknown}; one of {IMPLS}")
-    return impls
-
-
 def roofline_share(roofline: Timing, step: Timing) -> float:
     """The median over rounds of (streaming time / step time), each pair timed back to back:
     steadier than a ratio of medians when other tenants' load comes in bursts."""
     return statistics.median(r / s for r, s in zip(roofline.samples_ns, step.samples_ns))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pyfastopt.bench.lowp", description=__doc__)
-    parser.add_argument("--models", type=workload_list, default="mlp-128,mlp-512-256,mlp-2048-2048")
-    parser.add_argument("--optimizers", default="Adam,AdamW,SGD")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    parser.add_argument("--rounds", type=int, default=15)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    parser.add_argument(
+        "--models",
+        type=functools.partial(workload_list, step_only=True),
+        default="mlp-128,mlp-512-256,mlp-2048-2048",
+        help="comma-separated workloads: mlp-H1[-H2...], small-NxM, fixed-NxM, flat-N (sizes may "
+        "end in K or M), optionally ending in the --dtype's :bf16 or :fp16 (default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--optimizers",
+        type=_args.name_list(KW, "optimizer"),
+        default="Adam,AdamW,SGD",
+        help=f"comma-separated, any case, from {', '.join(KW)} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="bf16",
+        choices=sorted(DTYPES),
+        help="parameter, gradient and state dtype (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=_args.positive_int,
+        default=15,
+        help="timed rounds per candidate (default: %(default)s)",
+    )
     parser.add_argument(
         "--impls",
-        type=_impl_list,
-        default=IMPLS,
-        help="implementations to time, comma-separated (pyfastopt and the roofline always "
-        "run); the others are not even built, which saves memory and time at large sizes",
+        type=_args.name_list(IMPLS, "implementation"),
+        default=",".join(IMPLS),
+        help=f"implementations to time, comma-separated, from {', '.join(IMPLS)} (default: all; "
+        "pyfastopt and the roofline always run); the others are not even built, which saves "
+        "memory and time at large sizes",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     dtype = DTYPES[args.dtype]
+    for w in args.models:
+        if w.lowp and w.dtype != dtype:
+            parser.error(
+                f"--models: {w.name!r} names another dtype than --dtype {args.dtype}: drop "
+                "its suffix or change --dtype"
+            )
+    return _args.guarded(PROG, lambda: _run(args, dtype))
+
+
+def _run(args: argparse.Namespace, dtype: torch.dtype) -> int:
     print(
         f"torch {torch.__version__}, threads torch {torch.get_num_threads()} pyfastopt "
         f"{pyfastopt.get_num_threads()}, simd {pyfastopt._core.simd_path()}, {args.dtype}, "
@@ -120,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'optimizer':<9} {'model':<14} {'impl':<17} {'median us':>10} {'vs best torch':>14}")
     for workload in args.models:
         model, shapes = workload.name, workload.shapes
-        for name in args.optimizers.split(","):
+        for name in args.optimizers:
             cands = candidates(name, shapes, dtype, args.impls)
             timed = interleaved(cands, rounds=args.rounds)
             times = {k: v.median_ns / 1e3 for k, v in timed.items()}

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from ._args import lookup
+
 #: State buffers a step reads and writes beside the parameter, per optimizer ...
 _BASE_BUFFERS: Mapping[str, tuple[str, ...]] = {
     "SGD": (),
@@ -131,9 +133,4 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(
 
 def get_optimizer(name: str) -> OptimizerSpec:
     """The spec named ``name`` (case-insensitive), or ValueError listing the known names."""
-    try:
-        return OPTIMIZERS[name.strip().lower()]
-    except KeyError:
-        raise ValueError(
-            f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}"
-        ) from None
+    return OPTIMIZERS[lookup(name, OPTIMIZERS, "optimizer")]

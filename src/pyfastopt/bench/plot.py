@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
+from . import _args
 from .impls import REFERENCE
 from .results import Record
 
@@ -55,5 +57,7 @@ def plot_speedups(records: Sequence[Record], path: str | os.PathLike[str], title
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    _args.atomic_write(path, buffer.getvalue())

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from . import _args
 from .results import Record, Skipped
 
 SCHEMA = "pyfastopt-bench/1"
@@ -29,11 +29,9 @@ def report_dict(
 
 
 def write_json(path: str | os.PathLike[str], report: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, default=str)
-        f.write("\n")
+    """Strict JSON (non-finite numbers as null), written atomically."""
+    _args.write_json(path, report, indent=2)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    _args.atomic_write(path, text)

@@ -42,19 +42,15 @@ def load_batches(
 ) -> Batches:
     """MNIST training batches from ``data``, else ``$PYFASTOPT_MNIST``, else synthetic ones.
 
-    A directory named explicitly (``data``) must hold MNIST; with ``fallback`` false a missing
-    environment variable or directory raises FileNotFoundError instead of going synthetic.
+    A directory named (``data``, or the environment variable) must hold MNIST, else
+    FileNotFoundError: synthetic batches only when nothing names one (and ``fallback``).
     """
     n = batch_size * n_batches
-    try:
-        directory = find_mnist(data, "train")
-    except FileNotFoundError as exc:
-        if data is not None or not fallback:
-            raise
+    if data is None and not os.environ.get(ENV_VAR) and fallback:
         x, y = synthetic_mnist(n)
-        why = "not set" if not os.environ.get(ENV_VAR) else f"no MNIST there: {exc}"
-        source = f"synthetic MNIST-shaped batches ({ENV_VAR} {why})"
+        source = f"synthetic MNIST-shaped batches ({ENV_VAR} not set)"
         return Batches(_split(x, y, batch_size), False, source)
+    directory = find_mnist(data, "train")
     x, y = load_mnist(directory, "train")
     if x.shape[0] < n:
         raise ValueError(f"{directory}: {x.shape[0]} training images, need {n}")

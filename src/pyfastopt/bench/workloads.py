@@ -135,39 +135,63 @@ def parse_workload(name: str) -> Workload:
             )
         return dataclasses.replace(parse_workload(base), name=key, dtype=DTYPES[suffix.lower()])
     kind, _, rest = key.partition("-")
+    found: Workload | None = None
     try:
         if kind in ("mlp", "train") and rest:
             hidden = tuple(_size(h) for h in rest.split("-"))
             train = kind == "train"
             steps = 1 if train else 2
-            return Workload(key, mlp_shapes(hidden), train, hidden, parity_steps=steps)
-        if kind in ("small", "fixed") and "x" in rest:
+            found = Workload(key, mlp_shapes(hidden), train, hidden, parity_steps=steps)
+        elif kind in ("small", "fixed") and "x" in rest:
             count, size = (_size(t) for t in rest.split("x", 1))
-            return Workload(key, ((size,),) * count)
-        if kind == "flat" and rest:
+            found = Workload(key, ((size,),) * count)
+        elif kind == "flat" and rest:
             size = _size(rest)
-            return Workload(key, ((size,),), parity_steps=1 if size >= 1 << 24 else 2)
-        if kind == "embed" and "x" in rest:
+            found = Workload(key, ((size,),), parity_steps=1 if size >= 1 << 24 else 2)
+        elif kind == "embed" and "x" in rest:
             dims, _, pct = rest.partition("-")
             rows, dim = (_size(t) for t in dims.split("x", 1))
             share = float(pct) / 100 if pct else 0.01
-            if rows and dim and 0 < share <= 1:
-                return Workload(key, ((rows, dim),), sparse=share)
+            if 0 < share <= 1:
+                found = Workload(key, ((rows, dim),), sparse=share)
     except ValueError:
         pass
+    if found is not None:
+        if not found.shapes or 0 in (d for s in found.shapes for d in s):
+            raise ValueError(f"model {name!r} has a size of 0: every size must be at least 1")
+        return found
     raise ValueError(
         f"unknown model {name!r}: use mlp-H1[-H2...], train-H1[-H2...], small-NxM, fixed-NxM, "
         f"flat-N or embed-RxD[-P] (sizes may end in K or M), e.g. {', '.join(DEFAULT_WORKLOADS)}"
     )
 
 
-def workload_list(text: str) -> list[Workload]:
+def workload_list(
+    text: str, *, step_only: bool = False, float32_only: bool = False
+) -> list[Workload]:
     """``type`` of a command line's comma-separated ``--models``: each name parsed, so an
-    unknown one is a usage error (argparse's message and exit status 2), not a traceback."""
+    unknown one is a usage error (argparse's message and exit status 2), not a traceback; an
+    empty list too; a name given twice counts once (first-seen order kept). ``step_only``:
+    refuse the train-* and embed-* workloads (a tool that steps dense tensors only);
+    ``float32_only``: refuse the :bf16/:fp16 ones (a tool that picks the dtypes itself)."""
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"no model named in {text!r}; e.g. mlp-128,fixed-6x16")
     try:
-        return [parse_workload(n) for n in text.split(",") if n]
+        workloads = [parse_workload(n) for n in names]
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+    for w in workloads:
+        if step_only and (w.train or w.sparse):
+            raise argparse.ArgumentTypeError(
+                f"model {w.name!r}: this tool steps dense parameters only (mlp-H1[-H2...], "
+                "small-NxM, fixed-NxM, flat-N), not train-* or embed-*"
+            )
+        if float32_only and w.dtype != torch.float32:
+            raise argparse.ArgumentTypeError(
+                f"model {w.name!r}: this tool chooses the dtypes itself; drop the :bf16/:fp16"
+            )
+    return workloads
 
 
 def fits(sparse_optimizer: bool, workload: Workload) -> bool:

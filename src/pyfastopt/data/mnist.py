@@ -53,14 +53,31 @@ def _locate(directory: Path, stem: str) -> Path | None:
     return None
 
 
+def check_directory(root: str | os.PathLike[str], named_by: str | None = None) -> Path:
+    """``root`` (``~`` expanded) when it is an existing directory, else FileNotFoundError saying
+    what it is instead; ``named_by``: the environment variable it came from, if any. An empty
+    name is refused rather than read as the current directory."""
+    subject = f"{named_by}={os.fspath(root)}" if named_by else os.fspath(root)
+    if not os.fspath(root).strip():
+        raise FileNotFoundError(f"{subject!r}: an empty MNIST directory name; name a directory")
+    base = Path(root).expanduser()
+    if not base.exists():
+        raise FileNotFoundError(f"{subject}: MNIST directory not found")
+    if not base.is_dir():
+        raise FileNotFoundError(f"{subject} is a file, not a directory")
+    return base
+
+
 def find_mnist(root: str | os.PathLike[str] | None = None, split: str | None = None) -> Path:
-    """The directory holding the MNIST IDX files, or FileNotFoundError saying where it looked.
+    """The directory holding the MNIST IDX files, or FileNotFoundError saying where it looked
+    (or that ``root``, or the directory ``$PYFASTOPT_MNIST`` names, does not exist or is a file).
 
     With ``split`` ('train' or 'test') only that split's two files are required, else all four.
     """
     if split is not None and split not in _FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     stems = [stem for name, files in _FILES.items() if split in (None, name) for stem in files[:2]]
+    named_by = None
     if root is None:
         env = os.environ.get(ENV_VAR)
         if not env:
@@ -68,8 +85,8 @@ def find_mnist(root: str | os.PathLike[str] | None = None, split: str | None = N
                 f"no MNIST directory given: pass --data DIR or set {ENV_VAR} to a directory "
                 "holding train-images-idx3-ubyte[.gz] and the other three IDX files"
             )
-        root = env
-    base = Path(root).expanduser()
+        root, named_by = env, ENV_VAR
+    base = check_directory(root, named_by)
     looked = _candidates(base)
     for directory in looked:
         if all(_locate(directory, stem) for stem in stems):

@@ -4,8 +4,10 @@
 the methods' paths on 2-D test functions; ``sweep`` re-runs the learning-rate sweep behind the
 method table; ``precision`` trains a bfloat16 MLP plainly, with stochastic rounding and with
 master weights, against float32; ``state`` trains an MLP with Adam, AdamW, SGD and RMSprop keeping
-their state in float32, bfloat16 and 8 bits. Expected failures (no or corrupt MNIST files, missing
-matplotlib, an unwritable output folder) end with a one-line message on stderr and exit code 2.
+their state in float32, bfloat16 and 8 bits. Expected failures (bad arguments, no or corrupt
+MNIST files, missing matplotlib, an unwritable output folder) end with a one-line message on
+stderr and exit code 2, before any training where they can be known then; Ctrl-C with
+``interrupted`` and 130 (:func:`pyfastopt.bench._args.guarded`, shared with the benchmarks).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..bench import _args
 from ..data import ENV_VAR, MnistFormatError
 from . import methods as method_table
 from . import mnist_study, precision_study, state_study, surface_study, sweep
-from .machine import command_line
+from .machine import command_line, machine
+from .mnist_run import load_data
 from .plots import MissingDependencyError, require_matplotlib
 from .surfaces import BY_NAME as SURFACES_BY_NAME
 
@@ -29,68 +33,58 @@ PROG = "pyfastopt-study"
 QUICK_MNIST = {"epochs": 3, "train_size": 10000, "test_size": 2000, "target_loss": 0.3}
 FULL_MNIST = {"epochs": 10, "train_size": None, "test_size": None, "target_loss": 0.05}
 QUICK_STEPS, FULL_STEPS = 300, 2000
+#: What ``--quick`` changes for ``state`` and ``precision``, unless given explicitly.
+QUICK_SIZES = state_study.QUICK
+
+_positive = _args.positive_int
+#: comma-separated seeds, each 0 to 2**63 - 1, repeats dropped
+_seeds = _args.int_list(0, _args.MAX_SEED, unique=True, example="1,2,3")
+#: comma-separated hidden sizes (a size may repeat: one layer each)
+_sizes = _args.int_list(1, example="512,256")
 
 
-def _names(choices: Sequence[str]) -> argparse._ActionType:  # type: ignore[name-defined]
-    def parse(text: str) -> list[str]:
-        names = [n.strip() for n in text.split(",") if n.strip()]
-        unknown = [n for n in names if n not in choices]
-        if unknown or not names:
-            bad = ", ".join(unknown) or repr(text)
-            raise argparse.ArgumentTypeError(
-                f"unknown name(s) {bad}; choose from {', '.join(choices)}"
-            )
-        return names
-
-    return parse
+def _data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        type=_args.input_dir,
+        help=f"MNIST IDX folder (default: ${ENV_VAR})",
+    )
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _out_option(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        type=_args.output_dir,
+        default=f"study-out/{name}",
+        help=f"output folder, created if missing (default study-out/{name})",
+    )
 
 
-def _seeds(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(dict.fromkeys(int(s) for s in text.split(",")))
-    except ValueError:
-        seeds = ()
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"expected seeds like 1,2,3, got {text!r}")
-    return seeds
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(h) for h in text.split(","))
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected sizes like 512,256, got {text!r}")
-    return sizes
+def _threads_option(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--threads", type=_args.threads, default=1, help=text)
 
 
 def _training_options() -> argparse.ArgumentParser:
     """Options shared by ``mnist`` and ``sweep``."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data", metavar="DIR", help=f"MNIST IDX folder (default: ${ENV_VAR})")
-    common.add_argument("--seed", type=int, default=0, help="weights and batch order (default 0)")
+    _data_option(common)
+    common.add_argument(
+        "--seed", type=_args.seed, default=0, help="weights and batch order (default 0)"
+    )
     common.add_argument("--batch-size", type=_positive, default=128)
     common.add_argument("--hidden", type=_positive, default=128, help="hidden units (default 128)")
     common.add_argument("--train-size", type=_positive, help="use the first N training images")
     common.add_argument(
         "--methods",
-        type=_names(list(method_table.BY_NAME)),
+        type=_args.name_list(method_table.BY_NAME, "method"),
         help="comma-separated subset of " + ",".join(method_table.BY_NAME),
     )
-    common.add_argument(
-        "--threads",
-        type=_positive,
-        default=1,
-        help="torch (and so pyfastopt) threads during training (default 1: steadier timings "
-        "on a shared machine)",
+    _threads_option(
+        common,
+        f"torch (and so pyfastopt) threads during training, 1 to {_args.MAX_THREADS} (default "
+        "1: steadier timings on a shared machine)",
     )
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
     return common
@@ -113,13 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Adadelta, RMSprop, Adam, AdamW, NAdam, RAdam, Adamax, Adafactor, ASGD, Rprop and "
         "L-BFGS (pyfastopt and torch.optim) and report.",
     )
-    mn.add_argument(
-        "--out",
-        metavar="DIR",
-        type=Path,
-        default=Path("study-out/mnist"),
-        help="output folder (default study-out/mnist)",
-    )
+    _out_option(mn, "mnist")
     mn.add_argument("--epochs", type=_positive, help="epochs (default 10; --quick: 3)")
     mn.add_argument(
         "--quick",
@@ -135,11 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mn.add_argument(
         "--target-loss",
-        type=float,
+        type=_args.finite_float(0.0, inclusive=False),
         help="report when each run reaches this training loss (default 0.05; --quick: 0.3)",
     )
     mn.add_argument("--test-size", type=_positive, help="use the first N test images")
-    mn.set_defaults(func=_mnist)
+    mn.set_defaults(func=_mnist, parser=mn)
 
     sf = sub.add_parser(
         "surfaces",
@@ -147,13 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Trace GD, momentum, Nesterov, Adagrad, Adadelta, RMSprop, Adam and AdamW "
         "on Rosenbrock, a saddle and Beale's function; contour plots and a report.",
     )
-    sf.add_argument(
-        "--out",
-        metavar="DIR",
-        type=Path,
-        default=Path("study-out/surfaces"),
-        help="output folder (default study-out/surfaces)",
-    )
+    _out_option(sf, "surfaces")
     sf.add_argument(
         "--steps",
         type=_positive,
@@ -162,11 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps per path")
     sf.add_argument(
         "--functions",
-        type=_names(list(SURFACES_BY_NAME)),
+        type=_args.name_list(SURFACES_BY_NAME, "function"),
         help="comma-separated subset of " + ",".join(SURFACES_BY_NAME),
     )
     sf.add_argument("--no-progress", action="store_true", help="no progress bar")
-    sf.set_defaults(func=_surfaces)
+    sf.set_defaults(func=_surfaces, parser=sf)
 
     sw = sub.add_parser(
         "sweep",
@@ -175,15 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train each method at its table lr and two half-decade neighbours on "
         "each side; sweep.md lists the training loss per epoch.",
     )
-    sw.add_argument(
-        "--out",
-        metavar="DIR",
-        type=Path,
-        default=Path("study-out/sweep"),
-        help="output folder (default study-out/sweep)",
-    )
+    _out_option(sw, "sweep")
     sw.add_argument("--epochs", type=_positive, default=5, help="epochs per trial (default 5)")
-    sw.set_defaults(func=_sweep)
+    sw.set_defaults(func=_sweep, parser=sw)
 
     pr = sub.add_parser(
         "precision",
@@ -192,25 +168,33 @@ def build_parser() -> argparse.ArgumentParser:
         "bfloat16 with stochastic rounding, in bfloat16 with float32 master weights, and with "
         "torch's fused bfloat16 Adam; final loss, accuracy and time side by side.",
     )
-    pr.add_argument("--data", metavar="DIR", help=f"MNIST IDX folder (default: ${ENV_VAR})")
-    pr.add_argument(
-        "--out",
-        metavar="DIR",
-        type=Path,
-        default=Path("study-out/precision"),
-        help="output folder (default study-out/precision)",
-    )
+    _data_option(pr)
+    _out_option(pr, "precision")
     pr.add_argument("--epochs", type=_positive, default=3, help="epochs (default 3)")
+    pr.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"small run: the first {QUICK_SIZES['train_size']} training and "
+        f"{QUICK_SIZES['test_size']} test images",
+    )
     pr.add_argument(
         "--hidden", type=_sizes, default=(512, 256), help="hidden sizes (default 512,256)"
     )
-    pr.add_argument("--lr", type=float, default=1e-3, help="Adam's lr (default 1e-3)")
-    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument(
+        "--lr",
+        type=_args.finite_float(0.0, inclusive=False),
+        default=1e-3,
+        help="Adam's lr, above 0 (default 1e-3)",
+    )
+    pr.add_argument(
+        "--seed", type=_args.seed, default=0, help="weights and batch order (default 0)"
+    )
     pr.add_argument("--batch-size", type=_positive, default=128)
     pr.add_argument("--train-size", type=_positive, help="use the first N training images")
     pr.add_argument("--test-size", type=_positive, help="use the first N test images")
-    pr.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
-    pr.set_defaults(func=_precision)
+    _threads_option(pr, f"torch threads, 1 to {_args.MAX_THREADS} (default 1)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress lines")
+    pr.set_defaults(func=_precision, parser=pr)
 
     st = sub.add_parser(
         "state",
@@ -221,20 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
         "whether the low-memory state stays within 1 % of float32's training loss and 0.3 "
         "points of its test accuracy.",
     )
-    st.add_argument("--data", metavar="DIR", help=f"MNIST IDX folder (default: ${ENV_VAR})")
-    st.add_argument(
-        "--out",
-        metavar="DIR",
-        type=Path,
-        default=Path("study-out/state"),
-        help="output folder (default study-out/state)",
-    )
+    _data_option(st)
+    _out_option(st, "state")
     st.add_argument("--epochs", type=_positive, default=1, help="epochs (default 1)")
     st.add_argument(
         "--quick",
         action="store_true",
-        help=f"small run: the first {state_study.QUICK['train_size']} training and "
-        f"{state_study.QUICK['test_size']} test images",
+        help=f"small run: the first {QUICK_SIZES['train_size']} training and "
+        f"{QUICK_SIZES['test_size']} test images",
     )
     st.add_argument(
         "--seeds",
@@ -247,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument(
         "--families",
-        type=_names(list(state_study.BY_NAME)),
+        type=_args.name_list(state_study.BY_NAME, "family"),
         help="comma-separated subset of " + ",".join(state_study.BY_NAME),
     )
     st.add_argument(
@@ -256,14 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--batch-size", type=_positive, default=128)
     st.add_argument("--train-size", type=_positive, help="use the first N training images")
     st.add_argument("--test-size", type=_positive, help="use the first N test images")
-    st.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
+    _threads_option(st, f"torch threads, 1 to {_args.MAX_THREADS} (default 1)")
     st.add_argument(
         "--no-control",
         action="store_true",
         help="skip the control run per family (float32 from weights one ulp away)",
     )
     st.add_argument("--no-progress", action="store_true", help="no progress lines")
-    st.set_defaults(func=_state)
+    st.set_defaults(func=_state, parser=st)
     return parser
 
 
@@ -322,10 +300,13 @@ def _sweep(args: argparse.Namespace, argv: Sequence[str]) -> list[Path]:
         show_progress=not args.no_progress,
         command=command_line(argv),
     )
-    return sweep.write(sweep.run(options), options)
+    data = load_data(options.data, options.train_size, sweep.TEST_SIZE)
+    found = sweep.run(options, data)
+    return sweep.write(found, options, machine(options.threads, data.source))
 
 
 def _precision(args: argparse.Namespace, argv: Sequence[str]) -> list[Path]:
+    quick = QUICK_SIZES if args.quick else {}
     options = precision_study.PrecisionOptions(
         out=args.out,
         data=args.data,
@@ -334,18 +315,21 @@ def _precision(args: argparse.Namespace, argv: Sequence[str]) -> list[Path]:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
-        train_size=args.train_size,
-        test_size=args.test_size,
+        train_size=args.train_size or quick.get("train_size"),
+        test_size=args.test_size or quick.get("test_size"),
         threads=args.threads,
+        show_progress=not args.no_progress,
         command=command_line(argv),
     )
-    results = precision_study.run(options)
-    print(precision_study.report(options, results))
-    return precision_study.write(options, results)
+    data = load_data(options.data, options.train_size, options.test_size)
+    results = precision_study.run(options, data)
+    info = machine(options.threads, data.source)
+    print(precision_study.report(options, results, info))
+    return precision_study.write(options, results, info)
 
 
 def _state(args: argparse.Namespace, argv: Sequence[str]) -> list[Path]:
-    quick = state_study.QUICK if args.quick else {}
+    quick = QUICK_SIZES if args.quick else {}
     families = args.families or list(state_study.BY_NAME)
     options = state_study.StateOptions(
         out=args.out,
@@ -368,22 +352,26 @@ def _state(args: argparse.Namespace, argv: Sequence[str]) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the study; returns the exit status (0 ok, 2 bad input or missing data)."""
+    """Run the study; returns the exit status (0 ok, 2 bad input or missing data, 130 when
+    interrupted, 141 when stdout is a pipe closed early)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # the sub-command's usage, not the top-level one
+            args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else 2
     start = time.perf_counter()
-    try:
+
+    def body() -> int:
         written = args.func(args, argv)
-    except (OSError, MnistFormatError, MissingDependencyError) as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
-        return 130
-    elapsed = time.perf_counter() - start
-    print(f"wrote {', '.join(str(p) for p in written)} ({elapsed:.1f} s)")
-    return 0
+        elapsed = time.perf_counter() - start
+        print(f"wrote {', '.join(str(p) for p in written)} ({elapsed:.1f} s)")
+        return 0
+
+    return _args.guarded(
+        f"{PROG} {args.command}",
+        body,
+        expected=(OSError, MnistFormatError, MissingDependencyError),
+    )

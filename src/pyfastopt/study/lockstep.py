@@ -12,7 +12,7 @@ is kept too.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -71,14 +71,20 @@ class Trainee:
 
 
 def train_lockstep(
-    trainees: Sequence[Trainee], data: MnistData, epochs: int, batch_size: int, seed: int
+    trainees: Sequence[Trainee],
+    data: MnistData,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    wrap: Callable[[Iterable[int]], Iterable[int]] = lambda it: it,
 ) -> None:
-    """Train every trainee for ``epochs`` epochs on the same batches, taking turns per batch."""
+    """Train every trainee for ``epochs`` epochs on the same batches, taking turns per batch.
+    ``wrap`` wraps the epoch loop (a progress bar)."""
     for t in trainees:
         t.record(data)
     gen = torch.Generator().manual_seed(seed)
     n = data.x_train.shape[0]
-    for _epoch in range(epochs):
+    for _epoch in wrap(range(epochs)):
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]

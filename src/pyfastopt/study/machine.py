@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import datetime as _dt
-import shlex
 from collections.abc import Sequence
 from typing import Any
 
 from .._config import config
+from ..bench import _args
 
 
-def machine(threads: int | None = None) -> dict[str, Any]:
-    """pyfastopt's configuration (CPU, versions, SIMD path) plus the study's thread setting."""
+def machine(threads: int | None = None, data: str | None = None) -> dict[str, Any]:
+    """pyfastopt's configuration (CPU, versions, SIMD path) plus the study's thread setting and
+    the MNIST directory read (``data``; left out when there is none)."""
     info = dict(config())
     info["study_threads"] = threads
+    if data:
+        info["mnist"] = data
     info["date"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     return info
 
 
 def command_line(argv: Sequence[str]) -> str:
-    return "python -m pyfastopt.study " + shlex.join(argv)
+    return _args.command_line("pyfastopt.study", argv)
 
 
 def machine_lines(info: dict[str, Any]) -> list[str]:
@@ -30,5 +33,6 @@ def machine_lines(info: dict[str, Any]) -> list[str]:
         + (f", torch and pyfastopt threads: {threads}" if threads else ""),
         f"- pyfastopt {info['pyfastopt']} (SIMD path {info['simd_path']}, "
         f"{info['compiler']}), torch {info['torch']}, Python {info['python']}",
+        *([f"- MNIST: {info['mnist']}"] if info.get("mnist") else []),
         f"- date: {info['date']}",
     ]

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import load_mnist
+from ..data import find_mnist, load_mnist
 from .methods import IMPLS, Impl, Method
 
 StateDict = Mapping[str, torch.Tensor]
@@ -38,16 +38,21 @@ class MnistData:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    #: where it was read from (the MNIST directory); empty for data made up in memory
+    source: str = ""
 
 
 def load_data(
     root: str | None, train_size: int | None = None, test_size: int | None = None
 ) -> MnistData:
     """MNIST from ``root`` (or ``$PYFASTOPT_MNIST``), cut to the first ``*_size`` examples."""
-    x_train, y_train = load_mnist(root, "train")
-    x_test, y_test = load_mnist(root, "test")
+    train_dir, test_dir = find_mnist(root, "train"), find_mnist(root, "test")
+    x_train, y_train = load_mnist(train_dir, "train")
+    x_test, y_test = load_mnist(test_dir, "test")
+    train_at, test_at = train_dir.absolute(), test_dir.absolute()
+    source = str(train_at) if train_at == test_at else f"train {train_at}, test {test_at}"
     return MnistData(
-        x_train[:train_size], y_train[:train_size], x_test[:test_size], y_test[:test_size]
+        x_train[:train_size], y_train[:train_size], x_test[:test_size], y_test[:test_size], source
     )
 
 

@@ -5,7 +5,6 @@ Writes ``results.json`` (raw numbers), ``report.md`` and the PNG plots into the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import torch
 
 from .._progress import progress
+from ..bench._args import atomic_write, write_json
 from . import plots, report
 from .machine import machine
 from .methods import IMPLS, TORCH_EXTRA, Impl, Method
@@ -105,7 +105,7 @@ def run(options: MnistOptions) -> MnistStudy:
     impls: tuple[Impl, ...] = IMPLS if options.torch_runs else ("pyfastopt",)
     study = MnistStudy(
         options,
-        machine(options.threads),
+        machine(options.threads, data.source),
         {"train": len(data.x_train), "test": len(data.x_test)},
     )
     previous_threads = torch.get_num_threads()
@@ -207,9 +207,7 @@ def write(study: MnistStudy) -> list[Path]:
     """results.json, the PNGs and report.md in ``options.out``; returns the paths written."""
     out = study.options.out
     out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.json"
-    results.write_text(json.dumps(to_json(study), indent=1) + "\n", encoding="utf-8")
+    results = write_json(out / "results.json", to_json(study))
     pictures = plots.mnist_plots(study.runs, study.options.methods, out)
-    md = out / "report.md"
-    md.write_text(report.mnist_report(study, [p.name for p in pictures]), encoding="utf-8")
+    md = atomic_write(out / "report.md", report.mnist_report(study, [p.name for p in pictures]))
     return [results, md, *pictures]

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bench._args import atomic_write
 from .methods import METHODS, SURFACE_ONLY, Impl, Method
 from .mnist_run import RunResult
 from .surfaces import Path, Surface
@@ -86,12 +87,12 @@ def _save(fig: Any, path: FilePath) -> FilePath:
     try:
         from PIL import Image  # installed with matplotlib
     except ImportError:
-        path.write_bytes(buffer.getvalue())
-        return path
+        return atomic_write(path, buffer.getvalue())
     buffer.seek(0)
+    small = io.BytesIO()
     with Image.open(buffer) as image:
-        image.convert("RGB").quantize(colors=256).save(path, optimize=True)
-    return path
+        image.convert("RGB").quantize(colors=256).save(small, format="png", optimize=True)
+    return atomic_write(path, small.getvalue())
 
 
 Runs = Mapping[str, Mapping[Impl, RunResult]]

@@ -19,7 +19,7 @@ alike.
 
 from __future__ import annotations
 
-import json
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,10 @@ from torch import nn
 
 import pyfastopt
 
+from .._progress import progress
+from ..bench._args import atomic_write, write_json
 from .lockstep import Trainee, VariantResult, make_mlp, train_lockstep
+from .machine import machine, machine_lines
 from .mnist_run import MnistData, load_data
 from .report import table
 
@@ -50,6 +53,7 @@ class PrecisionOptions:
     test_size: int | None = None
     threads: int = 1
     variants: tuple[str, ...] = VARIANTS
+    show_progress: bool = True
     command: str = ""
 
 
@@ -78,11 +82,25 @@ def run(options: PrecisionOptions, data: MnistData | None = None) -> list[Varian
         torch.manual_seed(options.seed)  # stochastic rounding's seed is drawn here
         opt = _optimizer(name, list(model.parameters()), options.lr)
         trainees.append(Trainee(model, opt, dtype, VariantResult(name)))
-    train_lockstep(trainees, data, options.epochs, options.batch_size, options.seed)
+    train_lockstep(
+        trainees,
+        data,
+        options.epochs,
+        options.batch_size,
+        options.seed,
+        wrap=lambda epochs: progress(
+            epochs, total=options.epochs, desc="precision, epochs", enabled=options.show_progress
+        ),
+    )
     return [t.result for t in trainees]
 
 
-def report(options: PrecisionOptions, results: Sequence[VariantResult]) -> str:
+def report(
+    options: PrecisionOptions,
+    results: Sequence[VariantResult],
+    info: dict[str, Any] | None = None,
+) -> str:
+    """precision.md; ``info``: the machine record, listed when given."""
     hidden = "-".join(map(str, options.hidden))
     rows = [
         [
@@ -100,6 +118,7 @@ def report(options: PrecisionOptions, results: Sequence[VariantResult]) -> str:
         f"{options.epochs} epochs, batch {options.batch_size}, lr {options.lr}, seed "
         f"{options.seed}, {options.threads} thread(s); command: `{options.command}`",
         "",
+        *([*machine_lines(info), ""] if info is not None else []),
     ]
     body = table(
         ["variant", "final train loss", "test accuracy", "train s", "step s"],
@@ -121,22 +140,34 @@ def plot(results: Sequence[VariantResult], path: Path) -> Path | None:
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
     ax.legend()
-    fig.savefig(path)
-    return path
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return atomic_write(path, buffer.getvalue())
 
 
-def write(options: PrecisionOptions, results: Sequence[VariantResult]) -> list[Path]:
+def write(
+    options: PrecisionOptions,
+    results: Sequence[VariantResult],
+    info: dict[str, Any] | None = None,
+) -> list[Path]:
+    """precision.md, precision.json and the picture in ``options.out``; ``info``: the machine
+    record (default: this machine, without the MNIST directory)."""
+    info = info if info is not None else machine(options.threads)
     options.out.mkdir(parents=True, exist_ok=True)
-    md = options.out / "precision.md"
-    md.write_text(report(options, results))
-    js = options.out / "precision.json"
+    md = atomic_write(options.out / "precision.md", report(options, results, info))
     payload: dict[str, Any] = {
+        "command": options.command,
+        "machine": info,
         "hidden": list(options.hidden),
         "epochs": options.epochs,
         "lr": options.lr,
+        "batch_size": options.batch_size,
+        "seed": options.seed,
+        "train_size": options.train_size,
+        "test_size": options.test_size,
         "results": [{k: v for k, v in r.__dict__.items() if k != "batch_loss"} for r in results],
     }
-    js.write_text(json.dumps(payload, indent=1))
+    js = write_json(options.out / "precision.json", payload)
     written = [md, js]
     png = plot(results, options.out / "precision_loss.png")
     if png is not None:

@@ -20,7 +20,6 @@ the float32 run's, comparing the means over seeds of the per-seed (paired) diffe
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from .._progress import progress
+from ..bench._args import atomic_write, write_json
 from ..optim._lowmem import DEFAULTS as LOWMEM_DEFAULTS
 from ..optim._lowmem import state_bytes
 from .lockstep import Trainee, VariantResult, make_mlp, train_lockstep
@@ -248,7 +248,7 @@ def run(options: StateOptions, data: MnistData | None = None) -> StateStudy:
         if p.numel() < LOWMEM_DEFAULTS["min_8bit_size"]
     )
     sizes = {"train": int(data.x_train.shape[0]), "test": int(data.x_test.shape[0])}
-    return StateStudy(options, cells, sizes, small, machine(options.threads))
+    return StateStudy(options, cells, sizes, small, machine(options.threads, data.source))
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -531,8 +531,6 @@ def write(study: StateStudy) -> list[Path]:
     out = study.options.out
     out.mkdir(parents=True, exist_ok=True)
     png = plot(study, out / "state_loss.png")
-    md = out / "state.md"
-    md.write_text(report(study, png.name if png else None), encoding="utf-8")
-    js = out / "state.json"
-    js.write_text(json.dumps(payload(study), indent=1) + "\n", encoding="utf-8")
+    md = atomic_write(out / "state.md", report(study, png.name if png else None))
+    js = write_json(out / "state.json", payload(study))
     return [md, js] + ([png] if png else [])

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path as FilePath
 
 from .._progress import progress
+from ..bench._args import atomic_write
 from . import plots, report
 from .machine import machine
 from .surfaces import Path, Surface, surface_methods, trace
@@ -40,8 +41,8 @@ def write(results: Results, options: SurfaceOptions) -> list[FilePath]:
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     pictures = [plots.surface_plot(s, paths, out / f"{s.name}.png") for s, paths in results]
-    md = out / "report.md"
-    md.write_text(
+    md = atomic_write(
+        out / "report.md",
         report.surfaces_report(
             results,
             options.steps,
@@ -49,6 +50,5 @@ def write(results: Results, options: SurfaceOptions) -> list[FilePath]:
             machine(),
             [p.name for p in pictures],
         ),
-        encoding="utf-8",
     )
     return [md, *pictures]

@@ -8,19 +8,20 @@ marks the lowest final loss, so anyone can re-check the reasons given in :mod:`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .._progress import progress
+from ..bench._args import atomic_write, write_json
 from . import report
 from .machine import machine, machine_lines
 from .methods import Method
-from .mnist_run import RunConfig, RunResult, initial_weights, load_data, train
+from .mnist_run import MnistData, RunConfig, RunResult, initial_weights, load_data, train
 
 
 def half_decades(lr: float, k: int = 2) -> list[float]:
@@ -45,8 +46,13 @@ class SweepOptions:
     command: str = ""
 
 
-def run(options: SweepOptions) -> dict[str, list[RunResult]]:
-    data = load_data(options.data, options.train_size, 10000)
+#: test images each trial is scored on
+TEST_SIZE = 10000
+
+
+def run(options: SweepOptions, data: MnistData | None = None) -> dict[str, list[RunResult]]:
+    if data is None:
+        data = load_data(options.data, options.train_size, TEST_SIZE)
     config = RunConfig(options.epochs, options.batch_size, options.hidden, options.seed)
     init = initial_weights(options.hidden, options.seed)
     jobs = [(m, lr) for m in options.methods for lr in half_decades(m.lr)]
@@ -66,7 +72,14 @@ def run(options: SweepOptions) -> dict[str, list[RunResult]]:
     return found
 
 
-def write(found: dict[str, list[RunResult]], options: SweepOptions) -> list[Path]:
+def write(
+    found: dict[str, list[RunResult]],
+    options: SweepOptions,
+    info: dict[str, Any] | None = None,
+) -> list[Path]:
+    """sweep.md and sweep.json in ``options.out``; ``info``: the machine record (default: this
+    machine, without the MNIST directory)."""
+    info = info if info is not None else machine(options.threads)
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -83,13 +96,13 @@ def write(found: dict[str, list[RunResult]], options: SweepOptions) -> list[Path
                     f"{100 * r.test_acc[-1]:.2f} %",
                 ]
             )
-    md = out / "sweep.md"
-    md.write_text(
+    md = atomic_write(
+        out / "sweep.md",
         "\n".join(
             [
                 "# Learning-rate sweep (pyfastopt, MNIST)\n",
                 f"Command: `{options.command}`\n",
-                *machine_lines(machine(options.threads)),
+                *machine_lines(info),
                 "",
                 f"784-{options.hidden}-10 MLP, batch {options.batch_size}, {options.epochs} "
                 f"epochs, seed {options.seed}. Training loss on the whole training set after "
@@ -99,20 +112,26 @@ def write(found: dict[str, list[RunResult]], options: SweepOptions) -> list[Path
                 ),
             ]
         ),
-        encoding="utf-8",
     )
-    raw = out / "sweep.json"
-    raw.write_text(
-        json.dumps(
-            {
+    raw = write_json(
+        out / "sweep.json",
+        {
+            "command": options.command,
+            "machine": info,
+            "settings": {
+                "epochs": options.epochs,
+                "batch_size": options.batch_size,
+                "model": f"784-{options.hidden}-10 MLP, ReLU, cross-entropy",
+                "seed": options.seed,
+                "train_size": options.train_size,
+                "test_size": TEST_SIZE,
+            },
+            "runs": {
                 name: [
                     {"lr": r.lr, "train_loss": r.train_loss, "test_acc": r.test_acc} for r in trials
                 ]  # fmt: skip
                 for name, trials in found.items()
             },
-            indent=1,
-        )
-        + "\n",
-        encoding="utf-8",
+        },
     )
     return [md, raw]
