@@ -9,6 +9,7 @@ must equal the reference quantiser applied to torch's new state.
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -472,6 +473,26 @@ def test_corrupt_8bit_state_raises(key, bad):
     with pytest.raises(StateError):
         opt.load_state_dict(sd)
     assert opt.state_dict()["state"].get(0, {}).keys() == before.keys()
+
+
+def test_map_edited_in_place_is_caught_and_spares_other_checkpoints():
+    # every state holds one shared map tensor; it used to be the reference itself, so editing
+    # it in place passed every check (identity) and made valid checkpoints fail to load
+    p, sd = _saved_8bit()
+    good = copy.deepcopy(sd)  # as saved to a file (state_dict() hands out references)
+    opt = pyfastopt.Adam([p], state_dtype="8bit")
+    opt.load_state_dict(sd)
+    opt.state[p]["exp_avg_qmap"].add_(0.5)
+    opt._fastopt_plans = {}  # the general path (the cached step never reads the map)
+    p.grad = torch.randn_like(p)
+    with pytest.raises(StateError, match="modified in place"):
+        opt.step()
+    with pytest.raises(StateError):
+        pyfastopt.Adam([p], state_dtype="8bit").load_state_dict(opt.state_dict())
+    fresh = pyfastopt.Adam([p], state_dtype="8bit")
+    fresh.load_state_dict(good)  # a valid checkpoint still loads
+    assert torch.equal(fresh.state[p]["exp_avg_qmap"], torch.tensor(_core.quant_map(False)))
+    fresh.step()
 
 
 def test_8bit_state_dict_passed_through_torch_optim_is_refused():

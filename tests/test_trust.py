@@ -353,6 +353,26 @@ def test_negative_view_parameter_and_state_after_caching(name):
     same(a, b, ref, fast)
 
 
+class _StateSubclass(torch.Tensor):
+    """A tensor subclass without overrides: torch's for-loop computes with it as with a tensor."""
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_buffer_of_a_subclass_is_replaced_by_a_plain_copy(name):
+    # (empty_like kept the subclass, and the core then refused the "copy")
+    torch.manual_seed(0)
+    a, ref, b, fast = pair(name, torch.randn(8))
+    both(a, ref, b, fast, step_with([torch.randn(8)]))
+    for opt, params in ((ref, a), (fast, b)):
+        st = opt.state[params[0]]
+        for k, v in list(st.items()):
+            if torch.is_tensor(v) and v.shape == params[0].shape:
+                st[k] = v.clone().as_subclass(_StateSubclass)
+    for _ in range(2):
+        both(a, ref, b, fast, step_with([torch.randn(8)]))
+    same(a, b, ref, fast)
+
+
 # ---- 7. duplicated and overlapping parameters ----------------------------------------------------
 
 

@@ -681,6 +681,7 @@ class FastOptimizer(torch.optim.Optimizer):
                     if b.dtype == torch.uint8:
                         continue  # 8-bit codes, checked by _settle (_lowmem.check_codes)
                     if not plain(b):  # a neg/conj view or a subclass: a plain copy
+                        b = b.as_subclass(torch.Tensor)  # (empty_like keeps a subclass)
                         st[k] = torch.empty_like(b).copy_(b)
                 if self._has_step and on_cuda:
                     _cuda_rows.check_device_row_step(st, where, p, group)

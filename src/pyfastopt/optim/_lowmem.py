@@ -148,15 +148,31 @@ def float_dtype(p: torch.Tensor, store: int, as_param: torch.dtype) -> torch.dty
 
 # ---- the maps and conversions ----------------------------------------------------------------
 
-_MAPS: dict[bool, torch.Tensor] = {}
+_REFERENCE: dict[bool, torch.Tensor] = {}  # the maps themselves: never handed out
+_MAPS: dict[bool, tuple[torch.Tensor, int]] = {}  # the copy every state holds, and its version
+
+
+def _reference(unsigned: bool) -> torch.Tensor:
+    m = _REFERENCE.get(unsigned)
+    if m is None:
+        m = _REFERENCE[unsigned] = torch.tensor(_core.quant_map(unsigned), dtype=torch.float32)
+    return m
 
 
 def qmap(unsigned: bool) -> torch.Tensor:
-    """The shared 256-value map (do not modify it in place)."""
-    m = _MAPS.get(unsigned)
-    if m is None:
-        m = _MAPS[unsigned] = torch.tensor(_core.quant_map(unsigned), dtype=torch.float32)
-    return m
+    """The 256-value map a state holds beside its codes: one tensor shared by every parameter,
+    a copy of the reference, so a state's map edited in place (its version counter moves) is
+    caught by ``check_codes`` and never changes what other checkpoints are compared with."""
+    entry = _MAPS.get(unsigned)
+    if entry is None or entry[0]._version != entry[1]:
+        m = _reference(unsigned).clone()
+        entry = _MAPS[unsigned] = (m, m._version)
+    return entry[0]
+
+
+def _is_shared_map(m: object, unsigned: bool) -> bool:
+    entry = _MAPS.get(unsigned)
+    return entry is not None and m is entry[0] and entry[0]._version == entry[1]
 
 
 def blocks(numel: int, block: int) -> int:
@@ -219,20 +235,20 @@ def check_codes(p: torch.Tensor, st: dict, key: str, block: int, where: str) -> 
         )
     if not scales.is_contiguous():
         st[key + ABSMAX] = scales.contiguous()
-    want = qmap(key in UNSIGNED_KEYS)
-    if m is not want:
+    unsigned = key in UNSIGNED_KEYS
+    if not _is_shared_map(m, unsigned):
         if not (isinstance(m, torch.Tensor) and m.dtype == torch.float32 and m.shape == (256,)):
             raise StateError(
                 f"{where}: state[{key + QMAP!r}] must be the 256 float32 values of the "
-                f"{'unsigned' if key in UNSIGNED_KEYS else 'signed'} dynamic map; got {describe(m)}"
+                f"{'unsigned' if unsigned else 'signed'} dynamic map; got {describe(m)}"
             )
-        if not torch.equal(m.detach().cpu(), want):
+        if not torch.equal(m.detach().cpu(), _reference(unsigned)):
             raise StateError(
                 f"{where}: state[{key + QMAP!r}] is not pyfastopt's "
-                f"{'unsigned' if key in UNSIGNED_KEYS else 'signed'} dynamic map (codes from "
-                "another map cannot be read)"
+                f"{'unsigned' if unsigned else 'signed'} dynamic map (codes from another map "
+                "cannot be read; was it modified in place?)"
             )
-        st[key + QMAP] = want
+        st[key + QMAP] = qmap(unsigned)
 
 
 def _is_codes(st: dict, key: str) -> bool:
