@@ -61,6 +61,18 @@ def bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
 
 #: at least 1 (rounds, epochs, sizes, counts)
 positive_int = bounded_int(1)
+
+
+def add_rounds(parser: argparse.ArgumentParser, default: int = 15) -> None:
+    """The sub-benchmarks' ``--rounds``: timed rounds per candidate, at least 1."""
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=default,
+        help="timed rounds per candidate (default: %(default)s)",
+    )
+
+
 #: at least 0 (warm-up rounds)
 non_negative_int = bounded_int(0)
 #: a thread count: 1 to pyfastopt.set_num_threads' limit (more would abort or crash the process)

@@ -161,12 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="10,100",
         help="history sizes, comma-separated, each at least 1 (default: %(default)s)",
     )
-    parser.add_argument(
-        "--rounds",
-        type=_args.positive_int,
-        default=15,
-        help="timed rounds per candidate (default: %(default)s)",
-    )
+    _args.add_rounds(parser)
     parser.add_argument(
         "--bfgs-model",
         type=bfgs_workload,

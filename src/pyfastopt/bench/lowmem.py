@@ -135,12 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="AdamW,SGD",
         help=f"comma-separated, any case, from {', '.join(KW)} (default: %(default)s)",
     )
-    parser.add_argument(
-        "--rounds",
-        type=_args.positive_int,
-        default=15,
-        help="timed rounds per candidate (default: %(default)s)",
-    )
+    _args.add_rounds(parser)
     parser.add_argument("--per-param", action="store_true", help="one optimizer per parameter")
     parser.add_argument(
         "--others",

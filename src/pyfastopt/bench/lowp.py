@@ -115,12 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(DTYPES),
         help="parameter, gradient and state dtype (default: %(default)s)",
     )
-    parser.add_argument(
-        "--rounds",
-        type=_args.positive_int,
-        default=15,
-        help="timed rounds per candidate (default: %(default)s)",
-    )
+    _args.add_rounds(parser)
     parser.add_argument(
         "--impls",
         type=_args.name_list(IMPLS, "implementation"),
