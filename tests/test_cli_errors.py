@@ -195,6 +195,22 @@ def test_ctrl_c_in_the_bench_is_one_line_and_130(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no output, whole or partial
 
 
+def test_ctrl_c_inside_an_exec_still_exits_130(tmp_path):
+    """A Ctrl-C that lands in an ``exec`` of source text (dataclasses' methods, during one of
+    torch's lazy imports) once made ``python -m`` die by SIGINT after the tool handled it."""
+    (tmp_path / "interrupted_tool.py").write_text(
+        "import sys\n"
+        "from pyfastopt.bench import _args\n"
+        "sys.exit(_args.guarded('tool', lambda: exec('raise KeyboardInterrupt')))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "interrupted_tool"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["tool: interrupted"]
+
+
 def test_ctrl_c_in_the_bench_run(monkeypatch, capsys):
     def interrupt(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
