@@ -692,6 +692,97 @@ def test_master_weights_follow_a_parameter_the_user_wrote(how):
         assert torch.equal(master.to(torch.bfloat16), p.detach())
 
 
+# The optimizers that take master weights, with options that make every buffer matter.
+MASTER_OPTIONS = {
+    "SGD": {"lr": 0.1, "momentum": 0.9},
+    "Adam": {"lr": 0.01},
+    "AdamW": {"lr": 0.01, "amsgrad": True},
+    "Adagrad": {"lr": 0.1},
+    "RMSprop": {"lr": 0.01, "centered": True, "momentum": 0.5},
+    "Adadelta": {"lr": 1.0},
+    "NAdam": {"lr": 0.01},
+    "RAdam": {"lr": 0.01},
+    "Adamax": {"lr": 0.01},
+    "ASGD": {"lr": 0.01, "t0": 1},
+    "Rprop": {"lr": 0.01},
+    "Adafactor": {"lr": 0.01},
+}
+
+
+def _written_run(name, dtype, write, state_dtype=None):
+    """Four steps of `name` with master weights on fixed gradients, `write(p)` after the second;
+    the parameters and master copies at the end."""
+    gen = torch.Generator().manual_seed(7)
+    params = [
+        torch.nn.Parameter((torch.rand(s, generator=gen) * 2 - 1).to(dtype))
+        for s in ((12, 10), (37,))
+    ]
+    grads = [[torch.randn(p.shape, generator=gen).to(dtype) for p in params] for _ in range(4)]
+    extra = {} if state_dtype is None else {"state_dtype": state_dtype, "min_8bit_size": 16}
+    opt = getattr(pyfastopt, name)(params, master_weights=True, **MASTER_OPTIONS[name], **extra)
+    for i, gs in enumerate(grads):
+        for p, g in zip(params, gs):
+            p.grad = g.clone()
+        opt.step()
+        if i == 1:
+            for p in params:
+                write(p)
+    return [p.detach().clone() for p in params], [opt.state[p]["master_weight"] for p in params]
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", [*MASTER_OPTIONS, "Adam-8bit"])
+def test_master_weights_follow_writes_autograd_does_not_count(name, dtype):
+    """`p.data.copy_(w)` (or WGAN's `p.data.clamp_()`) leaves autograd's version counter alone;
+    the kernel still sees every element that no longer equals its master rounded and re-seeds
+    it, so the run equals the one whose write autograd counted (every element changed here)."""
+    name, state_dtype = ("Adam", "8bit") if name == "Adam-8bit" else (name, None)
+
+    def counted(p):
+        with torch.no_grad():
+            p.copy_(p + 3)  # every element moves (|p| < 2 here), so all are re-seeded
+
+    def uncounted(p):
+        p.data.copy_(p.data + 3)
+
+    want = _written_run(name, dtype, counted, state_dtype)
+    got = _written_run(name, dtype, uncounted, state_dtype)
+    assert _same(got[0], want[0]) and _same(got[1], want[1])
+    untouched = _written_run(name, dtype, lambda p: None, state_dtype)
+    assert not _same(got[0], untouched[0])  # the write mattered
+
+
+@pytest.mark.parametrize("name", [n for n in MASTER_OPTIONS if n != "Adafactor"])
+def test_master_weights_reseed_only_the_elements_written(name):
+    """An element-wise rule: the elements written through `.data` continue from the written
+    value, the others keep their master's extra precision (a counted write re-seeds all)."""
+    mask = [torch.arange(n).reshape(s) % 3 == 0 for n, s in ((120, (12, 10)), (37, (37,)))]
+    k = iter(range(2))
+
+    def partial(p):
+        m = mask[next(k)]
+        p.data[m] = 7.0  # no parameter is anywhere near 7
+
+    j = iter(range(2))
+
+    def counted_everywhere(p):
+        m = mask[next(j)]
+        with torch.no_grad():
+            p.copy_(torch.where(m, torch.full_like(p, 7.0), p))
+
+    got = _written_run(name, torch.bfloat16, partial)
+    written = _written_run(name, torch.bfloat16, counted_everywhere)
+    untouched = _written_run(name, torch.bfloat16, lambda p: None)
+    for i, m in enumerate(mask):
+        for part in (0, 1):  # parameters, master copies
+            assert torch.equal(got[part][i][m], written[part][i][m])
+            assert torch.equal(got[part][i][~m], untouched[part][i][~m])
+
+
 def test_master_weights_keep_their_precision_across_skipped_and_idle_steps():
     p = torch.nn.Parameter(torch.ones(16, dtype=torch.bfloat16))
     opt = pyfastopt.SGD([p], lr=1e-4, master_weights=True)

@@ -315,18 +315,36 @@ class Step {
     });
   }
 
+  // The parameter's sum of squares. Beside a master copy, an element of the parameter written
+  // since the last step (not its master rounded) counts as written: pass 3 re-seeds its master
+  // from it (WithCopy, rules.h).
+  double param_sq(int64_t r, int64_t at, int64_t n) const {
+    if constexpr (St::kCopy) {
+      using O = typename St::out;
+      const auto* m = reinterpret_cast<const typename P::storage*>(ptrs(r)[0]) + at;
+      const auto* c = reinterpret_cast<const typename O::storage*>(ptrs(r)[4]) + at;
+      return cpu::run_reduce(cpu::Sum{}, n, [&](int64_t i) {
+        const C mv = P::load(m + i), cv = O::load(c + i);
+        const C v = select_eq(O::rounded(mv), cv, mv, cv);
+        return static_cast<double>(v * v);
+      });
+    } else {
+      return sum_sq<P>(ptrs(r)[0], at, n);
+    }
+  }
+
   void reduce_params_and_grads(int64_t u) {
     const Tile& k = tiles_[u];
     const Geometry& g = geo_[k.row];
-    const int64_t pa = ptrs(k.row)[0], ga = ptrs(k.row)[1];
+    const int64_t ga = ptrs(k.row)[1];
     const auto* gr = reinterpret_cast<const typename G::storage*>(ga);
     switch (g.kind) {
       case Kind::kFlat:
-        p_sq_[u] = sum_sq<P>(pa, k.c0, k.nc);
+        p_sq_[u] = param_sq(k.row, k.c0, k.nc);
         return;
       case Kind::kWhole: {
         const int64_t size = g.rows * g.cols;
-        p_sq_[u] = sum_sq<P>(pa, k.b0 * size, k.nb * size);
+        p_sq_[u] = param_sq(k.row, k.b0 * size, k.nb * size);
         double col[kTileCols];
         for (int64_t b = k.b0; b < k.b0 + k.nb; ++b) {
           std::fill(col, col + g.cols, 0.0);
@@ -350,7 +368,7 @@ class Step {
         double total = 0.0;
         for (int64_t i = k.r0; i < k.r0 + k.nr; ++i) {
           const int64_t at = (k.b0 * g.rows + i) * g.cols + k.c0;
-          total += sum_sq<P>(pa, at, k.nc);
+          total += param_sq(k.row, at, k.nc);
           row[(k.b0 * g.rows + i) * g.col_tiles + k.col_tile] = sum_sq<G>(ga, at, k.nc);
           for (int64_t c = 0; c < k.nc; ++c) {
             const C v = G::load(gr + at + c);

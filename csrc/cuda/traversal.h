@@ -185,10 +185,6 @@ template <class P>
 struct IsReadOnly : std::false_type {};
 template <class P>
 struct IsReadOnly<ReadOnly<P>> : std::true_type {};
-template <class P>
-struct IsWriteOnly : std::false_type {};
-template <class P>
-struct IsWriteOnly<WriteOnly<P>> : std::true_type {};
 
 // kILP elements of storage type S, aligned for one load or store.
 template <class S>
@@ -219,14 +215,12 @@ template <class P, class C>
 PFO_HD void load_group(int64_t address, const Group& g, C (&out)[kILP]) {
   using S = typename P::storage;
   const S* p = reinterpret_cast<const S*>(address);
-  if constexpr (!IsWriteOnly<P>::value) {
-    if (g.vector) {
-      const Vec<S> x = *reinterpret_cast<const Vec<S>*>(p + g.first);
-      for (int j = 0; j < kILP; ++j) out[j] = static_cast<C>(P::load(&x.v[j]));
-      return;
-    }
+  if (g.vector) {
+    const Vec<S> x = *reinterpret_cast<const Vec<S>*>(p + g.first);
+    for (int j = 0; j < kILP; ++j) out[j] = static_cast<C>(P::load(&x.v[j]));
+    return;
   }
-  for (int j = 0; j < kILP; ++j) {  // a write-only array's load reads nothing
+  for (int j = 0; j < kILP; ++j) {
     out[j] = j < g.count ? static_cast<C>(P::load(p + g.first + j * g.stride)) : C(0);
   }
 }

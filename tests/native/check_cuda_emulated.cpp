@@ -214,7 +214,7 @@ int main() {
   }
   {
     using Amp = Storage<Plain<float>, Plain<float>, Plain<float>, void, true>;
-    using AmpMaster = Storage<Plain<float>, Bf16, Plain<float>, WriteOnly<Bf16>, true>;
+    using AmpMaster = Storage<Plain<float>, Bf16, Plain<float>, Bf16, true>;
     Options o;
     o.counters = Counters::kDevice32;
     const float scale = 512.0f, no_inf = 0.0f, inf = 1.0f;

@@ -54,8 +54,9 @@ struct StateAt<Quantised, Unsigned> {
 };
 
 // The storage policies of one call: P for the parameter (array 0), G for the gradient (array 1),
-// S for the state buffers (a policy, or Quantised), O for the rounded parameter copy written
-// after a float32 master (Rounding::kMaster; void otherwise). AMP: GradScaler unscales the
+// S for the state buffers (a policy, or Quantised), O for the parameter itself beside a float32
+// master (Rounding::kMaster: read, compared with the master, written as it rounded; void
+// otherwise). AMP: GradScaler unscales the
 // gradient in the step.
 template <class P, class G, class S, class O = void, bool AMP = false>
 struct Storage {
@@ -169,7 +170,7 @@ void with_storage(const Table& t, DType dtype, F&& f) {
     case DType::kBFloat16:
       if constexpr (kAmpCapable) {
         if (amp && master) {
-          return with_state<Plain<float>, Bf16, Plain<float>, WriteOnly<Bf16>, true, S>(t, f);
+          return with_state<Plain<float>, Bf16, Plain<float>, Bf16, true, S>(t, f);
         }
         if (amp && t.rounding == Rounding::kStochastic) {
           if constexpr (kCpuAmp) return with_state<Bf16Stochastic, Bf16, Bf16, void, true, S>(t, f);
@@ -178,8 +179,7 @@ void with_storage(const Table& t, DType dtype, F&& f) {
         if (amp) return with_state<Bf16, Bf16, Bf16, void, true, S>(t, f);
       }
       if (master) {
-        return with_state<Plain<float>, ReadOnly<Bf16>, Plain<float>, WriteOnly<Bf16>, false, S>(t,
-                                                                                                 f);
+        return with_state<Plain<float>, ReadOnly<Bf16>, Plain<float>, Bf16, false, S>(t, f);
       }
       if (t.rounding == Rounding::kStochastic) {
         return with_state<Bf16Stochastic, ReadOnly<Bf16>, Bf16, void, false, S>(t, f);
@@ -189,13 +189,12 @@ void with_storage(const Table& t, DType dtype, F&& f) {
       if (t.rounding == Rounding::kStochastic) refuse("stochastic rounding is for bfloat16");
       if constexpr (kAmpCapable) {
         if (amp && master) {
-          return with_state<Plain<float>, Fp16, Plain<float>, WriteOnly<Fp16>, true, S>(t, f);
+          return with_state<Plain<float>, Fp16, Plain<float>, Fp16, true, S>(t, f);
         }
         if (amp) return with_state<Fp16, Fp16, Fp16, void, true, S>(t, f);
       }
       if (master) {
-        return with_state<Plain<float>, ReadOnly<Fp16>, Plain<float>, WriteOnly<Fp16>, false, S>(t,
-                                                                                                 f);
+        return with_state<Plain<float>, ReadOnly<Fp16>, Plain<float>, Fp16, false, S>(t, f);
       }
       return with_state<Fp16, ReadOnly<Fp16>, Fp16, void, false, S>(t, f);
   }
@@ -209,9 +208,10 @@ void with_storage(const Table& t, DType dtype, F&& f) {
 template <class St, class R>
 PFO_HD auto compose_rule(R rule, typename St::compute scale) {
   if constexpr (St::kCopy && St::kAmp) {
-    return Unscaled<WithCopy<R>>{WithCopy<R>{rule}, scale};
+    using Copy = WithCopy<R, typename St::out>;
+    return Unscaled<Copy>{Copy{rule}, scale};
   } else if constexpr (St::kCopy) {
-    return WithCopy<R>{rule};
+    return WithCopy<R, typename St::out>{rule};
   } else if constexpr (St::kAmp) {
     return Unscaled<R>{rule, scale};
   } else {

@@ -749,8 +749,12 @@ struct Unscaled {
 };
 
 // One more array after the rule's own: the parameter, written as a copy of array 0 (the float32
-// master weight) that the traversal rounds to the parameter's dtype.
-template <class Rule>
+// master weight) that the traversal rounds to the parameter's dtype through its policy `Out`.
+// Before the rule, an element of the parameter that is not its master rounded was written by
+// something else since the last step (`p.data.clamp_()`, `p.data.copy_()`: writes that autograd's
+// version counter does not see) and re-seeds its master, so the step continues from what was
+// written. Undisturbed elements always equal their master rounded (the last step wrote them).
+template <class Rule, class Out>
 struct WithCopy {
   using value_type = typename Rule::value_type;
   static constexpr int kArrays = Rule::kArrays + 1;
@@ -761,8 +765,11 @@ struct WithCopy {
   PFO_HD void operator()(A&... a) const {
     static_assert(sizeof...(A) == kArrays, "one copy array after the rule's arrays");
     auto refs = std::tie(a...);
+    auto& master = std::get<0>(refs);
+    auto& copy = std::get<sizeof...(A) - 1>(refs);
+    master = select_eq(Out::rounded(master), copy, master, copy);
     apply(refs, std::make_index_sequence<sizeof...(A) - 1>{});
-    std::get<sizeof...(A) - 1>(refs) = std::get<0>(refs);
+    copy = master;
   }
 
  private:

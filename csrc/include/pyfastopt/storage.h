@@ -295,11 +295,14 @@ struct Bf16 {
   static constexpr bool kBlock = false;
   static PFO_HD float load(const uint16_t* p) { return bf16_to_f32(*p); }
   static PFO_HD void store(uint16_t* p, float v, uint32_t) { *p = f32_to_bf16(v); }
+  // what a store leaves, read back (master weights compare it with the parameter)
+  static PFO_HD float rounded(float v) { return bf16_to_f32(f32_to_bf16(v)); }
 #if defined(PFO_LANES)
   static PFO_HD Lanes load_lanes(const storage* p) { return bf16_to_f32_lanes(load_words(p)); }
   static PFO_HD void store_lanes(storage* p, Lanes v, LaneBits) {
     store_words(p, f32_to_bf16_lanes(v));
   }
+  static PFO_HD Lanes rounded(Lanes v) { return bf16_to_f32_lanes(f32_to_bf16_lanes(v)); }
 #endif
 };
 
@@ -329,11 +332,13 @@ struct Fp16 {
   static constexpr bool kBlock = false;
   static PFO_HD float load(const uint16_t* p) { return fp16_to_f32(*p); }
   static PFO_HD void store(uint16_t* p, float v, uint32_t) { *p = f32_to_fp16(v); }
+  static PFO_HD float rounded(float v) { return fp16_to_f32(f32_to_fp16(v)); }
 #if defined(PFO_LANES)
   static PFO_HD Lanes load_lanes(const storage* p) { return fp16_to_f32_lanes(load_words(p)); }
   static PFO_HD void store_lanes(storage* p, Lanes v, LaneBits) {
     store_words(p, f32_to_fp16_lanes(v));
   }
+  static PFO_HD Lanes rounded(Lanes v) { return fp16_to_f32_lanes(f32_to_fp16_lanes(v)); }
 #endif
 };
 
@@ -345,17 +350,6 @@ struct ReadOnly : P {
   static PFO_HD void store(typename P::storage*, typename P::compute, uint32_t) {}
 #if defined(PFO_LANES)
   static PFO_HD void store_lanes(typename P::storage*, Lanes, LaneBits) {}
-#endif
-};
-
-// Written, never read (a low-precision parameter rewritten from its float32 master copy).
-template <class P>
-struct WriteOnly : P {
-  static PFO_HD typename P::compute load(const typename P::storage*) {
-    return typename P::compute(0);
-  }
-#if defined(PFO_LANES)
-  static PFO_HD Lanes load_lanes(const typename P::storage*) { return _mm512_setzero_ps(); }
 #endif
 };
 
