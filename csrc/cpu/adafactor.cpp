@@ -11,7 +11,7 @@
 //     dims), row_var holds one value per row and col_var one per column of each matrix;
 //     or `variance` (like p) and 0 (rows == 0: a vector or a scalar);
 //   out: with master weights (Rounding::kMaster), the low-precision parameter, written as the
-//     rounded master;
+//     rounded master (an element written since the last step re-seeds its master: WithCopy);
 //   rows, cols: the geometry above.
 //
 // Tiles (the units of reduce.h), cut by shape alone: a vector into runs of kFlatTile elements;

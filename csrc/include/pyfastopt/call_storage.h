@@ -56,8 +56,7 @@ struct StateAt<Quantised, Unsigned> {
 // The storage policies of one call: P for the parameter (array 0), G for the gradient (array 1),
 // S for the state buffers (a policy, or Quantised), O for the parameter itself beside a float32
 // master (Rounding::kMaster: read, compared with the master, written as it rounded; void
-// otherwise). AMP: GradScaler unscales the
-// gradient in the step.
+// otherwise). AMP: GradScaler unscales the gradient in the step.
 template <class P, class G, class S, class O = void, bool AMP = false>
 struct Storage {
   using param = P;

@@ -39,7 +39,8 @@ enum class DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3
 //   kNearest: round to nearest even, state in the parameter's dtype (torch's layout);
 //   kStochastic: stochastic rounding of the parameter (bfloat16 only), state as kNearest;
 //   kMaster: array 0 is a float32 master copy, the state is float32, and each row has one more
-//            array at its end, the parameter itself, written as the rounded master.
+//            array at its end, the parameter itself, written as the rounded master (and read
+//            first: an element written since the last step re-seeds its master, rules.h WithCopy).
 enum class Rounding : int { kNearest = 0, kStochastic = 1, kMaster = 2 };
 
 // How the state buffers are stored (the low-memory state of `state_dtype`):
