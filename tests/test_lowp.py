@@ -760,24 +760,22 @@ def test_master_weights_follow_writes_autograd_does_not_count(name, dtype):
 def test_master_weights_reseed_only_the_elements_written(name):
     """An element-wise rule: the elements written through `.data` continue from the written
     value, the others keep their master's extra precision (a counted write re-seeds all)."""
-    mask = [torch.arange(n).reshape(s) % 3 == 0 for n, s in ((120, (12, 10)), (37, (37,)))]
-    k = iter(range(2))
+
+    def every_third(p):
+        return torch.arange(p.numel()).reshape(p.shape) % 3 == 0
 
     def partial(p):
-        m = mask[next(k)]
-        p.data[m] = 7.0  # no parameter is anywhere near 7
-
-    j = iter(range(2))
+        p.data[every_third(p)] = 7.0  # no parameter is anywhere near 7
 
     def counted_everywhere(p):
-        m = mask[next(j)]
         with torch.no_grad():
-            p.copy_(torch.where(m, torch.full_like(p, 7.0), p))
+            p.copy_(torch.where(every_third(p), torch.full_like(p, 7.0), p))
 
     got = _written_run(name, torch.bfloat16, partial)
     written = _written_run(name, torch.bfloat16, counted_everywhere)
     untouched = _written_run(name, torch.bfloat16, lambda p: None)
-    for i, m in enumerate(mask):
+    for i, p in enumerate(untouched[0]):
+        m = every_third(p)
         for part in (0, 1):  # parameters, master copies
             assert torch.equal(got[part][i][m], written[part][i][m])
             assert torch.equal(got[part][i][~m], untouched[part][i][~m])

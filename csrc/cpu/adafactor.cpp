@@ -324,8 +324,7 @@ class Step {
       const auto* m = reinterpret_cast<const typename P::storage*>(ptrs(r)[0]) + at;
       const auto* c = reinterpret_cast<const typename O::storage*>(ptrs(r)[4]) + at;
       return cpu::run_reduce(cpu::Sum{}, n, [&](int64_t i) {
-        const C mv = P::load(m + i), cv = O::load(c + i);
-        const C v = select_eq(O::rounded(mv), cv, mv, cv);
+        const C v = continued_master<O>(P::load(m + i), O::load(c + i));
         return static_cast<double>(v * v);
       });
     } else {

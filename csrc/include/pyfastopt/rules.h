@@ -754,6 +754,14 @@ struct Unscaled {
 // something else since the last step (`p.data.clamp_()`, `p.data.copy_()`: writes that autograd's
 // version counter does not see) and re-seeds its master, so the step continues from what was
 // written. Undisturbed elements always equal their master rounded (the last step wrote them).
+// The value a parameter element continues from beside its master copy: the master, unless the
+// parameter element (`copy`, as stored through `Out`) is no longer the master rounded, that is,
+// it was written since the last step.
+template <class Out, class V>
+PFO_HD V continued_master(V master, V copy) {
+  return select_eq(Out::rounded(master), copy, master, copy);
+}
+
 template <class Rule, class Out>
 struct WithCopy {
   using value_type = typename Rule::value_type;
@@ -767,7 +775,7 @@ struct WithCopy {
     auto refs = std::tie(a...);
     auto& master = std::get<0>(refs);
     auto& copy = std::get<sizeof...(A) - 1>(refs);
-    master = select_eq(Out::rounded(master), copy, master, copy);
+    master = continued_master<Out>(master, copy);
     apply(refs, std::make_index_sequence<sizeof...(A) - 1>{});
     copy = master;
   }

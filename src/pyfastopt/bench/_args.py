@@ -73,6 +73,17 @@ def add_rounds(parser: argparse.ArgumentParser, default: int = 15) -> None:
     )
 
 
+def add_optimizers(parser: argparse.ArgumentParser, names: Iterable[str], default: str) -> None:
+    """The sub-benchmarks' ``--optimizers``: a comma-separated list, any case, from ``names``."""
+    names = list(names)
+    parser.add_argument(
+        "--optimizers",
+        type=name_list(names, "optimizer"),
+        default=default,
+        help=f"comma-separated, any case, from {', '.join(names)} (default: %(default)s)",
+    )
+
+
 #: at least 0 (warm-up rounds)
 non_negative_int = bounded_int(0)
 #: a thread count: 1 to pyfastopt.set_num_threads' limit (more would abort or crash the process)

@@ -129,12 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated float32 workloads: mlp-H1[-H2...], small-NxM, fixed-NxM, flat-N "
         "(sizes may end in K or M) (default: %(default)s)",
     )
-    parser.add_argument(
-        "--optimizers",
-        type=_args.name_list(KW, "optimizer"),
-        default="AdamW,SGD",
-        help=f"comma-separated, any case, from {', '.join(KW)} (default: %(default)s)",
-    )
+    _args.add_optimizers(parser, KW, "AdamW,SGD")
     _args.add_rounds(parser)
     parser.add_argument("--per-param", action="store_true", help="one optimizer per parameter")
     parser.add_argument(

@@ -103,12 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "end in K or M), optionally ending in the --dtype's :bf16 or :fp16 (default: "
         "%(default)s)",
     )
-    parser.add_argument(
-        "--optimizers",
-        type=_args.name_list(KW, "optimizer"),
-        default="Adam,AdamW,SGD",
-        help=f"comma-separated, any case, from {', '.join(KW)} (default: %(default)s)",
-    )
+    _args.add_optimizers(parser, KW, "Adam,AdamW,SGD")
     parser.add_argument(
         "--dtype",
         default="bf16",
