@@ -16,6 +16,7 @@ import math
 import pytest
 import torch
 from helpers import run_native_check
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import pyfastopt
 from pyfastopt import StateError, UnsupportedError, _core
@@ -307,6 +308,69 @@ def test_state_bytes_per_parameter():
         shared = 2 * 256 * 4 if kind == "8bit" else 0
         got = (_lowmem.state_bytes(opt.state) - steps - shared) / p.numel()
         assert got == pytest.approx(want)
+
+
+class _LargestTensorMade(TorchDispatchMode):
+    """The largest new storage (bytes) a torch op makes while active (not views or detached
+    aliases of its inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        given = {
+            a.untyped_storage().data_ptr()
+            for a in (*args, *(kwargs or {}).values())
+            if isinstance(a, torch.Tensor)
+        }
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in given:
+                self.largest = max(self.largest, t.untyped_storage().nbytes())
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kind", ["8bit", torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name,cls,kw", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_first_step_makes_no_state_buffer_at_full_width(name, cls, kw, kind, dtype):
+    """A fresh low-memory state is made at its final size: the first step never makes one of
+    torch's float buffers of the parameter's size on the way (for a float32 parameter with
+    8-bit Adam state that was 8 bytes per element beside the 2 it keeps), and its state equals
+    torch's initial state converted (the later steps' tests compare it with that)."""
+    master = dtype == torch.bfloat16
+    p = torch.nn.Parameter(torch.randn(1 << 16).to(dtype))
+    p.grad = torch.randn_like(p)
+    opt = getattr(pyfastopt, name)([p], **kw, state_dtype=kind, master_weights=master)
+    with _LargestTensorMade() as seen:
+        opt.step()
+    buffer = p.numel() * (1 if kind == "8bit" else 2)
+    master_copy = 4 * p.numel() if master else 0
+    assert seen.largest <= max(buffer, master_copy)
+    held = [v for k, v in opt.state[p].items() if k != "master_weight" and v.numel() > 1 << 10]
+    assert held and all(v.untyped_storage().nbytes() == buffer for v in held)
+
+
+def test_momentum_switched_on_makes_its_8bit_buffer_at_final_size():
+    p = torch.nn.Parameter(torch.randn(1 << 16))
+    p.grad = torch.randn_like(p)
+    ref = torch.nn.Parameter(p.detach().clone())
+    ref.grad = p.grad.clone()
+    opt = pyfastopt.SGD([p], lr=0.1, state_dtype="8bit")
+    opt.step()
+    opt.param_groups[0]["momentum"] = 0.9
+    with _LargestTensorMade() as seen:
+        opt.step()
+    assert seen.largest <= p.numel()
+    assert opt.state[p]["momentum_buffer"].dtype == torch.uint8
+    # torch clones the gradient into a new buffer: the same step as a fresh SGD with momentum
+    torch.optim.SGD([ref], lr=0.1).step()
+    fresh = pyfastopt.SGD([ref], lr=0.1, momentum=0.9, state_dtype="8bit")
+    fresh.step()
+    assert torch.equal(p, ref)
+    for k in ("momentum_buffer", "momentum_buffer_absmax"):
+        assert torch.equal(opt.state[p][k], fresh.state[ref][k])
 
 
 def test_small_tensors_keep_float32_state_and_threshold_is_a_knob():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Callable
+from functools import partial
 from itertools import chain
 from typing import Any, ClassVar
 
@@ -266,7 +267,7 @@ class FastOptimizer(torch.optim.Optimizer):
         stochastic = call.rounding == _precision.STOCHASTIC or call.store == _lowmem.BF16_SR
         seed = _precision.call_seed(group, call.salt) if stochastic else 0
         gs, fi = amp if amp is not None else (0, 0)
-        block = int(group.get("block_size", _lowmem.DEFAULTS["block_size"]))
+        block = _block_size(group)
         return (call.rounding, seed, gs, fi, call.store, block)
 
     def _restore_saved_state(self, state_dict: dict[str, Any]) -> None:
@@ -312,7 +313,7 @@ class FastOptimizer(torch.optim.Optimizer):
         """
         before = self._settled_for(p, first, where)
         _precision.ensure_master(p, st, mode)
-        block = int(group.get("block_size", _lowmem.DEFAULTS["block_size"]))
+        block = _block_size(group)
         as_param = _precision.state_dtype(p, mode)
         made_with = before[1] if before is not None else None
         _lowmem.settle(p, st, keys, store, as_param, block, where, made_with)
@@ -355,9 +356,7 @@ class FastOptimizer(torch.optim.Optimizer):
         for g, group in zip(sd["param_groups"], self.param_groups, strict=True):
             for pid, p in zip(g["params"], group["params"], strict=True):
                 made_with = made.get(p, (None, None))[1]  # the codes' own block size
-                block_of[pid] = made_with or int(
-                    group.get("block_size", _lowmem.DEFAULTS["block_size"])
-                )
+                block_of[pid] = made_with or _block_size(group)
         state = {
             pid: _lowmem.float32_state(st, block_of.get(pid, 256), f"state of param id {pid}")
             if isinstance(st, dict)
@@ -659,15 +658,25 @@ class FastOptimizer(torch.optim.Optimizer):
                         if mode == MASTER:
                             like = torch.empty_like(p, dtype=torch.float32).copy_(p.detach())
                             st[MASTER_KEY] = like
-                        self._init_state(like, st, group)
+                        _lowmem.init_compact(
+                            lambda t, s: self._init_state(t, s, group),
+                            like,
+                            st,
+                            keys,
+                            store,
+                            _block_size(group),
+                        )
                         first = True
                     elif uses_state and any(st.get(k) is None for k in self._lazy_buffers):
-                        for k in self._lazy_buffers:  # SGD's buffer: made at its first use
-                            st[k] = torch.zeros_like(
-                                p,
-                                dtype=_precision.state_dtype(p, mode),
-                                memory_format=torch.preserve_format,
-                            )
+                        # SGD's buffer: made at its first use
+                        _lowmem.init_compact(
+                            partial(_zeros, self._lazy_buffers, _precision.state_dtype(p, mode)),
+                            p,
+                            st,
+                            self._lazy_buffers,
+                            store,
+                            _block_size(group),
+                        )
                         first = True
                 for k, v in st.items():  # before anything reads them
                     if isinstance(v, _Tensor):
@@ -941,6 +950,17 @@ def _inference_writes(tensors: list[list[tuple[int, str, _Tensor]]], gi: int) ->
                     )
                 return True
     return False
+
+
+def _zeros(keys: tuple[str, ...], dtype: torch.dtype, like: _Tensor, st: dict) -> None:
+    """Buffers ``keys`` of zeros like ``like``, in ``dtype`` (a lazily made buffer's start)."""
+    for k in keys:
+        st[k] = torch.zeros_like(like, dtype=dtype, memory_format=torch.preserve_format)
+
+
+def _block_size(group: dict) -> int:
+    """The elements per block of a group's 8-bit state."""
+    return int(group.get("block_size", _lowmem.DEFAULTS["block_size"]))
 
 
 def _shared_memory(items: list[_Item], tensors: list[list[tuple[int, str, _Tensor]]]) -> int | None:

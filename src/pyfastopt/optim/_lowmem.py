@@ -29,6 +29,7 @@ converted on load.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -337,6 +338,48 @@ def settle(
         if b.dtype in (*FORMATS, p.dtype) and b.shape == p.shape:
             codes, scales = quantize(b, k in UNSIGNED_KEYS, block)
             st[k], st[k + ABSMAX], st[k + QMAP] = codes, scales, qmap(k in UNSIGNED_KEYS)
+
+
+def init_compact(
+    init: Callable[[torch.Tensor, dict], None],
+    like: torch.Tensor,
+    st: dict,
+    keys: tuple[str, ...],
+    store: int,
+    block: int,
+) -> None:
+    """Make a fresh state for a bfloat16 or 8-bit ``store`` at its final size.
+
+    ``init(t, st)`` is the optimizer's own initialisation (torch's initial state for ``t``). It
+    runs on a 0-d stand-in of ``like``, and each buffer of ``keys``, one value there, is spread
+    to ``like``'s shape in the store's format: the same codes, scales and bfloat16 values as
+    making torch's buffers and converting them (``settle``), without a buffer of ``like``'s
+    size in its own dtype on the way (for 8-bit Adam that was 8 bytes per element, four times
+    the state it leaves). An initial state that is not one value per buffer is made at full
+    size and converted as before.
+    """
+    if store == AS_PARAM:
+        init(like, st)
+        return
+    before = set(st)
+    init(torch.zeros((), dtype=like.dtype, device=like.device), st)
+    made = set(st) - before
+    if made - SCALAR_KEYS != set(keys) or not all(st[k].dim() == 0 for k in keys):
+        init(like, st)  # (the same keys again, at full size)
+        return
+    for k in keys:
+        v = st[k].detach()
+        if store == BLOCK8:
+            unsigned = k in UNSIGNED_KEYS
+            codes, scales = quantize(v.expand(block), unsigned, block)
+            st[k] = torch.full(like.shape, int(codes[0]), dtype=torch.uint8)
+            st[k + ABSMAX] = torch.full(
+                (blocks(like.numel(), block),), float(scales[0]), dtype=torch.float32
+            )
+            st[k + QMAP] = qmap(unsigned)
+        else:
+            out = torch.empty_like(like, dtype=torch.bfloat16, memory_format=torch.preserve_format)
+            st[k] = out.copy_(v)
 
 
 def check_state(
