@@ -465,6 +465,50 @@ def test_checkpoint_round_trip_is_exact(kind):
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("master", [False, True])
+@pytest.mark.parametrize("kind", ["8bit", torch.bfloat16], ids=str)
+def test_loading_a_checkpoint_makes_no_cast_copies(kind, master):
+    """torch's loader casts every floating state tensor to its parameter's dtype; the tensors
+    pyfastopt takes from the checkpoint as saved (8-bit codes, bfloat16 state of a float32
+    parameter, master copies) are never cast (8-bit codes cast to float32 were four times the
+    state they carry), and the state shares them with the checkpoint, as torch's loader shares a
+    tensor it need not cast."""
+    dtype = torch.bfloat16 if master else torch.float32
+    p = torch.nn.Parameter(torch.randn(1 << 16).to(dtype))
+    p.grad = torch.randn_like(p)
+    opt = pyfastopt.Adam([p], state_dtype=kind, master_weights=master)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    opt2 = pyfastopt.Adam([p], state_dtype=kind, master_weights=master)
+    with _LargestTensorMade() as seen:
+        opt2.load_state_dict(sd)
+    assert seen.largest < 1 << 12  # the scalars and the map only
+    saved = sd["state"][0]
+    for k, v in opt2.state[p].items():
+        assert torch.equal(v, saved[k]), k
+        if v.dim() > 0 and k != "exp_avg_qmap" and k != "exp_avg_sq_qmap":
+            assert v.data_ptr() == saved[k].data_ptr(), k
+
+
+def test_load_pre_hook_returning_a_new_state_dict_is_what_loads():
+    """A load_state_dict pre-hook may return the state_dict to load (torch's API): the 8-bit
+    codes and master copies come from that one, not from the argument."""
+    p = torch.nn.Parameter(torch.randn(1 << 14).to(torch.bfloat16))
+    p.grad = torch.randn_like(p)
+    opt = pyfastopt.Adam([p], state_dtype="8bit", master_weights=True)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    edited = copy.deepcopy(sd)
+    edited["state"][0]["exp_avg"] = edited["state"][0]["exp_avg"].flip(0)
+    edited["state"][0]["master_weight"] = edited["state"][0]["master_weight"] + 1
+    opt2 = pyfastopt.Adam([p], state_dtype="8bit", master_weights=True)
+    opt2.register_load_state_dict_pre_hook(lambda o, s: edited)
+    opt2.load_state_dict(sd)
+    assert torch.equal(opt2.state[p]["exp_avg"], edited["state"][0]["exp_avg"])
+    assert torch.equal(opt2.state[p]["master_weight"], edited["state"][0]["master_weight"])
+    assert len(opt2._optimizer_load_state_dict_pre_hooks) == 1  # ours is gone again
+
+
 def test_torch_state_dict_loads_into_8bit_and_back():
     a = _params()
     ref = torch.optim.AdamW(a, lr=1e-2)

@@ -270,24 +270,52 @@ class FastOptimizer(torch.optim.Optimizer):
         block = _block_size(group)
         return (call.rounding, seed, gs, fi, call.store, block)
 
+    def _kept_tensors(self, state_dict: Any) -> dict[Any, tuple[_Tensor, tuple[Any, ...]]]:
+        """For each saved parameter id of a native parameter: the parameter and the state keys
+        whose tensors torch's loader would corrupt by casting them to the parameter's dtype
+        (8-bit codes, float32 master copies of a 16-bit parameter, ...:
+        ``_lowmem.kept_as_saved``). Empty where the state_dict's shape is not one torch's
+        loader accepts (it raises then)."""
+        try:
+            saved = state_dict["state"]
+            pairs = [
+                (pid, p)
+                for sg, group in zip(state_dict["param_groups"], self.param_groups, strict=True)
+                for pid, p in zip(sg["params"], group["params"], strict=True)
+            ]
+        except Exception:
+            return {}
+        out: dict[Any, tuple[_Tensor, tuple[Any, ...]]] = {}
+        for pid, p in pairs:
+            src = saved.get(pid) if isinstance(saved, dict) else None
+            if not isinstance(src, dict) or not (_native_tensor(p) or self._on_cuda_module(p)):
+                continue
+            keys = tuple(
+                k for k, v in src.items() if k != "step" and _lowmem.kept_as_saved(k, v, p)
+            )
+            if keys:
+                out[pid] = (p, keys)
+        return out
+
     def _restore_saved_state(self, state_dict: dict[str, Any]) -> None:
         """torch's loader casts every floating state tensor to its parameter's dtype (8-bit codes
         included); a native parameter's state takes the tensors of pyfastopt's own layouts from
-        the checkpoint again, as saved (``_lowmem.kept_as_saved``), and the validation then
-        converts them to the group's layout (master copies, bfloat16 or 8-bit state, torch's)."""
+        the checkpoint again, as saved (``_kept_tensors``), and the validation then converts
+        them to the group's layout (master copies, bfloat16 or 8-bit state, torch's). As
+        torch's loader does with a tensor it need not cast, the state shares them with the
+        checkpoint (a tensor on another device is copied to the parameter's)."""
         saved = state_dict.get("state", {})
         saved_groups = state_dict.get("param_groups", [])
-        for gi, (sg, group) in enumerate(zip(saved_groups, self.param_groups)):
-            for i, (pid, p) in enumerate(zip(sg.get("params", []), group["params"])):
-                src, st = saved.get(pid), self.state.get(p)
-                if not isinstance(src, dict) or not isinstance(st, dict):
-                    continue
-                _lowmem.check_saved_codes(src, f"param {i} of group {gi}")
-                if not (_native_tensor(p) or self._on_cuda_module(p)):
-                    continue
-                for k, v in src.items():
-                    if k != "step" and _lowmem.kept_as_saved(k, v, p):
-                        st[k] = v.detach().to(device=p.device, copy=True)
+        for gi, sg in enumerate(saved_groups):
+            for i, pid in enumerate(sg.get("params", [])):
+                src = saved.get(pid)
+                if isinstance(src, dict):
+                    _lowmem.check_saved_codes(src, f"param {i} of group {gi}")
+        for pid, (p, keys) in self._kept_tensors(state_dict).items():
+            st = self.state.get(p)
+            if isinstance(st, dict):
+                for k in keys:
+                    st[k] = saved[pid][k].detach().to(device=p.device)
 
     def _settle(
         self,
@@ -400,6 +428,12 @@ class FastOptimizer(torch.optim.Optimizer):
         post_hooks = self._optimizer_load_state_dict_post_hooks
         posts = list(post_hooks.items())
         post_hooks.clear()  # run below, after the validation
+        # the state_dict as torch's loader gets it (after the pre-hooks), which a last pre-hook
+        # of ours sees and lightens (_without_kept_state)
+        seen: list[dict[str, Any]] = []
+        pre_hooks = self._optimizer_load_state_dict_pre_hooks
+        handle = torch.utils.hooks.RemovableHandle(pre_hooks)
+        pre_hooks[handle.id] = partial(_lighten, seen)
         try:
             super().load_state_dict(state_dict)
         except StateError:
@@ -411,6 +445,7 @@ class FastOptimizer(torch.optim.Optimizer):
             # torch's own loader choked on it: one error type for callers
             raise StateError(f"cannot load this state_dict: {type(exc).__name__}: {exc}") from exc
         finally:
+            handle.remove()
             added = list(post_hooks.items())  # registered by a pre-hook meanwhile
             post_hooks.clear()
             post_hooks.update(posts)
@@ -423,7 +458,7 @@ class FastOptimizer(torch.optim.Optimizer):
                 for key in _precision.OPTIONS + _lowmem.OPTIONS + ("sr_seed", "sr_step"):
                     if key in self.defaults:
                         group.setdefault(key, self.defaults[key])
-            self._restore_saved_state(state_dict)
+            self._restore_saved_state(seen[-1] if seen else state_dict)
             for group in self.param_groups:
                 _check_group_options(self, group)
                 self._validate_loaded(group)
@@ -904,6 +939,23 @@ def _unwrap(fn: Callable) -> Callable:
     while hasattr(fn, "__wrapped__"):
         fn = fn.__wrapped__
     return fn
+
+
+def _lighten(seen: list, opt: FastOptimizer, state_dict: dict[str, Any]) -> dict | None:
+    """The last load_state_dict pre-hook (pyfastopt's own): records the state_dict torch's
+    loader is about to cast and hands it one whose tensors that ``_restore_saved_state`` takes
+    from the checkpoint again are empty placeholders, so the loader never makes the casts it
+    would throw away (8-bit codes cast to float32 were four times the state they carry)."""
+    seen.append(state_dict)
+    kept = opt._kept_tensors(state_dict)
+    if not kept:
+        return None
+    state = dict(state_dict["state"])
+    for pid, (_, keys) in kept.items():
+        state[pid] = {
+            k: v.new_empty((0,)) if k in keys and v.dim() > 0 else v for k, v in state[pid].items()
+        }
+    return {**state_dict, "state": state}
 
 
 def _raised_by_hook(exc: BaseException, hooks: Any) -> bool:
