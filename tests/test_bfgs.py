@@ -230,6 +230,33 @@ def test_where_bfgs_is_lbfgs():
 # ---- refusals, checkpoints ------------------------------------------------------------------
 
 
+def test_complex_parameters_are_their_real_views():
+    """As LBFGS (and torch's LBFGS) flatten them: a complex run is the run on real-view copies,
+    bit for bit, with an inverse Hessian over the real elements."""
+    gen = torch.Generator().manual_seed(2)
+    target = torch.randn(4, 3, generator=gen, dtype=torch.complex128)
+    start = torch.randn(4, 3, generator=gen, dtype=torch.complex128)
+    ends = []
+    for as_real in (False, True):
+        p = torch.nn.Parameter(torch.view_as_real(start).clone() if as_real else start.clone())
+        opt = pyfastopt.BFGS([p], line_search_fn="strong_wolfe")
+
+        def closure(p=p, opt=opt, as_real=as_real):
+            opt.zero_grad()
+            z = torch.view_as_complex(p) if as_real else p
+            loss = (z - target).abs().pow(2).sum()
+            loss.backward()
+            return loss
+
+        for _ in range(3):
+            opt.step(closure)
+        z = p.detach()
+        ends.append((torch.view_as_complex(z) if as_real else z, opt.state[p]["H"]))
+    assert torch.equal(ends[0][0], ends[1][0]) and torch.equal(ends[0][1], ends[1][1])
+    assert ends[0][1].shape == (24, 24)
+    torch.testing.assert_close(ends[0][0], target, rtol=0, atol=1e-10)
+
+
 def test_refuses_more_than_max_numel():
     ok = torch.nn.Parameter(torch.zeros(MAX_NUMEL))
     pyfastopt.BFGS([ok])  # nothing is allocated before the first update
@@ -241,12 +268,12 @@ def test_refuses_more_than_max_numel():
 @pytest.mark.parametrize(
     "param",
     [
-        torch.zeros(3, dtype=torch.complex64),
+        torch.zeros(3, dtype=torch.complex64).conj(),
         torch.zeros(3, dtype=torch.bfloat16),
         torch.zeros(3, 4).T,
         torch.zeros(0),
     ],
-    ids=["complex", "bfloat16", "transposed", "empty"],
+    ids=["conjugate", "bfloat16", "transposed", "empty"],
 )
 def test_refuses_parameters_it_cannot_take(param):
     with pytest.raises(pyfastopt.UnsupportedError, match="BFGS takes dense"):

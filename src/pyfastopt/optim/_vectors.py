@@ -68,11 +68,18 @@ def native_param(p: _Tensor) -> bool:
         (tp is _Tensor or tp is _Parameter)
         and p.is_cpu
         and p.layout == torch.strided
-        and p.dtype in CODES
+        and p.dtype.to_real() in CODES
         and p.is_contiguous()
         and not p.is_neg()
+        and not p.is_conj()
         and not p.is_inference()
     )
+
+
+def real_numel(p: _Tensor) -> int:
+    """Elements of ``p`` as the flat vectors hold them: a complex parameter is its real view
+    (``torch.view_as_real``), as torch.optim.LBFGS flattens it."""
+    return p.numel() * 2 if p.is_complex() else p.numel()
 
 
 def _overlap(spans: list[tuple[int, int]]) -> bool:
@@ -105,20 +112,21 @@ class Space:
 
     def __init__(self, params: list[_Tensor]) -> None:
         self.params = params
-        self.dtype = params[0].dtype
+        self.dtype = params[0].dtype.to_real()  # complex parameters: their real views
         self.code = CODES[self.dtype]
-        self.numels = [p.numel() for p in params]
+        self.numels = [real_numel(p) for p in params]
         self.numel = sum(self.numels)
         self.generation = 0
         self._zeros: _Tensor | None = None
 
     @classmethod
     def of(cls, params: list[_Tensor]) -> Space | None:
-        """The space of ``params``, or None unless they are dense CPU float32/float64 tensors of
-        one dtype, contiguous, with at least one element, sharing no memory."""
+        """The space of ``params``, or None unless they are dense CPU float32/float64 tensors
+        (or complex64/complex128: their real views) of one real dtype, contiguous, with at least
+        one element, sharing no memory."""
         if not params or not all(native_param(p) for p in params):
             return None
-        if len({p.dtype for p in params}) != 1:
+        if len({p.dtype.to_real() for p in params}) != 1:
             return None
         space = cls(params)
         if space.numel == 0 or _overlap([_span(p) for p in params]):
@@ -146,7 +154,7 @@ class Space:
     def _param_addrs(self) -> list[int]:
         out = []
         for p, n in zip(self.params, self.numels):
-            if not native_param(p) or p.dtype != self.dtype or p.numel() != n:
+            if not native_param(p) or p.dtype.to_real() != self.dtype or real_numel(p) != n:
                 raise OperandError(
                     "a parameter changed its dtype, shape, layout or device during the "
                     f"optimizer step (now {tuple(p.shape)}, {p.dtype}, {p.device})"
@@ -166,6 +174,8 @@ class Space:
                 missing = max(missing, n)
                 grads.append(None)  # type: ignore[arg-type]
                 continue
+            if g.is_complex() and type(g) is _Tensor and not g.is_conj() and g.dtype == p.dtype:
+                g = torch.view_as_real(g)  # (a complex gradient of a complex parameter)
             if (
                 type(g) is not _Tensor
                 or not g.is_cpu

@@ -42,7 +42,8 @@ class BFGS(torch.optim.Optimizer):
     (None until the first update), ``prev_flat_grad``, ``prev_loss``. ``H`` stays float64 through
     ``load_state_dict`` even for float32 parameters.
 
-    Parameters must be dense CPU float32/float64 tensors of one dtype.
+    Parameters must be dense CPU float32/float64 tensors of one dtype, or complex64/complex128
+    ones, taken as their real views (``torch.view_as_real``) as LBFGS flattens them.
 
     Args:
         params (iterable): iterable of parameters to optimize (one parameter group).
@@ -123,8 +124,8 @@ def _space(params: list[_Tensor]) -> Space:
     space = Space.of(params)
     if space is None:
         raise UnsupportedError(
-            "BFGS takes dense (contiguous) CPU float32 or float64 parameters of one dtype, at "
-            "least one element in all, sharing no memory; got "
+            "BFGS takes dense (contiguous) CPU float32 or float64 parameters (complex: their "
+            "real views) of one real dtype, at least one element in all, sharing no memory; got "
             + ", ".join(f"{tuple(p.shape)} {p.dtype} on {p.device}" for p in params[:4])
         )
     if space.numel > MAX_NUMEL:

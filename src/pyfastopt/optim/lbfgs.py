@@ -35,9 +35,10 @@ class LBFGS(torch.optim.LBFGS):
     - dot products and sums accumulate in double in an order fixed by the element count (not
       by the thread count), so the iterates match torch's within float rounding, not bit for bit.
 
-    Parameters that are not dense CPU float32/float64 tensors of one dtype (complex, bfloat16,
-    other devices, non-contiguous, overlapping), and a state that does not fit them, take
-    torch's own step.
+    Complex parameters are taken as their real views, as torch flattens them. Parameters that
+    are not dense CPU float32/float64 (or complex64/complex128) tensors of one real dtype
+    (bfloat16, other devices, non-contiguous, conjugate views, overlapping), and a state that
+    does not fit them, take torch's own step.
     """
 
     @torch.no_grad()
