@@ -114,14 +114,60 @@ def test_stochastic_rounding_of_float16_is_refused_at_step(name):
     assert torch.equal(p.detach(), torch.zeros(3, dtype=torch.float16))
 
 
+def _takes_differentiable(name: str) -> bool:
+    return "differentiable" in inspect.signature(getattr(torch.optim, name).__init__).parameters
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_differentiable_is_refused(name):
-    if "differentiable" not in inspect.signature(getattr(torch.optim, name).__init__).parameters:
+def test_differentiable_is_torchs_own_step_through_autograd(name):
+    """``differentiable=True`` (meta-learning: a gradient through the update) is torch's own
+    step, recorded by autograd: the same parameters, the same gradient through two steps of
+    non-leaf parameters, the same errors (torch's Adamax cannot be differentiated: it updates
+    a tensor autograd still needs)."""
+    if not _takes_differentiable(name):
         with pytest.raises(TypeError, match="differentiable"):  # as torch's class (Adafactor)
             getattr(pyfastopt, name)([torch.zeros(3, requires_grad=True)], differentiable=True)
         return
+    outcomes = []
+    for mod in (torch.optim, pyfastopt):
+        start = torch.linspace(-1, 1, 6, dtype=torch.float64).requires_grad_()
+        w = start * 1.5  # a non-leaf parameter: allowed with differentiable=True, as in torch
+        opt = getattr(mod, name)([w], lr=0.1, differentiable=True)
+        try:
+            for _ in range(2):
+                w.grad = (w * 2 + 0.5).detach()
+                opt.step()
+            (meta,) = torch.autograd.grad((w**3).sum(), start)
+            outcomes.append((w.detach().clone(), meta))
+        except RuntimeError as exc:
+            outcomes.append(str(exc))
+    ref, fast = outcomes
+    if isinstance(ref, str):
+        assert fast == ref
+    else:
+        assert torch.equal(fast[0], ref[0]) and torch.equal(fast[1], ref[1])
+        assert fast[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"master_weights": True}, {"stochastic_rounding": True}, {"state_dtype": "8bit"}],
+    ids=str,
+)
+def test_differentiable_with_pyfastopts_own_options_is_refused(kw):
     with pytest.raises(UnsupportedError, match="differentiable"):
-        getattr(pyfastopt, name)([torch.zeros(3, requires_grad=True)], lr=0.1, differentiable=True)
+        pyfastopt.Adam([torch.zeros(3, requires_grad=True)], differentiable=True, **kw)
+    opt = pyfastopt.Adam([torch.zeros(3, requires_grad=True)], **kw)
+    q = torch.zeros(3, requires_grad=True)
+    with pytest.raises(UnsupportedError, match="differentiable"):
+        opt.add_param_group({"params": [q], "differentiable": True})
+    assert len(opt.param_groups) == 1
+
+
+def test_fused_and_differentiable_raise_torchs_error():
+    for mod in (torch.optim, pyfastopt):
+        with pytest.raises(RuntimeError, match="`fused` does not support `differentiable`"):
+            mod.Adam([torch.zeros(3, requires_grad=True)], fused=True, differentiable=True)
 
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adadelta", *NEW])
@@ -134,7 +180,7 @@ def test_bad_param_group_is_not_added():
     p, q = torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
     opt = pyfastopt.Adam([p], lr=0.1)
     with pytest.raises(UnsupportedError):
-        opt.add_param_group({"params": [q], "differentiable": True})
+        opt.add_param_group({"params": [q], "capturable": True})
     assert len(opt.param_groups) == 1
 
 

@@ -619,15 +619,30 @@ def test_invalid_options_after_construction_raise_like_torch(name, key, value):
     assert torch.equal(b[0].detach(), before)  # nothing written
 
 
-@pytest.mark.parametrize("flag", ["differentiable", "capturable"])
-def test_flags_set_by_hand_after_caching_are_refused(flag):
+def test_capturable_set_by_hand_after_caching_is_refused():
     a, ref, b, fast = pair("Adam", torch.randn(5))
     both(a, ref, b, fast, step_with([torch.randn(5)]))
-    fast.param_groups[0][flag] = True
+    fast.param_groups[0]["capturable"] = True
     before = b[0].detach().clone()
-    with pytest.raises(pyfastopt.UnsupportedError, match=flag):
+    with pytest.raises(pyfastopt.UnsupportedError, match="capturable"):
         step_with([torch.randn(5)])(b, fast)
     assert torch.equal(b[0].detach(), before)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop"])
+def test_differentiable_set_by_hand_after_caching_is_torchs_step(name):
+    a, ref, b, fast = pair(name, torch.randn(5))
+    both(a, ref, b, fast, step_with([torch.randn(5)]))
+    ref.param_groups[0]["differentiable"] = True
+    fast.param_groups[0]["differentiable"] = True
+    for _ in range(2):
+        both(a, ref, b, fast, step_with([torch.randn(5)]))
+        torch.testing.assert_close(b[0], a[0], rtol=1e-6, atol=1e-7)
+        assert b[0].grad_fn is None  # torch's grad mode: defaults["differentiable"] is False
+    fast.param_groups[0]["differentiable"] = False  # back to the native step
+    ref.param_groups[0]["differentiable"] = False
+    both(a, ref, b, fast, step_with([torch.randn(5)]))
+    torch.testing.assert_close(b[0], a[0], rtol=1e-6, atol=1e-7)
 
 
 # ---- also: Adagrad's lazily created state, fork safety ------------------------------------------

@@ -22,7 +22,7 @@ class StateError(PyfastoptError, ValueError, KeyError):
 
 
 class UnsupportedError(PyfastoptError, TypeError):
-    """A tensor or an option pyfastopt cannot honour (dtype, device, differentiable, ...)."""
+    """A tensor or an option pyfastopt cannot honour (dtype, device, capturable, ...)."""
 
 
 class OperandError(PyfastoptError, ValueError):

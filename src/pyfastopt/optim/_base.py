@@ -199,6 +199,7 @@ class FastOptimizer(torch.optim.Optimizer):
             for group in self.param_groups:
                 for key, value in options.items():
                     group.setdefault(key, value)
+                _check_group_options(self, group)  # (differentiable=True with them)
 
     # ---- per-algorithm hooks -------------------------------------------------------------
     def _buffer_keys(self, group: dict) -> tuple[str, ...]:
@@ -474,6 +475,8 @@ class FastOptimizer(torch.optim.Optimizer):
         self._fastopt_plans = {}
 
     def _validate_loaded(self, group: dict) -> None:
+        if group.get("differentiable"):
+            return  # torch's own step takes this group's state as torch's does
         gi = _group_index(self, group)
         for i, p in enumerate(group["params"]):
             st = self.state.get(p)
@@ -634,6 +637,11 @@ class FastOptimizer(torch.optim.Optimizer):
         """Validate everything, step the group, and return a plan for the next steps (or None)."""
         gi = _group_index(self, group)
         _check_group_options(self, group)  # flags set by hand since the last general step
+        if group.get("differentiable"):  # torch's own step, which autograd records
+            with_grad = [p for p in group["params"] if p.grad is not None]
+            if with_grad:
+                self._torch_step(group, with_grad)
+            return None
         step_key = ("step",) if self._has_step else ()
         uses_state = self._uses_state(group)
         params = group["params"]
@@ -926,8 +934,8 @@ class FastOptimizer(torch.optim.Optimizer):
         self.param_groups = [sub]
         if scalars is not None:
             d["grad_scale"], d["found_inf"] = scalars
-        try:
-            with torch.no_grad():
+        try:  # grad mode as torch's step sets it (``_use_grad_for_differentiable``)
+            with torch.set_grad_enabled(bool(self.defaults.get("differentiable"))):
                 raw(self)
         finally:
             self.param_groups = saved
@@ -1171,11 +1179,15 @@ def _check_group_options(opt: FastOptimizer, group: dict) -> None:
         raise ValueError(  # as the constructor (set by hand in param_groups since)
             f"{type(opt).__name__}: master_weights and stochastic_rounding exclude each other"
         )
-    if group.get("differentiable"):
-        raise UnsupportedError(
-            f"{type(opt).__name__}: differentiable=True is not supported by pyfastopt (the "
-            "native step is not recorded by autograd); use torch.optim for differentiable steps"
-        )
+    if group.get("differentiable"):  # torch's own step: none of pyfastopt's own options
+        own = [k for k in ("master_weights", "stochastic_rounding") if group.get(k)]
+        if group.get("state_dtype") not in (None, "float32"):
+            own.append(f"state_dtype={group['state_dtype']!r}")
+        if own:
+            raise UnsupportedError(
+                f"{type(opt).__name__}: differentiable=True steps through torch's own "
+                f"implementation (autograd records it), which has no {', '.join(own)}"
+            )
     if group.get("capturable") and any(p.device.type == "cpu" for p in group["params"]):
         raise UnsupportedError(
             f"{type(opt).__name__}: capturable=True has no meaning for CPU parameters "
