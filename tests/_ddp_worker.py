@@ -1,4 +1,5 @@
-"""Worker for test_distributed.py: one DDP rank training with pyfastopt.AdamW over gloo.
+"""Worker for test_distributed.py: one DDP rank training with pyfastopt.AdamW over gloo, gradients
+as views of DDP's buckets, beside a replica stepped by torch.optim.AdamW.
 
 Prints one line, ``VERDICT <same> <moved>``, once the replicas have been compared, and only then
 tears the process group down, so the test can tell a wrong result from a teardown failure.
@@ -19,27 +20,48 @@ def main(rank: int, world: int, port: int) -> int:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     import pyfastopt
 
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
-    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    def make() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Linear(8, 64),
+            torch.nn.ReLU(),
+            torch.nn.Linear(64, 32),
+            torch.nn.ReLU(),
+            torch.nn.Linear(32, 2),
+        )
+
+    # Gradients as views of DDP's buckets (one storage for several gradients; small buckets so
+    # there are several, rebuilt in the gradients' ready order after the first step), beside a
+    # replica stepped by torch.optim's for-loop on the same data.
+    model, ref_model = make(), make()
+    ddp, ref_ddp = (
+        torch.nn.parallel.DistributedDataParallel(
+            m, gradient_as_bucket_view=True, bucket_cap_mb=0.005
+        )
+        for m in (model, ref_model)
+    )
     opt = pyfastopt.AdamW(ddp.parameters(), lr=0.01)
+    ref = torch.optim.AdamW(ref_ddp.parameters(), lr=0.01, foreach=False)
     start = model[0].weight.detach().clone()
     gen = torch.Generator().manual_seed(rank)  # each rank sees different data
-    for _ in range(5):
+    for step in range(6):
         x = torch.randn(4, 8, generator=gen)
-        opt.zero_grad()
-        ddp(x).pow(2).mean().backward()
-        opt.step()
+        for d, o in ((ddp, opt), (ref_ddp, ref)):
+            o.zero_grad(set_to_none=step % 2 == 0)
+            d(x).pow(2).mean().backward()
+            o.step()
     w = model[0].weight.detach().clone()
     gathered = [torch.zeros_like(w) for _ in range(world)]
     dist.all_gather(gathered, w)
     same = all(torch.equal(gathered[0], x) for x in gathered)
+    for p, q in zip(model.parameters(), ref_model.parameters()):  # float32 parity tolerance
+        same = same and torch.allclose(p, q, rtol=1e-5, atol=1e-6)
     moved = not torch.equal(w, start)
     print(f"VERDICT {int(same)} {int(moved)}", flush=True)
     # The documented clean shutdown: both ranks leave the last collective, the DDP reducer (which
     # holds the group) goes first, then the group.
     dist.barrier()
-    del ddp, opt
+    del ddp, ref_ddp, opt, ref
     dist.destroy_process_group()
     return 0 if same and moved else 1
 
