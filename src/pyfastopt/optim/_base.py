@@ -298,7 +298,7 @@ class FastOptimizer(torch.optim.Optimizer):
                 out[pid] = (p, keys)
         return out
 
-    def _restore_saved_state(self, state_dict: dict[str, Any]) -> None:
+    def _restore_saved_state(self, state_dict: dict[str, Any], kept: dict | None = None) -> None:
         """torch's loader casts every floating state tensor to its parameter's dtype (8-bit codes
         included); a native parameter's state takes the tensors of pyfastopt's own layouts from
         the checkpoint again, as saved (``_kept_tensors``), and the validation then converts
@@ -312,7 +312,8 @@ class FastOptimizer(torch.optim.Optimizer):
                 src = saved.get(pid)
                 if isinstance(src, dict):
                     _lowmem.check_saved_codes(src, f"param {i} of group {gi}")
-        for pid, (p, keys) in self._kept_tensors(state_dict).items():
+        kept = self._kept_tensors(state_dict) if kept is None else kept
+        for pid, (p, keys) in kept.items():
             st = self.state.get(p)
             if isinstance(st, dict):
                 for k in keys:
@@ -429,9 +430,9 @@ class FastOptimizer(torch.optim.Optimizer):
         post_hooks = self._optimizer_load_state_dict_post_hooks
         posts = list(post_hooks.items())
         post_hooks.clear()  # run below, after the validation
-        # the state_dict as torch's loader gets it (after the pre-hooks), which a last pre-hook
-        # of ours sees and lightens (_without_kept_state)
-        seen: list[dict[str, Any]] = []
+        # the state_dict as torch's loader gets it (after the pre-hooks) and the tensors taken
+        # from it as saved, which a last pre-hook of ours records (_lighten)
+        seen: list[tuple[dict[str, Any], dict]] = []
         pre_hooks = self._optimizer_load_state_dict_pre_hooks
         handle = torch.utils.hooks.RemovableHandle(pre_hooks)
         pre_hooks[handle.id] = partial(_lighten, seen)
@@ -459,7 +460,7 @@ class FastOptimizer(torch.optim.Optimizer):
                 for key in _precision.OPTIONS + _lowmem.OPTIONS + ("sr_seed", "sr_step"):
                     if key in self.defaults:
                         group.setdefault(key, self.defaults[key])
-            self._restore_saved_state(seen[-1] if seen else state_dict)
+            self._restore_saved_state(*(seen[-1] if seen else (state_dict, None)))
             for group in self.param_groups:
                 _check_group_options(self, group)
                 self._validate_loaded(group)
@@ -954,8 +955,8 @@ def _lighten(seen: list, opt: FastOptimizer, state_dict: dict[str, Any]) -> dict
     loader is about to cast and hands it one whose tensors that ``_restore_saved_state`` takes
     from the checkpoint again are empty placeholders, so the loader never makes the casts it
     would throw away (8-bit codes cast to float32 were four times the state they carry)."""
-    seen.append(state_dict)
     kept = opt._kept_tensors(state_dict)
+    seen.append((state_dict, kept))
     if not kept:
         return None
     state = dict(state_dict["state"])
