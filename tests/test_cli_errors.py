@@ -195,6 +195,62 @@ def test_ctrl_c_in_the_bench_is_one_line_and_130(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no output, whole or partial
 
 
+def _swallowed_sigint() -> None:
+    """A real SIGINT to this process, swallowed as careless code swallows it."""
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10_000_000):  # the handler runs at the next bytecode boundaries
+            pass
+    except BaseException:  # noqa: BLE001, S110  (the point: third-party code doing this)
+        pass
+
+
+def test_a_ctrl_c_that_code_swallows_is_raised_again_by_the_loops(capsys):
+    """Python raises a SIGINT as a KeyboardInterrupt in whatever code runs; code that swallows
+    exceptions (a C extension clearing a Python call's error, a bare except) can lose it. Under
+    the tools' guard the handler also records it and the loops (the benchmark's rounds, the
+    progress iterator) raise it again: the tool stops with its own line and 130."""
+    from pyfastopt.bench.harness import interleaved
+
+    calls = []
+
+    def careless() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            _swallowed_sigint()
+
+    rc = _args.guarded(
+        "tool", lambda: len(interleaved({"a": careless}, rounds=2000, min_sample_ns=0))
+    )
+    assert rc == 130 and len(calls) < 10
+    assert capsys.readouterr().err == "tool: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+    from pyfastopt._progress import progress
+
+    seen = []
+
+    def study() -> int:
+        for i in progress(range(2000), enabled=False):
+            seen.append(i)
+            if i == 2:
+                _swallowed_sigint()
+        return 0
+
+    assert _args.guarded("tool", study) == 130 and seen == [0, 1, 2]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_sigint_handler_of_the_program_is_left_alone():
+    got = []
+    previous = signal.signal(signal.SIGINT, lambda *a: got.append(a[0]))
+    try:
+        assert _args.guarded("tool", lambda: os.kill(os.getpid(), signal.SIGINT) or 0) == 0
+        assert got == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_inside_an_exec_still_exits_130(tmp_path):
     """A Ctrl-C that lands in an ``exec`` of source text (dataclasses' methods, during one of
     torch's lazy imports) once made ``python -m`` die by SIGINT after the tool handled it."""

@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TextIO, TypeVar
 
+from . import _interrupt
+
 T = TypeVar("T")
 
 
@@ -41,12 +43,14 @@ def _count(items: Iterable[T], total: int | None) -> int | None:
 def progress(
     items: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool = True
 ) -> Iterator[T]:
-    """Yield ``items`` while reporting progress on stderr (silent if not ``enabled``)."""
+    """Yield ``items`` while reporting progress on stderr (silent if not ``enabled``); a
+    Ctrl-C that was lost on the way is raised again before each item (``_interrupt.check``)."""
+    total = _count(items, total)
+    items = _checked(items)
     if not enabled:
         yield from items
         return
     stream = sys.stderr
-    total = _count(items, total)
     if not interactive(stream):
         yield from _plain(items, total, desc, stream)
         return
@@ -58,6 +62,12 @@ def progress(
         yield from tqdm(items, total=total, desc=desc, leave=False, file=stream)
         return
     yield from _bar(items, total, desc, stream)
+
+
+def _checked(items: Iterable[T]) -> Iterator[T]:
+    for item in items:
+        _interrupt.check()
+        yield item
 
 
 def _plain(items: Iterable[T], total: int | None, desc: str, stream: TextIO) -> Iterator[T]:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import _interrupt
 from .._config import MAX_THREADS
 from ..data.mnist import check_directory
 
@@ -335,7 +336,8 @@ def guarded(
     """``body()``'s exit status; an ``expected`` error is ``<prog>: error: <message>`` and 2,
     Ctrl-C ``<prog>: interrupted`` and 130, a closed stdout (``| head``) a quiet 141."""
     try:
-        return body()
+        with _interrupt.latched():  # a Ctrl-C that something swallows is raised again
+            return body()
     except BrokenPipeError:
         _quiet_stdout()
         return EXIT_BROKEN_PIPE

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from .. import _interrupt
+
 _MAX_BATCH = 10_000
 
 
@@ -75,6 +77,7 @@ def interleaved(
     gc.disable()
     try:
         for r in range(rounds):
+            _interrupt.check()
             for name in names:
                 samples[name].append(time_batch(candidates[name], batch[name]))
             if on_round is not None:
