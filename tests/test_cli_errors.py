@@ -175,6 +175,21 @@ def test_bench_empty_data_name(capsys):
 # --- 3. Ctrl-C, closed pipes, atomic outputs -----------------------------------------------------
 
 
+def _sigint_as_a_terminal_sends_it() -> None:
+    """In the child before exec: SIGINT's default disposition. A process started in the
+    background by a shell without job control (``cmd &`` in a script, nohup, some CI runners)
+    inherits SIGINT ignored, and Python then ignores Ctrl-C too, as it should."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handling in this process for the test (see above), restored after."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_in_the_bench_is_one_line_and_130(tmp_path):
     """A real SIGINT once the run is under way (the header is out; rounds without end)."""
     js = tmp_path / "b.json"
@@ -183,6 +198,7 @@ def test_ctrl_c_in_the_bench_is_one_line_and_130(tmp_path):
          "sgd", "--impls", "torch", "--rounds", "1000000000", "--warmup", "0",
          "--min-sample-ms", "0", "--no-progress", "--json", str(js)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_sigint_as_a_terminal_sends_it,
     )  # fmt: skip
     try:
         assert proc.stdout is not None and proc.stdout.readline().startswith("CPU:")
@@ -205,7 +221,7 @@ def _swallowed_sigint() -> None:
         pass
 
 
-def test_a_ctrl_c_that_code_swallows_is_raised_again_by_the_loops(capsys):
+def test_a_ctrl_c_that_code_swallows_is_raised_again_by_the_loops(capsys, python_sigint):
     """Python raises a SIGINT as a KeyboardInterrupt in whatever code runs; code that swallows
     exceptions (a C extension clearing a Python call's error, a bare except) can lose it. Under
     the tools' guard the handler also records it and the loops (the benchmark's rounds, the
@@ -241,7 +257,7 @@ def test_a_ctrl_c_that_code_swallows_is_raised_again_by_the_loops(capsys):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_sigint_handler_of_the_program_is_left_alone():
+def test_a_sigint_handler_of_the_program_is_left_alone(python_sigint):
     got = []
     previous = signal.signal(signal.SIGINT, lambda *a: got.append(a[0]))
     try:
