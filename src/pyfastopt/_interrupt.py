@@ -1,4 +1,5 @@
-"""A Ctrl-C that other code cannot lose, for the command-line tools.
+"""Ctrl-C in the command-line tools: one that other code cannot lose, and an exit status that
+is the tool's own.
 
 Python turns SIGINT into a KeyboardInterrupt in whatever Python code runs at that moment. Code
 that swallows exceptions (a C extension clearing the error of a Python call it made, an
@@ -49,3 +50,15 @@ def check() -> None:
     """Raise KeyboardInterrupt if a Ctrl-C arrived under :func:`latched` (and was lost)."""
     if _pending:
         raise KeyboardInterrupt
+
+
+def forget() -> None:
+    """Makes a handled Ctrl-C exit with the status the tool returns.
+
+    CPython marks a KeyboardInterrupt that ends an ``exec`` of source text as unhandled, and
+    ``python -m`` then ends the process with SIGINT (status -2) whatever the program did with
+    it. Such ``exec`` calls are common (dataclasses and namedtuples build their methods with
+    them, so a Ctrl-C during torch's lazy imports lands in one), and each first clears the
+    mark: an empty one forgets it.
+    """
+    exec("")

@@ -316,18 +316,6 @@ def _quiet_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
-def _forget_the_interrupt() -> None:
-    """Makes a handled Ctrl-C exit with the status the tool returns.
-
-    CPython marks a KeyboardInterrupt that ends an ``exec`` of source text as unhandled, and
-    ``python -m`` then ends the process with SIGINT (status -2) whatever the program did with
-    it. Such ``exec`` calls are common (dataclasses and namedtuples build their methods with
-    them, so a Ctrl-C during torch's lazy imports lands in one), and each first clears the
-    mark: an empty one forgets it.
-    """
-    exec("")
-
-
 def guarded(
     prog: str,
     body: Callable[[], int],
@@ -342,7 +330,7 @@ def guarded(
         _quiet_stdout()
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
-        _forget_the_interrupt()
+        _interrupt.forget()
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except expected as exc:
