@@ -8,7 +8,17 @@
 #if defined(__AVX512F__) && defined(__FMA__) && defined(__F16C__) && !defined(__CUDACC__)
 #define PFO_LANES 1
 
+// GCC 12's AVX-512 intrinsics start some results from _mm512_undefined_*(), and when they are
+// inlined -Wmaybe-uninitialized reports each use inside the header (GCC bug 105593, fixed in
+// GCC 13): thousands of false warnings per kernel build. Only the header's own lines are exempt.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
+#else
+#include <immintrin.h>
+#endif
 
 #include <cstdint>
 
