@@ -151,7 +151,9 @@ __attribute__((target("avx512vbmi"))) inline int64_t dequantize_vbmi(const uint8
   const __m512i order = _mm512_load_si512(kOrder);
   const __m512 s = _mm512_set1_ps(scale);
   __m512i p[4][4];
+#pragma GCC unroll 4
   for (int k = 0; k < 4; ++k) {
+#pragma GCC unroll 4
     for (int q = 0; q < 4; ++q) p[k][q] = _mm512_loadu_si512(map.plane[k] + 64 * q);
   }
   int64_t i = 0;
@@ -159,6 +161,7 @@ __attribute__((target("avx512vbmi"))) inline int64_t dequantize_vbmi(const uint8
     const __m512i c = _mm512_permutexvar_epi8(order, _mm512_loadu_si512(codes + i));
     const __mmask64 high = _mm512_movepi8_mask(c);
     __m512i b[4];
+#pragma GCC unroll 4
     for (int k = 0; k < 4; ++k) {
       b[k] = _mm512_mask_blend_epi8(high, _mm512_permutex2var_epi8(p[k][0], c, p[k][1]),
                                     _mm512_permutex2var_epi8(p[k][2], c, p[k][3]));
@@ -167,6 +170,7 @@ __attribute__((target("avx512vbmi"))) inline int64_t dequantize_vbmi(const uint8
     const __m512i lo23 = _mm512_unpacklo_epi8(b[2], b[3]), hi23 = _mm512_unpackhi_epi8(b[2], b[3]);
     const __m512i r[4] = {_mm512_unpacklo_epi16(lo01, lo23), _mm512_unpackhi_epi16(lo01, lo23),
                           _mm512_unpacklo_epi16(hi01, hi23), _mm512_unpackhi_epi16(hi01, hi23)};
+#pragma GCC unroll 4
     for (int q = 0; q < 4; ++q) {
       _mm512_storeu_ps(out + i + 16 * q, _mm512_mul_ps(_mm512_castsi512_ps(r[q]), s));
     }
@@ -187,11 +191,13 @@ inline void dequantize_block(const uint8_t* codes, float scale, const quant::Map
   // eight two-register permutes (code bits 0-4) and a select tree on bits 5-7 (no gather)
   const __m512 s = _mm512_set1_ps(scale);
   __m512 t[16];
+#pragma GCC unroll 16
   for (int k = 0; k < 16; ++k) t[k] = _mm512_loadu_ps(map + 16 * k);
   for (; i + kLanes <= n; i += kLanes) {
     const __m512i c =
         _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i)));
     __m512 r[8];
+#pragma GCC unroll 8
     for (int k = 0; k < 8; ++k) r[k] = _mm512_permutex2var_ps(t[2 * k], c, t[2 * k + 1]);
     const __mmask16 b5 = _mm512_test_epi32_mask(c, _mm512_set1_epi32(32));
     const __mmask16 b6 = _mm512_test_epi32_mask(c, _mm512_set1_epi32(64));
