@@ -150,6 +150,8 @@ __attribute__((target("avx512vbmi"))) inline int64_t dequantize_vbmi(const uint8
       12, 13, 14, 15, 28, 29, 30, 31, 44, 45, 46, 47, 60, 61, 62, 63};
   const __m512i order = _mm512_load_si512(kOrder);
   const __m512 s = _mm512_set1_ps(scale);
+  // (here and in dequantize_block: the register arrays stay in registers only when their small
+  // loops are unrolled completely, which GCC's -O2, the kernels' level, does not do by itself)
   __m512i p[4][4];
 #pragma GCC unroll 4
   for (int k = 0; k < 4; ++k) {
