@@ -1182,7 +1182,7 @@ def _check_group_options(opt: FastOptimizer, group: dict) -> None:
         )
     if group.get("differentiable"):  # torch's own step: none of pyfastopt's own options
         own = [k for k in ("master_weights", "stochastic_rounding") if group.get(k)]
-        if group.get("state_dtype") not in (None, "float32"):
+        if _lowmem.asks_low_memory(group):
             own.append(f"state_dtype={group['state_dtype']!r}")
         if own:
             raise UnsupportedError(

@@ -77,6 +77,11 @@ def canonical(value: Any) -> str | None:
         ) from None
 
 
+def asks_low_memory(group: dict) -> bool:
+    """Whether the group's ``state_dtype`` asks for a store other than torch's layout."""
+    return group.get("state_dtype") not in (None, "float32")
+
+
 def split_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Remove the low-memory keywords from a constructor's ``kwargs``; return the group keys
     (none when ``state_dtype`` is left at torch's layout and nothing else is asked)."""

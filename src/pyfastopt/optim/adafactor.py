@@ -58,7 +58,7 @@ class Adafactor(FastOptimizer, torch.optim.Adafactor):
             self._check_options(group)
 
     def _check_options(self, group: dict) -> None:
-        if group.get("state_dtype") not in (None, "float32"):
+        if _lowmem.asks_low_memory(group):
             raise UnsupportedError(
                 "Adafactor keeps torch's state layout: state_dtype is not supported (its "
                 "factored second moment is already small)"

@@ -23,6 +23,7 @@ import torch
 from .. import _config, _core
 from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
 from ..errors import StateError, UnsupportedError
+from . import _lowmem
 from ._base import (
     FastOptimizer,
     _bump_versions,
@@ -70,7 +71,7 @@ class SparseAdam(FastOptimizer, torch.optim.SparseAdam):
         for key in ("master_weights", "stochastic_rounding"):
             if group.get(key):
                 raise UnsupportedError(f"SparseAdam: {key} is not supported")
-        if group.get("state_dtype") not in (None, "float32"):
+        if _lowmem.asks_low_memory(group):
             raise UnsupportedError("SparseAdam keeps torch's state layout: no state_dtype")
 
     def _buffer_keys(self, group: dict) -> tuple[str, ...]:
