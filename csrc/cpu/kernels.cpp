@@ -173,7 +173,7 @@ void adam(const Table& t, DType dtype, const AdamParams& hp, int nt) {
   with_storage<true>(t, dtype, [&](auto st) {
     using St = decltype(st);
     with_bool(hp.amsgrad, [&](auto ams) {
-      using R = AdamRule<typename St::compute, decltype(ams)::value, St::kLowPrecision>;
+      using R = AdamRule<typename St::compute, decltype(ams)::value>;
       RuleForStep<R, AdamParams> rule(hp, t);
       run<St, R>(t, true, nt, [&](int64_t r) { return rule(cpu::advance_step(t, r)); });
     });

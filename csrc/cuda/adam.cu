@@ -14,7 +14,7 @@ void adam(const Call& c, DType dtype, const AdamParams& hp) {
   with_storage<true, StateStores::k16Bit>(c.table, dtype, [&](auto st) {
     using St = decltype(st);
     with_bool(hp.amsgrad, [&](auto ams) {
-      using R = AdamRule<typename St::compute, decltype(ams)::value, St::kLowPrecision>;
+      using R = AdamRule<typename St::compute, decltype(ams)::value>;
       run<St, R, WithStep>(c, hp);
     });
   });

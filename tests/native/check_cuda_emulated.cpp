@@ -221,8 +221,8 @@ int main() {
     o.grad_scale = &scale;
     o.found_inf = &no_inf;
     check_case<Amp, AdamRule<float, false>, WithStep>("adam GradScaler", adam, sizes, o, rng);
-    check_case<AmpMaster, AdamRule<float, true, true>, WithStep>("adam bf16 master GradScaler",
-                                                                 adam, sizes, o, rng);
+    check_case<AmpMaster, AdamRule<float, true>, WithStep>("adam bf16 master GradScaler", adam,
+                                                           sizes, o, rng);
     o.found_inf = &inf;  // everything skipped: arrays and counters as they were
     check_case<Amp, AdamRule<float, false>, WithStep>("adam found_inf", adam, sizes, o, rng);
   }

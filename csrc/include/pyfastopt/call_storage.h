@@ -66,8 +66,6 @@ struct Storage {
   using compute = typename P::compute;
   static constexpr bool kCopy = !std::is_void_v<O>;
   static constexpr bool kAmp = AMP;
-  // 16-bit gradients: the reference is torch's fused kernels (Adam's fused arithmetic order)
-  static constexpr bool kLowPrecision = std::is_same_v<typename G::storage, uint16_t>;
 };
 
 // The policy of array I of rule R (R::kArrays arrays; the state buffers are arrays 2, 3, ...).

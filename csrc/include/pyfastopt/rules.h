@@ -4,8 +4,8 @@
 // the same order, the same scalar casts (a Python scalar becomes the tensor's dtype before use)
 // and fused multiply-adds exactly where ATen's vectorised kernels use them (`add(x, alpha=a)` and
 // `lerp`). Step-dependent scalars are computed once per tensor on the host, in double, as torch
-// computes them in Python. Variants that change the arrays (momentum, amsgrad, centered) or the
-// arithmetic order (Adam's FUSED) are template parameters; the rest are chosen per tensor:
+// computes them in Python. Variants that change the arrays (momentum, amsgrad, centered) are
+// template parameters; the rest are chosen per tensor:
 // `maximize` multiplies by -1 or 1, weight decay and Nesterov are selects (`choose`), Adam's
 // decoupled decay multiplies by a factor that is exactly 1 when it is off (`times`). Element by
 // element these are bit masks, without a branch; on 16 lanes, one branch per vector that goes
@@ -176,13 +176,14 @@ struct Lerp {
 };
 
 // torch: grad = -grad if maximize; grad = grad.add(param, alpha=weight_decay) if weight_decay != 0
-// (an fma in the for-loop's vectorised add; FUSED: torch's fused kernels multiply, then add).
-// `l2` is all ones when the decay applies: a select, not a template flag, so each rule is built
-// once per storage mode (the decayed value is computed either way; the choice is exact).
-template <typename T, bool FUSED = false, typename V>
+// (an fma in the for-loop's vectorised add; torch's fused Adam writes `grad += param * wd`, which
+// its FMA builds contract to the same fma). `l2` is all ones when the decay applies: a select,
+// not a template flag, so each rule is built once per storage mode (the decayed value is computed
+// either way; the choice is exact).
+template <typename T, typename V>
 PFO_HD V prepare_grad(V g, V p, T wd, T sign, MaskOf<T> l2) {
   g = times(g, sign);
-  return choose<T, V>(l2, [&] { return FUSED ? g + p * wd : fmadd(wd, p, g); }, [&] { return g; });
+  return choose<T, V>(l2, [&] { return fmadd(wd, p, g); }, [&] { return g; });
 }
 
 template <typename T>
@@ -356,9 +357,11 @@ struct RmspropRule {
 // single-tensor functions compute it: the decoupled decay, the gradient (maximize's sign, the L2
 // term), both moments. The decay is chosen per tensor, not per template: L2 through `l2` (see
 // prepare_grad), the decoupled decay as a multiplication of the parameter by `decay_factor`,
-// which is exactly 1 (an exact identity) when it does not apply. FUSED: the second moment as a
-// multiply and an add, as torch's fused CPU kernel computes it.
-template <typename T, bool FUSED = false>
+// which is exactly 1 (an exact identity) when it does not apply. The second moment is
+// fma((1 - beta2) * g, g, v * beta2) in torch's for-loop (`mul_` then `addcmul_`) and in its fused
+// kernel alike: the fused kernel's `v * beta2 + (1 - beta2) * g * g` is contracted to that fma in
+// ATen's AVX2 and AVX-512 builds, and computed unfused in its DEFAULT build, as `fmadd` is here.
+template <typename T>
 struct AdamMoments {
   T sign, wd, decay_factor, beta2, one_minus_beta2;
   Lerp<T> lerp;
@@ -382,27 +385,22 @@ struct AdamMoments {
   template <typename V>
   PFO_HD V operator()(V& p, V g0, V& m, V& v) const {
     p = times(p, decay_factor);
-    const V g = prepare_grad<T, FUSED>(g0, p, wd, sign, l2);
+    const V g = prepare_grad<T>(g0, p, wd, sign, l2);
     m = lerp(m, g);
-    if constexpr (FUSED) {
-      v = v * beta2 + one_minus_beta2 * g * g;
-    } else {
-      v = fmadd(one_minus_beta2 * g, g, v * beta2);
-    }
+    v = fmadd(one_minus_beta2 * g, g, v * beta2);
     return g;
   }
 };
 
-// Adam and AdamW. Arrays: p, g, exp_avg, exp_avg_sq[, max_exp_avg_sq]. FUSED follows the
-// arithmetic of torch's fused CPU kernel (`_fused_adam`, the reference for bfloat16/float16):
-// L2 decay and the second moment as a multiply and an add, where the for-loop's vectorised ops
-// fuse them.
-template <typename T, bool AMSGRAD, bool FUSED = false>
+// Adam and AdamW. Arrays: p, g, exp_avg, exp_avg_sq[, max_exp_avg_sq]. The same operations as
+// torch's for-loop and as its fused CPU kernel (`_fused_adam`, the reference for bfloat16/float16
+// storage, which computes in float32 and rounds once per store).
+template <typename T, bool AMSGRAD>
 struct AdamRule {
   using value_type = T;
   static constexpr int kArrays = AMSGRAD ? 5 : 4;
   static constexpr unsigned kUnsignedBuffers = AMSGRAD ? 6 : 2;  // exp_avg_sq, max_exp_avg_sq
-  AdamMoments<T, FUSED> moments;
+  AdamMoments<T> moments;
   T bc2_sqrt, eps, neg_step_size;
 
   PFO_HOST_DEVICE AdamRule(const AdamParams& hp, double step)
