@@ -310,3 +310,122 @@ def test_every_error_class_is_exported_with_its_documented_bases():
         assert cls is getattr(errors, name) and name in pyfastopt.__all__
         assert issubclass(cls, (pyfastopt.PyfastoptError, *extra))
         assert all(issubclass(cls, b) for b in (pyfastopt.PyfastoptError, *extra))
+
+
+def test_adamw_follows_its_groups_decoupled_weight_decay_key():
+    """torch 2.13's AdamW reads ``decoupled_weight_decay`` at each step (its __setstate__ sets
+    it True on load): a group switched to False by hand decays as Adam's L2 term, in both."""
+    if not issubclass(torch.optim.AdamW, torch.optim.Adam):
+        pytest.skip("this torch's AdamW has no decoupled_weight_decay key")
+    out = []
+    for module in (torch.optim, pyfastopt):
+        p = torch.nn.Parameter(torch.ones(5, dtype=torch.float64))
+        opt = module.AdamW([p], lr=0.1, weight_decay=0.5)
+        for k in range(3):
+            if k == 1:
+                opt.param_groups[0]["decoupled_weight_decay"] = False
+            p.grad = torch.full_like(p, 0.25 * k)
+            opt.step()
+        out.append(p.detach())
+    torch.testing.assert_close(out[1], out[0], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_adam_beta2_above_one_set_between_steps_raises_before_writing(name):
+    """torch's step takes ``(1 - beta2 ** step) ** 0.5``, which Python makes complex, and raises;
+    pyfastopt raises too, and before anything is written (not NaN parameters)."""
+    p = torch.nn.Parameter(torch.randn(10))
+    opt = getattr(pyfastopt, name)([p], lr=0.1)
+    p.grad = torch.randn(10)
+    opt.step()
+    opt.param_groups[0]["betas"] = (0.9, 1.5)
+    before = p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}
+    with pytest.raises(RuntimeError, match="complex"):
+        opt.step()
+    assert torch.equal(p.detach(), before[0])
+    for k, v in opt.state[p].items():
+        assert torch.equal(v, before[1][k]), k
+    with pytest.raises(RuntimeError):  # torch's own step raises here too
+        ref = torch.nn.Parameter(torch.randn(10))
+        r = getattr(torch.optim, name)([ref], lr=0.1, foreach=False)
+        ref.grad = torch.randn(10)
+        r.step()
+        r.param_groups[0]["betas"] = (0.9, 1.5)
+        r.step()
+
+
+def test_storage_shrunk_under_quasi_newton_state_or_a_clipped_gradient_raises():
+    """A tensor whose storage was resized smaller in place keeps its sizes: the native passes
+    (and torch's own ops, which crash the process there) would write past the allocation."""
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+
+    def closure():
+        bfgs.zero_grad()
+        loss = (x**2).sum()
+        loss.backward()
+        return loss
+
+    bfgs = pyfastopt.BFGS([x])
+    bfgs.step(closure)
+    bfgs.step(closure)
+    bfgs.state[x]["H"].untyped_storage().resize_(8)
+    with pytest.raises(pyfastopt.StateError, match="storage"):
+        bfgs.step(closure)
+
+    y = torch.randn(50, requires_grad=True)
+
+    def closure_y():
+        lbfgs.zero_grad()
+        loss = (y**2).sum()
+        loss.backward()
+        return loss
+
+    lbfgs = pyfastopt.LBFGS([y])
+    lbfgs.step(closure_y)
+    lbfgs.state[y]["prev_flat_grad"].untyped_storage().resize_(8)
+    with pytest.raises(pyfastopt.StateError, match="storage"):
+        lbfgs.step(closure_y)
+
+    p = torch.nn.Parameter(torch.randn(100))
+    p.grad = torch.randn(100)
+    p.grad.untyped_storage().resize_(8)
+    with pytest.raises(pyfastopt.OperandError, match="storage"):
+        pyfastopt.clip_grad_norm_([p], 1.0)
+
+
+@pytest.mark.parametrize("name, key", [("Adam", "exp_avg"), ("SGD", "momentum_buffer")])
+def test_an_expanded_state_buffer_raises_as_torch_does(name, key):
+    """torch's in-place ops refuse to write a tensor whose elements share memory (stride 0);
+    pyfastopt used to replace it by a full copy and step silently."""
+    kw = {"momentum": 0.9} if name == "SGD" else {}
+    errors = []
+    for module in (torch.optim, pyfastopt):
+        p = torch.nn.Parameter(torch.ones(4, 3))
+        opt = getattr(module, name)([p], lr=0.1, **kw)
+        p.grad = torch.ones(4, 3)
+        opt.step()
+        opt.state[p][key] = torch.ones(3).expand(4, 3)
+        with pytest.raises(RuntimeError, match="more than one element") as info:
+            opt.step()
+        errors.append(info.value)
+    assert isinstance(errors[1], pyfastopt.StateError)
+
+
+def test_8bit_codes_converted_to_numbers_between_steps_raise():
+    """``state[k].float()`` of 8-bit codes leaves code numbers beside their scales: refused as
+    ``load_state_dict`` refuses them, instead of quantising the code numbers as moments. With
+    the scales and map deleted too, a float buffer is new state and is quantised."""
+    p = torch.nn.Parameter(torch.randn(10_000))
+    opt = pyfastopt.Adam([p], lr=1e-3, state_dtype="8bit")
+    for _ in range(2):
+        p.grad = torch.randn_like(p)
+        opt.step()
+    st = opt.state[p]
+    codes = st["exp_avg"]
+    st["exp_avg"] = codes.float()
+    with pytest.raises(pyfastopt.StateError, match="codes converted to numbers"):
+        opt.step()
+    del st["exp_avg_absmax"], st["exp_avg_qmap"]
+    st["exp_avg"] = torch.zeros_like(p)
+    opt.step()
+    assert st["exp_avg"].dtype == torch.uint8 and "exp_avg_absmax" in st

@@ -109,23 +109,23 @@ def test_native_core_refuses_malformed_tables():
     with pytest.raises(ValueError):  # misaligned bfloat16 address
         _sgd([1, 0, 4097, 4096], dtype=2)
     with pytest.raises(ValueError):  # a rounding mode that does not exist
-        _sgd([0, 0, 0, 0], extra=(5, 0, 0, 0, 0, 0))
+        _sgd([0, 0, 0, 0], extra=(5, 0, 0, 0, 0, 0, False))
     with pytest.raises(ValueError):  # stochastic rounding of float32
-        _sgd([0, 0, 0, 0], extra=(1, 0, 0, 0, 0, 0))
+        _sgd([0, 0, 0, 0], extra=(1, 0, 0, 0, 0, 0, False))
     with pytest.raises(ValueError):  # stochastic rounding of float16
-        _sgd([0, 0, 0, 0], dtype=3, extra=(1, 0, 0, 0, 0, 0))
+        _sgd([0, 0, 0, 0], dtype=3, extra=(1, 0, 0, 0, 0, 0, False))
     with pytest.raises(ValueError):  # a misaligned GradScaler scalar
-        _sgd([0, 0, 0, 0], extra=(0, 0, 4097, 0, 0, 0))
+        _sgd([0, 0, 0, 0], extra=(0, 0, 4097, 0, 0, 0, False))
     with pytest.raises(ValueError):  # master weights: the row needs the parameter's array too
-        _sgd([0, 0, 0, 0], dtype=2, extra=(2, 0, 0, 0, 0, 0))
+        _sgd([0, 0, 0, 0], dtype=2, extra=(2, 0, 0, 0, 0, 0, False))
     with pytest.raises(ValueError):  # a state store that does not exist
-        _sgd([0, 0, 0, 0], extra=(0, 0, 0, 0, 4, 256))
+        _sgd([0, 0, 0, 0], extra=(0, 0, 0, 0, 4, 256, False))
     with pytest.raises(ValueError):  # 8-bit state with a block size out of range
-        _sgd([0, 0, 0, 0], extra=(0, 0, 0, 0, 3, 100))
+        _sgd([0, 0, 0, 0], extra=(0, 0, 0, 0, 3, 100, False))
     with pytest.raises(ValueError):  # 8-bit state: the row lacks its scale address
-        _sgd([1, 0, 4096, 4096, 4096], width=5, momentum=0.9, extra=(0, 0, 0, 0, 3, 256))
+        _sgd([1, 0, 4096, 4096, 4096], width=5, momentum=0.9, extra=(0, 0, 0, 0, 3, 256, False))
     with pytest.raises(ValueError):  # 8-bit state: a null scale address
-        _sgd([1, 0, 4096, 4096, 4096, 0], width=6, momentum=0.9, extra=(0, 0, 0, 0, 3, 256))
+        _sgd([1, 0, 4096, 4096, 4096, 0], width=6, momentum=0.9, extra=(0, 0, 0, 0, 3, 256, False))
     with pytest.raises(ValueError):  # an extra tuple of the wrong length
         _sgd([0, 0, 0, 0], extra=(0, 0, 0, 0))
     with pytest.raises(ValueError):  # null step counter

@@ -206,7 +206,7 @@ def test_a_table_that_does_not_fit_the_rule_is_refused_before_any_cuda_call():
 def test_found_inf_needs_device_step_counters():
     call = _call([[4, ALIGNED, ALIGNED, ALIGNED, ALIGNED, ALIGNED]], steps=1)
     with pytest.raises(ValueError, match="found_inf"):
-        _adam(call, 6, extra=(0, 0, 0, ALIGNED, 0, 0))
+        _adam(call, 6, extra=(0, 0, 0, ALIGNED, 0, 0, False))
 
 
 @needs_module

@@ -627,7 +627,10 @@ def test_state_tampered_between_steps_raises_not_crashes():
     with pytest.raises(StateError):
         opt.step()
     opt.state[p]["exp_avg_absmax"] = torch.zeros(20)
-    opt.state[p]["exp_avg"] = torch.zeros(5000)  # a float buffer: quantised again
+    opt.state[p]["exp_avg"] = torch.zeros(5000)  # numbers beside scales: codes made numbers?
+    with pytest.raises(StateError, match="codes converted to numbers"):
+        opt.step()
+    del opt.state[p]["exp_avg_absmax"]  # a float buffer alone: new state, quantised again
     opt.step()
     assert opt.state[p]["exp_avg"].dtype == torch.uint8
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from helpers import SHAPES, assert_same_state, make_params, run_steps
@@ -79,6 +80,35 @@ def test_tensor_lr_matches_float_lr(name):
     run_steps([ref, fast], [a, b], steps=20)
     for pa, pb in zip(a, b):
         torch.testing.assert_close(pb, pa, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("Adam", {}),
+        ("Adam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+        ("AdamW", {"weight_decay": 0.05, "amsgrad": True}),
+        ("NAdam", {}),
+        ("NAdam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+        ("RAdam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+        ("Adamax", {}),
+        ("Adagrad", {"lr_decay": 0.01}),
+    ],
+)
+@pytest.mark.parametrize("kind", ["tensor", "numpy"])
+def test_float32_lr_steps_float64_parameters_in_torchs_float32_arithmetic(name, kw, kind):
+    """A float32 lr (a 0-d tensor, or NumPy's float32) meets Python floats in float32 in torch's
+    for-loop (``lr / bias_correction1``, ``1 - lr * weight_decay``): the step sizes carry
+    float32 rounding even for float64 parameters, and pyfastopt's do too (1e-7 apart before)."""
+    if kind == "numpy" and np.lib.NumpyVersion(np.__version__) < "2.0.0":
+        pytest.skip("NumPy 1 promotes float32 with a Python float to float64")
+    lr = torch.tensor(0.0123) if kind == "tensor" else np.float32(0.0123)
+    a, b = make_params(torch.float64)
+    ref = getattr(torch.optim, name)(a, lr=lr, foreach=False, **kw)
+    fast = getattr(pyfastopt, name)(b, lr=lr, **kw)
+    run_steps([ref, fast], [a, b], steps=10)
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pb, pa, **TOL[torch.float64])
 
 
 def test_multiple_param_groups_and_add_param_group():

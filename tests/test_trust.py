@@ -681,7 +681,15 @@ def test_forked_child_does_not_hang_after_set_num_threads():
     pid = os.fork()
     if pid == 0:
         o.step()
-        os._exit(0 if pyfastopt.get_num_threads() == 1 else 3)
+        code = 0 if pyfastopt.get_num_threads() == 1 else 3
+        try:  # asking for threads again would hang the next large step: refused
+            pyfastopt.set_num_threads(2)
+            code = 4
+        except RuntimeError:
+            pass
+        pyfastopt.set_num_threads(None)  # (following torch's count would hang too)
+        o.step()
+        os._exit(code if pyfastopt.get_num_threads() == 1 else 5)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, status
     o.step()

@@ -39,8 +39,9 @@ DType to_dtype(int code) {
 }
 
 // The storage options of a call: None, or (rounding, seed, grad_scale address, found_inf
-// address, state store, block) with 0 for an absent scalar. The addresses are of float32 scalars
-// that the caller validated and holds for the call.
+// address, state store, block, lr_f32) with 0 for an absent scalar. The addresses are of float32
+// scalars that the caller validated and holds for the call; lr_f32: lr is a 0-d float32 tensor
+// (params.h).
 struct Extra {
   pyfastopt::Rounding rounding = pyfastopt::Rounding::kNearest;
   uint64_t seed = 0;
@@ -48,15 +49,16 @@ struct Extra {
   const float* found_inf = nullptr;
   pyfastopt::StateStore state = pyfastopt::StateStore::kAsParam;
   int64_t block = 0;
+  bool lr_f32 = false;
 };
 
 Extra to_extra(py::handle extra) {
   Extra e;
   if (extra.is_none()) return e;
-  if (!py::isinstance<py::tuple>(extra) || py::len(extra) != 6) {
-    throw std::invalid_argument("pyfastopt: extra must be None or a 6-tuple");
+  if (!py::isinstance<py::tuple>(extra) || py::len(extra) != 7) {
+    throw std::invalid_argument("pyfastopt: extra must be None or a 7-tuple");
   }
-  auto t = extra.cast<std::tuple<int, uint64_t, int64_t, int64_t, int, int64_t>>();
+  auto t = extra.cast<std::tuple<int, uint64_t, int64_t, int64_t, int, int64_t, bool>>();
   const int rounding = std::get<0>(t);
   if (rounding < 0 || rounding > 2) throw std::invalid_argument("pyfastopt: invalid rounding");
   e.rounding = static_cast<pyfastopt::Rounding>(rounding);
@@ -72,6 +74,7 @@ Extra to_extra(py::handle extra) {
   if (state < 0 || state > 3) throw std::invalid_argument("pyfastopt: invalid state store");
   e.state = static_cast<pyfastopt::StateStore>(state);
   e.block = std::get<5>(t);
+  e.lr_f32 = std::get<6>(t);
   return e;
 }
 
@@ -87,7 +90,9 @@ bool run_on(py::handle source, py::handle params, py::handle state, int64_t widt
   Plan* plan = nullptr;
   if (py::isinstance<Plan>(source)) {
     plan = &source.cast<Plan&>();
-    if (!params.is_none() && !plan->collect(params, state)) return false;
+    if (!params.is_none() && !plan->collect(params, state, ex.grad_scale != nullptr)) {
+      return false;
+    }
     if (plan->width() != width) throw std::invalid_argument("pyfastopt: plan width mismatch");
     data = plan->table().data();
     size = plan->table().size();
@@ -105,7 +110,7 @@ bool run_on(py::handle source, py::handle params, py::handle state, int64_t widt
                 parallel_min, ex.rounding,
                 ex.seed,      ex.grad_scale,
                 ex.found_inf, ex.state,
-                ex.block};
+                ex.block,     ex.lr_f32};
   int64_t total = 0;
   for (int64_t r = 0; r < t.rows; ++r) total += data[r * width];
   // Every tensor whose address is in the table is held while the kernel runs: by the Plan (its
@@ -166,7 +171,10 @@ PYBIND11_MODULE(_core, m) {
            py::arg("group_params"), py::arg("rows"), py::arg("table"), py::arg("width"),
            py::arg("written"), py::arg("bump"), py::arg("extents"), py::arg("grad_bytes"))
       .def("collect", &Plan::collect, py::arg("params"), py::arg("state"),
+           py::arg("grads_written") = false,
            "Re-check the plan and fill in gradient addresses; False if it is stale.")
+      .def("add_extents", &Plan::add_extents, py::arg("extents"),
+           "Byte ranges [lo, hi) a gradient must not overlap either (the group's other calls).")
       .def("set_aux", &Plan::set_aux, py::arg("aux"), "Replace each row's aux word.")
       .def_property_readonly("table", &Plan::table)
       .def_property_readonly("width", &Plan::width)

@@ -41,15 +41,7 @@ Plan::Plan(py::list group_params, py::list rows, std::vector<int64_t> table, int
   if (grad_bytes_.size() != rows.size()) {
     throw std::invalid_argument("pyfastopt: one gradient extent per plan row");
   }
-  std::sort(extents.begin(), extents.end());
-  for (const auto& e : extents) {
-    if (e.second <= e.first) continue;  // empty
-    if (!extents_.empty() && e.first <= extents_.back().second) {
-      extents_.back().second = std::max(extents_.back().second, e.second);
-    } else {
-      extents_.push_back(e);
-    }
-  }
+  merge_extents(std::move(extents));
   std::size_t i = 0;
   for (py::handle r : rows) {
     py::tuple t = py::reinterpret_borrow<py::tuple>(r);
@@ -96,7 +88,25 @@ Plan::Plan(py::list group_params, py::list rows, std::vector<int64_t> table, int
   }
 }
 
-bool Plan::collect(py::handle current_params, py::handle state) {
+void Plan::merge_extents(std::vector<std::pair<int64_t, int64_t>> extents) {
+  extents.insert(extents.end(), extents_.begin(), extents_.end());
+  std::sort(extents.begin(), extents.end());
+  extents_.clear();
+  for (const auto& e : extents) {
+    if (e.second <= e.first) continue;  // empty
+    if (!extents_.empty() && e.first <= extents_.back().second) {
+      extents_.back().second = std::max(extents_.back().second, e.second);
+    } else {
+      extents_.push_back(e);
+    }
+  }
+}
+
+void Plan::add_extents(std::vector<std::pair<int64_t, int64_t>> extents) {
+  merge_extents(std::move(extents));
+}
+
+bool Plan::collect(py::handle current_params, py::handle state, bool grads_written) {
   grads_.clear();
   // 1. The group still lists exactly the parameters the plan was built for.
   PyObject* cur = current_params.ptr();
@@ -144,6 +154,18 @@ bool Plan::collect(py::handle current_params, py::handle state) {
     if (g == Py_None || !grad_fits(g, row.sigs[0], &gptr)) return false;
     if (overlaps_held(gptr, gptr + grad_bytes_[i])) return false;
     table_[i * static_cast<std::size_t>(width_) + 3] = gptr;
+  }
+  if (grads_written && rows_.size() > 1) {  // each gradient written by its own row only
+    std::vector<std::pair<int64_t, int64_t>> spans;
+    spans.reserve(rows_.size());
+    for (std::size_t i = 0; i < rows_.size(); ++i) {
+      const int64_t lo = table_[i * static_cast<std::size_t>(width_) + 3];
+      if (grad_bytes_[i] > 0) spans.emplace_back(lo, lo + grad_bytes_[i]);
+    }
+    std::sort(spans.begin(), spans.end());
+    for (std::size_t k = 1; k < spans.size(); ++k) {
+      if (spans[k].first < spans[k - 1].second) return false;
+    }
   }
   return true;
 }

@@ -6,7 +6,8 @@
 // lives, also during a call that runs without the GIL. A Plan kept for the next steps is the
 // fast path: `collect()` re-reads every signature, the identity of the group's parameter list, of
 // each state dict and of each state entry, reads each gradient (which must fit its parameter's
-// signature and share no memory with the tensors the plan holds), writes the gradient addresses
+// signature and share no memory with the tensors the plan holds, nor, where the step writes the
+// gradients (GradScaler's unscaling), with another row's gradient), writes the gradient addresses
 // into the table and holds the gradients until the call is over. Anything else returns false and
 // the Python layer takes the general path again. After each call the Plan bumps the autograd
 // version counter of every tensor it wrote.
@@ -44,7 +45,11 @@ class Plan {
        std::vector<std::pair<int64_t, int64_t>> extents, std::vector<int64_t> grad_bytes);
 
   // GIL held. True when the table is valid for this step (gradient addresses filled in).
-  bool collect(pybind11::handle current_params, pybind11::handle state);
+  // `grads_written`: the step writes the gradients, so no two rows may share gradient memory.
+  bool collect(pybind11::handle current_params, pybind11::handle state, bool grads_written = false);
+  // Adds byte ranges a gradient must not overlap either: what the group's other native calls
+  // (other dtypes, later waves) write.
+  void add_extents(std::vector<std::pair<int64_t, int64_t>> extents);
   // Replaces each row's aux word (SGD: the first-step flag is cleared for the next steps).
   void set_aux(const std::vector<int64_t>& aux);
   // GIL held, after the native call: bump version counters, release the gradients.
@@ -67,6 +72,7 @@ class Plan {
   std::vector<std::pair<int64_t, int64_t>> extents_;
   std::vector<int64_t> grad_bytes_;
   bool overlaps_held(int64_t lo, int64_t hi) const;
+  void merge_extents(std::vector<std::pair<int64_t, int64_t>> extents);
   std::vector<pybind11::object> grads_;  // held from collect() until finish()
 };
 

@@ -91,6 +91,14 @@ void check_next_steps(const Table& t, Check&& check) {
   for (int64_t r = 0; r < t.rows; ++r) check(cpu::next_step(t, r), r);
 }
 
+// The hyper-parameters with the call's `lr_f32` (params.h: a 0-d float32 tensor lr).
+template <class P>
+P with_lr_of(const P& hp, const Table& t) {
+  P h = hp;
+  h.lr_f32 = t.lr_f32;
+  return h;
+}
+
 // Where torch's step divides a Python float by zero it raises ZeroDivisionError; so does this
 // step, before any counter or tensor is written. `divisor(step)` is the host scalar torch divides
 // by at the step a row is about to take.
@@ -126,8 +134,9 @@ void sgd(const Table& t, DType dtype, const SgdParams& hp, int nt) {
   });
 }
 
-void adagrad(const Table& t, DType dtype, const AdagradParams& hp, int nt) {
+void adagrad(const Table& t, DType dtype, const AdagradParams& hp_in, int nt) {
   if (skipped(t)) return;
+  const AdagradParams hp = with_lr_of(hp_in, t);
   refuse_zero_division(t, [&](double step) { return 1.0 + (step - 1.0) * hp.lr_decay; });
   with_storage<true>(t, dtype, [&](auto st) {
     using St = decltype(st);
@@ -164,11 +173,27 @@ void rmsprop(const Table& t, DType dtype, const RmspropParams& hp, int nt) {
   });
 }
 
-void adam(const Table& t, DType dtype, const AdamParams& hp, int nt) {
+[[noreturn]] void complex_scalar(const char* what) {
+  throw std::runtime_error(std::string("pyfastopt: ") + what +
+                           " would be complex at this step (torch.optim's step raises or discards "
+                           "the imaginary part); use hyper-parameters in torch's documented range");
+}
+
+void adam(const Table& t, DType dtype, const AdamParams& hp_in, int nt) {
   if (skipped(t)) return;
+  AdamParams hp = with_lr_of(hp_in, t);
+  // 16-bit parameters follow torch's fused kernel, which reads a tensor lr as a double
+  hp.lr_f32 = hp.lr_f32 && (dtype == DType::kFloat32 || dtype == DType::kFloat64);
   check_steps(t);                             // before RuleForStep reads row 0's counter
   if (hp.beta1 == 1.0 || hp.beta1 == -1.0) {  // the only betas whose powers can reach 1 exactly
     refuse_zero_division(t, [&](double step) { return 1.0 - std::pow(hp.beta1, step); });
+  }
+  if (std::fabs(hp.beta2) > 1.0) {  // torch's `(1 - beta2 ** step) ** 0.5` is then complex
+    for (int64_t r = 0; r < t.rows; ++r) {
+      if (1.0 - std::pow(hp.beta2, cpu::next_step(t, r)) < 0.0) {
+        complex_scalar("Adam's (1 - beta2 ** step) ** 0.5");
+      }
+    }
   }
   with_storage<true>(t, dtype, [&](auto st) {
     using St = decltype(st);
@@ -182,13 +207,8 @@ void adam(const Table& t, DType dtype, const AdamParams& hp, int nt) {
 
 // ---- NAdam, RAdam, Adamax, ASGD, Rprop --------------------------------------------------------
 
-[[noreturn]] void complex_scalar(const char* what) {
-  throw std::runtime_error(std::string("pyfastopt: ") + what +
-                           " would be complex at this step (torch.optim's step raises or discards "
-                           "the imaginary part); use hyper-parameters in torch's documented range");
-}
-
-void nadam(const Table& t, DType dtype, const NadamParams& hp, int nt) {
+void nadam(const Table& t, DType dtype, const NadamParams& hp_in, int nt) {
+  const NadamParams hp = with_lr_of(hp_in, t);
   cpu::check_scalars(t, 1);  // mu_product
   Memo<double, NadamMomenta> momenta;
   auto momenta_at = [&](double step) {
@@ -219,7 +239,8 @@ void nadam(const Table& t, DType dtype, const NadamParams& hp, int nt) {
   });
 }
 
-void radam(const Table& t, DType dtype, const RadamParams& hp, int nt) {
+void radam(const Table& t, DType dtype, const RadamParams& hp_in, int nt) {
+  const RadamParams hp = with_lr_of(hp_in, t);
   check_steps(t);                              // before RuleForStep reads row 0's counter
   if (!(hp.beta2 >= 0.0 && hp.beta2 < 1.0)) {  // only then a divisor or a root can go wrong
     check_next_steps(t, [&](double step, int64_t) {
@@ -238,7 +259,8 @@ void radam(const Table& t, DType dtype, const RadamParams& hp, int nt) {
   });
 }
 
-void adamax(const Table& t, DType dtype, const AdamaxParams& hp, int nt) {
+void adamax(const Table& t, DType dtype, const AdamaxParams& hp_in, int nt) {
+  const AdamaxParams hp = with_lr_of(hp_in, t);
   check_steps(t);                             // before RuleForStep reads row 0's counter
   if (hp.beta1 == 1.0 || hp.beta1 == -1.0) {  // the only betas whose powers can reach 1 exactly
     refuse_zero_division(t, [&](double step) { return 1.0 - std::pow(hp.beta1, step); });

@@ -53,13 +53,13 @@ DType to_dtype(int code) {
 }
 
 // As _core's: None, or (rounding, seed, grad_scale address, found_inf address, state store,
-// block); here the two addresses are of float32 scalars on the call's device.
+// block, lr_f32); here the two addresses are of float32 scalars on the call's device.
 void apply_extra(py::handle extra, Table& t) {
   if (extra.is_none()) return;
-  if (!py::isinstance<py::tuple>(extra) || py::len(extra) != 6) {
-    throw std::invalid_argument("pyfastopt: extra must be None or a 6-tuple");
+  if (!py::isinstance<py::tuple>(extra) || py::len(extra) != 7) {
+    throw std::invalid_argument("pyfastopt: extra must be None or a 7-tuple");
   }
-  auto e = extra.cast<std::tuple<int, uint64_t, int64_t, int64_t, int, int64_t>>();
+  auto e = extra.cast<std::tuple<int, uint64_t, int64_t, int64_t, int, int64_t, bool>>();
   const int rounding = std::get<0>(e);
   if (rounding < 0 || rounding > 2) throw std::invalid_argument("pyfastopt: invalid rounding");
   t.rounding = static_cast<pyfastopt::Rounding>(rounding);
@@ -75,6 +75,7 @@ void apply_extra(py::handle extra, Table& t) {
   if (state < 0 || state > 3) throw std::invalid_argument("pyfastopt: invalid state store");
   t.state = static_cast<pyfastopt::StateStore>(state);
   t.block = std::get<5>(e);
+  t.lr_f32 = std::get<6>(e);
 }
 
 // The Call of one step: `source` must be a CallSource (the CUDA module takes no cached Plan).

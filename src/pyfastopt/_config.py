@@ -14,6 +14,7 @@ from . import _core, _cuda_backend
 
 _num_threads: int | None = None
 _source = "torch"
+_forked = False  # this process is a fork() child (see _reset_after_fork)
 
 #: Calls that update fewer elements than this run on the calling thread only: waking a second
 #: thread costs more than it saves on small steps.
@@ -24,15 +25,28 @@ MAX_THREADS = 4096
 
 
 def set_num_threads(n: int | None) -> None:
-    """Set the threads pyfastopt's kernels use; ``None`` follows ``torch.get_num_threads()``."""
+    """Set the threads pyfastopt's kernels use; ``None`` follows ``torch.get_num_threads()``.
+
+    In a child made by ``fork()`` the kernels stay on one thread: ``None`` keeps that, and more
+    than one thread raises ``RuntimeError`` (GNU OpenMP's pool does not survive ``fork()``; a
+    parallel region there would wait forever).
+    """
     global _num_threads, _source
     if n is None:
-        _num_threads, _source = None, "torch"
+        if not _forked:
+            _num_threads, _source = None, "torch"
         return
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"num_threads must be a positive int or None, got {n!r}")
     if n > MAX_THREADS:  # GNU OpenMP would abort the process creating that many
         raise ValueError(f"num_threads must be at most {MAX_THREADS}, got {n}")
+    if n > 1 and _forked:
+        raise RuntimeError(
+            "pyfastopt: this process was made by fork(), after which GNU OpenMP's thread pool "
+            "does not work (a parallel region waits forever, torch's own ops included); its "
+            "steps stay on one thread. Start workers that train with threads with the 'spawn' "
+            "or 'forkserver' method."
+        )
     _num_threads, _source = n, "set_num_threads"
 
 
@@ -91,10 +105,11 @@ def show_config(file: TextIO | None = None) -> None:
 def _reset_after_fork() -> None:
     # GNU OpenMP's thread pool does not survive fork(): in a child (DataLoader workers,
     # multiprocessing), a parallel region sized for the parent's pool waits forever for threads
-    # that do not exist. So a forked child steps on its own thread until it calls
-    # set_num_threads() itself, whatever the parent chose and whatever torch says there.
-    global _num_threads, _source
-    _num_threads, _source = 1, "fork (one thread after fork; set_num_threads to change)"
+    # that do not exist. So a forked child steps on its own thread, whatever the parent chose
+    # and whatever torch says there (set_num_threads refuses more: see there).
+    global _num_threads, _source, _forked
+    _num_threads, _forked = 1, True
+    _source = "fork (one thread after fork: GNU OpenMP's pool is gone)"
 
 
 if hasattr(os, "register_at_fork"):

@@ -64,8 +64,9 @@ struct Table {
   // which is the same arithmetic).
   const float* grad_scale;
   const float* found_inf;
-  StateStore state;  // how the state buffers are stored
-  int64_t block;     // StateStore::kBlock8: elements per block (a multiple of 16, at most 4096)
+  StateStore state;     // how the state buffers are stored
+  int64_t block;        // StateStore::kBlock8: elements per block (a multiple of 16, at most 4096)
+  bool lr_f32 = false;  // lr is a 0-d float32 tensor (params.h)
 };  // a plain aggregate: no inline code that the per-ISA builds could emit differently
 
 struct KernelSet {

@@ -1,6 +1,8 @@
 // Hyper-parameters handed from Python to the native step functions, one struct per algorithm.
 // Everything is double on the host; the rules cast to the tensor's precision once per tensor,
-// exactly as torch casts a Python scalar to the tensor's dtype.
+// exactly as torch casts a Python scalar to the tensor's dtype. `lr_f32` (set from the call's
+// Table): lr is a 0-d float32 tensor, which torch's for-loop combines with Python floats in
+// float32 arithmetic (rules.h: lr_quotient, lr_decay_factor).
 #pragma once
 
 namespace pyfastopt {
@@ -13,6 +15,7 @@ struct SgdParams {
 struct AdagradParams {
   double lr, lr_decay, weight_decay, eps;
   bool maximize;
+  bool lr_f32 = false;
 };
 
 struct AdadeltaParams {
@@ -28,21 +31,25 @@ struct RmspropParams {
 struct AdamParams {
   double lr, beta1, beta2, eps, weight_decay;
   bool amsgrad, maximize, decoupled;
+  bool lr_f32 = false;
 };
 
 struct NadamParams {
   double lr, beta1, beta2, eps, weight_decay, momentum_decay;
   bool maximize, decoupled;
+  bool lr_f32 = false;
 };
 
 struct RadamParams {
   double lr, beta1, beta2, eps, weight_decay;
   bool maximize, decoupled;
+  bool lr_f32 = false;
 };
 
 struct AdamaxParams {
   double lr, beta1, beta2, eps, weight_decay;
   bool maximize;
+  bool lr_f32 = false;
 };
 
 // default_dtype: the DType code of torch.get_default_dtype(), which torch.as_tensor(float) gives

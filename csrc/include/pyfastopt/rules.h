@@ -186,6 +186,22 @@ PFO_HD V prepare_grad(V g, V p, T wd, T sign, MaskOf<T> l2) {
   return choose<T, V>(l2, [&] { return fmadd(wd, p, g); }, [&] { return g; });
 }
 
+// torch's for-loop where lr is a 0-d float32 tensor (`f32`): `lr / d` and `1 - lr * wd` are
+// float32 tensor operations, each Python float cast to float32 first; the result reaches the
+// update as a Python number (`value=-step_size`) or a 0-d tensor, exactly. Otherwise (a float lr,
+// or a float64 tensor) double arithmetic, as Python's.
+PFO_HOST_DEVICE inline double lr_quotient(double lr, double d, bool f32) {
+  if (!f32) return lr / d;
+  const float q = static_cast<float>(lr) / static_cast<float>(d);
+  return static_cast<double>(q);
+}
+PFO_HOST_DEVICE inline double lr_decay_factor(double lr, double wd, bool f32) {
+  if (!f32) return 1.0 - lr * wd;
+  const float decay = static_cast<float>(lr) * static_cast<float>(wd);
+  const float factor = 1.0f - decay;
+  return static_cast<double>(factor);
+}
+
 template <typename T>
 PFO_HD T sign_of(bool maximize) {
   return maximize ? T(-1) : T(1);
@@ -239,7 +255,7 @@ struct AdagradRule {
 
   PFO_HOST_DEVICE AdagradRule(const AdagradParams& hp, double step)
       : sign(sign_of<T>(hp.maximize)),
-        neg_clr(static_cast<T>(-(hp.lr / (1.0 + (step - 1.0) * hp.lr_decay)))),
+        neg_clr(static_cast<T>(-lr_quotient(hp.lr, 1.0 + (step - 1.0) * hp.lr_decay, hp.lr_f32))),
         wd(static_cast<T>(hp.weight_decay)),
         eps(static_cast<T>(hp.eps)),
         l2(mask_of<T>(hp.weight_decay != 0.0)) {}
@@ -374,7 +390,7 @@ struct AdamMoments {
       : sign(sign_of<T>(hp.maximize)),
         wd(static_cast<T>(hp.weight_decay)),
         decay_factor(hp.decoupled && hp.weight_decay != 0.0
-                         ? static_cast<T>(1.0 - hp.lr * hp.weight_decay)
+                         ? static_cast<T>(lr_decay_factor(hp.lr, hp.weight_decay, hp.lr_f32))
                          : T(1)),
         beta2(static_cast<T>(hp.beta2)),
         one_minus_beta2(static_cast<T>(1.0 - hp.beta2)),
@@ -407,7 +423,8 @@ struct AdamRule {
       : moments(hp),
         bc2_sqrt(static_cast<T>(std::pow(1.0 - std::pow(hp.beta2, step), 0.5))),
         eps(static_cast<T>(hp.eps)),
-        neg_step_size(static_cast<T>(-(hp.lr / (1.0 - std::pow(hp.beta1, step))))) {}
+        neg_step_size(
+            static_cast<T>(-lr_quotient(hp.lr, 1.0 - std::pow(hp.beta1, step), hp.lr_f32))) {}
 
   template <typename V>
   PFO_HD void update(V& p, V m, V s) const {
@@ -443,12 +460,19 @@ inline NadamMomenta nadam_momenta(const NadamParams& hp, double step) {
 }
 
 // torch's addcdiv_ values. Their divisors are Python floats: the caller refuses a zero one
-// (ZeroDivisionError) before the rule is built.
+// (ZeroDivisionError) before the rule is built. A float32 tensor lr: `-lr * x` is a float32
+// product, then a float32 quotient (lr_quotient).
 struct NadamCoefficients {
   double grad, avg;
 };
 inline NadamCoefficients nadam_coefficients(const NadamParams& hp, double step, double mu_product) {
   const NadamMomenta m = nadam_momenta(hp, step);
+  if (hp.lr_f32) {
+    const float grad = static_cast<float>(-hp.lr) * static_cast<float>(1.0 - m.mu);
+    const float avg = static_cast<float>(-hp.lr) * static_cast<float>(m.mu_next);
+    return {lr_quotient(grad, 1.0 - mu_product, true),
+            lr_quotient(avg, 1.0 - mu_product * m.mu_next, true)};
+  }
   return {-hp.lr * (1.0 - m.mu) / (1.0 - mu_product),
           (-hp.lr * m.mu_next) / (1.0 - mu_product * m.mu_next)};
 }
@@ -549,7 +573,7 @@ struct AdamaxRule {
         wd(static_cast<T>(hp.weight_decay)),
         beta2(static_cast<T>(hp.beta2)),
         eps(static_cast<T>(hp.eps)),
-        neg_clr(static_cast<T>(-(hp.lr / (1.0 - std::pow(hp.beta1, step))))),
+        neg_clr(static_cast<T>(-lr_quotient(hp.lr, 1.0 - std::pow(hp.beta1, step), hp.lr_f32))),
         lerp(1.0 - hp.beta1),
         l2(mask_of<T>(hp.weight_decay != 0.0)) {}
 

@@ -22,6 +22,7 @@ from functools import partial
 from itertools import chain
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.optim.optimizer as _topt
 from torch.utils.weak import WeakIdKeyDictionary
@@ -249,6 +250,11 @@ class FastOptimizer(torch.optim.Optimizer):
             *(group.get(k) for k in _lowmem.OPTIONS),
         )
 
+    def _grads_written(self) -> bool:
+        """Whether this step writes the gradients: GradScaler's scale unscaled in the kernels."""
+        d = self.__dict__
+        return d.get("_amp_pointers") is not None or d.get("_amp_cuda") is not None
+
     def _skipped_by_scaler(self) -> bool:
         """Whether GradScaler's found_inf made the kernels skip this step (general path only)."""
         found_inf = self.__dict__.get("_amp_found_inf")
@@ -256,20 +262,28 @@ class FastOptimizer(torch.optim.Optimizer):
 
     def _extra(self, call: _Call, group: dict) -> tuple | None:
         """The native call's storage options: None, or (rounding, seed, grad_scale address,
-        found_inf address)."""
+        found_inf address, state store, block, lr_f32)."""
         amp = self.__dict__.get("_amp_pointers")
+        lr_f32 = False
         if call.device is not None:  # GradScaler's scalars on the call's device, if in the step
             scalars = self.__dict__.get("_amp_cuda")
             amp = None
             if scalars is not None:
                 amp = tuple(0 if t is None else t.data_ptr() for t in scalars[call.device])
-        if call.rounding == _precision.NEAREST and amp is None and call.store == _lowmem.AS_PARAM:
+        elif type(group["lr"]) is not float:
+            lr_f32 = _lr_in_float32(group)
+        if (
+            call.rounding == _precision.NEAREST
+            and amp is None
+            and call.store == _lowmem.AS_PARAM
+            and not lr_f32
+        ):
             return None
         stochastic = call.rounding == _precision.STOCHASTIC or call.store == _lowmem.BF16_SR
         seed = _precision.call_seed(group, call.salt) if stochastic else 0
         gs, fi = amp if amp is not None else (0, 0)
         block = _block_size(group)
-        return (call.rounding, seed, gs, fi, call.store, block)
+        return (call.rounding, seed, gs, fi, call.store, block, lr_f32)
 
     def _kept_tensors(self, state_dict: Any) -> dict[Any, tuple[_Tensor, tuple[Any, ...]]]:
         """For each saved parameter id of a native parameter: the parameter and the state keys
@@ -627,9 +641,12 @@ class FastOptimizer(torch.optim.Optimizer):
                 return False
         calls = plan.calls
         params, state = group["params"], self.state
+        written = self._grads_written()
         for call in calls:
-            if not call.source.collect(params, state):
+            if not call.source.collect(params, state, written):
                 return False
+        if written and _grads_overlap(params):  # (collect compared those of one call only)
+            return False
         for call in calls:  # waves in order: later waves overlap earlier ones
             self._native(call, None, None, group, threads)
         return True
@@ -725,6 +742,12 @@ class FastOptimizer(torch.optim.Optimizer):
                 for k, v in st.items():  # before anything reads them
                     if isinstance(v, _Tensor):
                         _check_storage(v, f"state[{k!r}]", StateError, where)
+                        if k in keys and _expanded(v):  # torch's in-place ops refuse to write it
+                            raise StateError(
+                                f"{where}: state[{k!r}]: unsupported operation: more than one "
+                                "element of the written-to tensor refers to a single memory "
+                                "location (an expanded tensor; clone() it), as torch's step raises"
+                            )
                 self._settle(p, st, keys, mode, store, group, where, first)
                 for k in (MASTER_KEY,) if mode == MASTER else ():
                     check_buffer(p, st, k, where, torch.float32)
@@ -750,7 +773,7 @@ class FastOptimizer(torch.optim.Optimizer):
             items.append(_Item(p, g, st, bool(first), mode, store))
         tensors = [self._row_tensors(it, group) for it in items]
         inference = _inference_writes(tensors, gi)
-        shared = _shared_memory(items, tensors)
+        shared = _shared_memory(items, tensors, self._grads_written())
         if shared is not None:
             # a gradient or state tensor sharing memory with a tensor the step writes: torch's
             # in-place for-loop reads it as changed by the writes before it, which one fused
@@ -772,7 +795,7 @@ class FastOptimizer(torch.optim.Optimizer):
             self._torch_step(group, fallback)
         calls: list[_Call] = []
         cacheable = not fallback and not inference  # inference tensors: checked at every step
-        for wave in _waves([it.p for it in items]):
+        for wave in _waves([it.p for it in items], [it.st for it in items]):
             wave_calls: dict[tuple[int, bool, int], _Call] = {}
             copy_back: list[tuple[_Tensor, _Tensor]] = []
             keep_alive: list[_Tensor] = []  # gradients and copies the calls read
@@ -832,6 +855,10 @@ class FastOptimizer(torch.optim.Optimizer):
             del keep_alive
         if not cacheable:
             return None
+        if len(calls) > 1:  # a gradient must not overlap what any call of the group writes
+            every = [_extent(t) for call in calls for t in call.written if t.numel() > 0]
+            for call in calls:
+                call.source.add_extents(every)
         return _Plan(inactive, calls, self._plan_key(group))
 
     def _row_tensors(self, it: _Item, group: dict) -> list[tuple[int, str, _Tensor]]:
@@ -916,9 +943,7 @@ class FastOptimizer(torch.optim.Optimizer):
         """The copy of a gradient the kernel reads in ``p``'s layout; with GradScaler's scale
         unscaled in the step (which writes the unscaled gradient, as torch's fused step does to
         ``.grad``) the copy is written back to ``g`` after the step."""
-        d = self.__dict__
-        amp = d.get("_amp_pointers") is not None or d.get("_amp_cuda") is not None
-        if amp and copy is not g and not may_overlap_itself(g):
+        if self._grads_written() and copy is not g and not may_overlap_itself(g):
             copy_back.append((g, copy))
         return copy
 
@@ -1019,17 +1044,49 @@ def _zeros(keys: tuple[str, ...], dtype: torch.dtype, like: _Tensor, st: dict) -
         st[k] = torch.zeros_like(like, dtype=dtype, memory_format=torch.preserve_format)
 
 
+def _lr_in_float32(group: dict) -> bool:
+    """Whether torch's for-loop computes this group's step sizes in float32: its lr is a 0-d
+    float32 tensor (or an integer one, under a float32 default dtype), which torch divides and
+    multiplies as a tensor, or a NumPy float32 (NumPy 2 keeps float32 with Python floats). Its
+    fused kernels read a tensor lr as a double instead."""
+    lr = group["lr"]
+    if group.get("fused"):
+        return False
+    if isinstance(lr, np.float32):
+        return _NUMPY_2
+    if not isinstance(lr, _Tensor):
+        return False
+    if lr.dtype == torch.float32:
+        return True
+    return not lr.is_floating_point() and torch.get_default_dtype() == torch.float32
+
+
+_NUMPY_2 = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+
+
+def _expanded(t: _Tensor) -> bool:
+    """A dim of stride 0 and more than one element: torch's in-place ops raise on writing it
+    (``assert_no_internal_overlap``), where a staged copy would step it silently."""
+    return t.layout == torch.strided and any(
+        s == 0 and n > 1 for s, n in zip(t.stride(), t.shape, strict=True)
+    )
+
+
 def _block_size(group: dict) -> int:
     """The elements per block of a group's 8-bit state."""
     return int(group.get("block_size", _lowmem.DEFAULTS["block_size"]))
 
 
-def _shared_memory(items: list[_Item], tensors: list[list[tuple[int, str, _Tensor]]]) -> int | None:
+def _shared_memory(
+    items: list[_Item], tensors: list[list[tuple[int, str, _Tensor]]], grads_written: bool = False
+) -> int | None:
     """The position (in ``items``) of a parameter whose gradient or state shares memory
     with a tensor the step writes (another row's or its own), or None.
 
-    Parameters overlapping each other are not counted (waves step them in torch's order),
-    nor gradients overlapping each other (only read). Judged on byte ranges.
+    Parameters overlapping each other are not counted (waves step them in torch's order), nor
+    gradients overlapping each other unless ``grads_written`` (GradScaler's unscaling in the step
+    writes them: torch's fused step unscales a shared gradient once per parameter, in turn).
+    Judged on byte ranges.
     """
     # lo, hi, kind, (state dict id, state key), item position
     spans: list[tuple[int, int, int, tuple[int, str], int]] = []
@@ -1044,7 +1101,7 @@ def _shared_memory(items: list[_Item], tensors: list[list[tuple[int, str, _Tenso
         open_spans = [o for o in open_spans if o[1] > lo]
         for o in open_spans:
             kinds = {o[2], span[2]}
-            if kinds == {_PARAM} or kinds == {_GRAD}:
+            if kinds == {_PARAM} or (kinds == {_GRAD} and not grads_written):
                 continue
             if o[2] == span[2] == _STATE and o[3] == span[3]:
                 continue  # one entry of rows sharing a state dict (a duplicated parameter)
@@ -1100,27 +1157,31 @@ def _extent(t: _Tensor) -> tuple[int, int]:
 _PARAM, _GRAD, _STATE = 0, 1, 2  # kinds of tensor in _shared_memory
 
 
-def _waves(params: list[_Tensor]) -> list[list[int]]:
+def _grads_overlap(params: list[_Tensor]) -> bool:
+    """Whether two of the parameters' gradients share memory (judged on byte ranges)."""
+    spans = sorted(_extent(g) for g in (p.grad for p in params) if g is not None and g.numel() > 0)
+    return any(spans[i][0] < spans[i - 1][1] for i in range(1, len(spans)))
+
+
+def _waves(params: list[_Tensor], states: list[dict | None] | None = None) -> list[list[int]]:
     """Split parameter positions into waves that are stepped one after another.
 
-    A parameter whose memory overlaps an earlier one's (a duplicate, or two views of one weight)
-    goes one wave after it, so shared elements see torch's order of updates; all others stay in
-    wave 0, fused and parallel. Overlap is judged on byte ranges, so interleaved views that share
-    no element are serialised too: harmless, and still torch's order.
+    A parameter whose memory overlaps an earlier one's (a duplicate, or two views of one weight),
+    or whose state dict is an earlier one's (``opt.state[b] = opt.state[a]``: both steps update
+    the same buffers), goes one wave after it, so shared elements see torch's order of updates;
+    all others stay in wave 0, fused and parallel. Overlap is judged on byte ranges, so
+    interleaved views that share no element are serialised too: harmless, and still torch's order.
     """
-    wave = [0] * len(params)
+    earlier: list[list[int]] = [[] for _ in params]  # the positions each one must follow
     spans = sorted((*_extent(p), i) for i, p in enumerate(params) if p.numel() > 0)
     cluster: list[tuple[int, int, int]] = []
     end = -1
 
     def settle() -> None:
-        if len(cluster) < 2:
-            return
-        ordered = sorted(cluster, key=lambda c: c[2])  # torch's order: position in the group
-        for a, (lo_a, hi_a, i) in enumerate(ordered):
-            for lo_b, hi_b, j in ordered[:a]:
-                if lo_a < hi_b and lo_b < hi_a:
-                    wave[i] = max(wave[i], wave[j] + 1)
+        for lo_a, hi_a, i in cluster:
+            for lo_b, hi_b, j in cluster:
+                if j < i and lo_a < hi_b and lo_b < hi_a:
+                    earlier[i].append(j)
 
     for span in spans:
         if span[0] >= end:
@@ -1129,6 +1190,16 @@ def _waves(params: list[_Tensor]) -> list[list[int]]:
         cluster.append(span)
         end = max(end, span[1])
     settle()
+    last_with: dict[int, int] = {}  # state dict id -> the last position holding it
+    for i, st in enumerate(states or ()):
+        if st is not None:
+            if id(st) in last_with:
+                earlier[i].append(last_with[id(st)])
+            last_with[id(st)] = i
+    wave = [0] * len(params)
+    for i in range(len(params)):  # in torch's order: every earlier one is settled
+        for j in earlier[i]:
+            wave[i] = max(wave[i], wave[j] + 1)
     out: list[list[int]] = [[] for _ in range(max(wave, default=0) + 1)]
     for i, w in enumerate(wave):
         out[w].append(i)

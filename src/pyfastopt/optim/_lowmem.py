@@ -341,6 +341,12 @@ def settle(
                 st[k] = b.detach().to(want)
             continue
         if b.dtype in (*FORMATS, p.dtype) and b.shape == p.shape:
+            if st.get(k + ABSMAX) is not None:  # codes converted to numbers (``st[k].float()``)
+                raise StateError(
+                    f"{where}: state[{k!r}] is {b.dtype} but {k + ABSMAX!r} still holds 8-bit "
+                    "scales: are these 8-bit codes converted to numbers? To give the state new "
+                    f"values, delete {k + ABSMAX!r} and {k + QMAP!r} as well"
+                )
             codes, scales = quantize(b, k in UNSIGNED_KEYS, block)
             st[k], st[k + ABSMAX], st[k + QMAP] = codes, scales, qmap(k in UNSIGNED_KEYS)
 

@@ -25,6 +25,7 @@ import torch
 from .. import _config, _core
 from ..errors import OperandError
 from ._base import _bump_versions
+from ._layout import fits_storage
 
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter
@@ -74,6 +75,16 @@ def native_param(p: _Tensor) -> bool:
         and not p.is_conj()
         and not p.is_inference()
     )
+
+
+def _refuse_shrunk(t: _Tensor, what: str) -> None:
+    """A tensor whose storage was shrunk in place under its sizes: the native passes (and
+    torch's own ops) would read and write past the allocation."""
+    if not fits_storage(t):
+        raise OperandError(
+            f"{what} extends past its storage ({t.untyped_storage().nbytes()} bytes for "
+            f"{tuple(t.shape)} elements of {t.dtype}; resized in place?)"
+        )
 
 
 def real_numel(p: _Tensor) -> int:
@@ -149,6 +160,7 @@ class Space:
             and t.numel() == self.numel
             and not t.is_neg()
             and not t.is_inference()
+            and fits_storage(t)  # not shrunk in place: the native passes trust its size
         )
 
     def _param_addrs(self) -> list[int]:
@@ -159,6 +171,7 @@ class Space:
                     "a parameter changed its dtype, shape, layout or device during the "
                     f"optimizer step (now {tuple(p.shape)}, {p.dtype}, {p.device})"
                 )
+            _refuse_shrunk(p, "a parameter")
             out.append(p.data_ptr())
         return out
 
@@ -186,6 +199,7 @@ class Space:
                 or g.is_neg()
             ):
                 return None
+            _refuse_shrunk(g, "a gradient")
             grads.append(g)
         if missing:
             z = self._zeros

@@ -12,8 +12,12 @@ from ._base import FastOptimizer, _Call
 
 
 class _AdamStep(FastOptimizer):
-    #: AdamW decays decoupled whatever its groups say (before torch 2.6 it had no such group key)
-    _always_decoupled = False
+    #: the decay a group without a ``decoupled_weight_decay`` key gets (Adam: L2, AdamW: decoupled)
+    _decoupled_default = False
+    #: whether the group key decides: torch >= 2.6 reads it at every step, also in AdamW (a
+    #: subclass of Adam there, whose __setstate__ sets it True on load); torch 2.5's AdamW has no
+    #: such key and always decays decoupled
+    _decoupled_from_group = True
     _amp_in_kernel = True
     _cuda_kernel = True
 
@@ -56,7 +60,9 @@ class _AdamStep(FastOptimizer):
             group["weight_decay"],
             group["amsgrad"],
             group["maximize"],
-            self._always_decoupled or group.get("decoupled_weight_decay", False),
+            group.get("decoupled_weight_decay", self._decoupled_default)
+            if self._decoupled_from_group
+            else self._decoupled_default,
             threads,
             _PMIN,
             self._extra(call, group),
@@ -75,4 +81,5 @@ class AdamW(_AdamStep, torch.optim.AdamW):
         torch.optim.AdamW.__doc__ or ""
     )
     _torch_cls = torch.optim.AdamW
-    _always_decoupled = True
+    _decoupled_default = True
+    _decoupled_from_group = issubclass(torch.optim.AdamW, torch.optim.Adam)

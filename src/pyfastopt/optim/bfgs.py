@@ -10,6 +10,7 @@ from torch.optim.optimizer import ParamsT
 
 from ..errors import StateError, UnsupportedError
 from ._base import step_lock
+from ._layout import fits_storage
 from ._quasi_newton import run_step
 from ._vectors import Grad, Space
 
@@ -149,8 +150,12 @@ def _check_state(space: Space, state: dict | None) -> None:
         and h.is_cpu
         and h.layout == torch.strided
         and tuple(h.shape) == (n, n)
+        and fits_storage(h)  # not shrunk in place under its sizes (torch.mv would read past it)
     ):
-        raise StateError(f"{where}: 'H' must be None or a float64 CPU tensor of shape ({n}, {n})")
+        raise StateError(
+            f"{where}: 'H' must be None or a float64 CPU tensor of shape ({n}, {n}) inside its "
+            "storage"
+        )
     for key in ("d", "prev_flat_grad"):
         v = state.get(key)
         if v is not None and not space.fits(v):

@@ -149,7 +149,8 @@ class SparseAdam(FastOptimizer, torch.optim.SparseAdam):
             counts[id(p)] = counts.get(id(p), self.state[p]["step"]) + 1
             steps.append(counts[id(p)])
             sizes.append(_neg_step_size(lr, beta1, beta2, steps[-1]))
-        for wave in _waves(native):  # parameters sharing memory: one after another, as torch
+        # parameters sharing memory or state: one after another, as torch steps them
+        for wave in _waves(native, [self.state[p] for p in native]):
             calls: dict[int, list[int]] = {}
             held: list[torch.Tensor] = []
             for j in wave:
