@@ -125,6 +125,30 @@ def test_pre_hook_can_replace_arguments(cls):
     assert float(opt.step()) == 7.0
 
 
+def test_a_subclass_overriding_step_runs_each_hook_once():
+    """torch wraps a subclass's own step() with the hooks; pyfastopt's step, reached through
+    super(), must not run them a second time (a hook that halves gradients halved them twice).
+    (torch's own classes run them twice there too once the base class's step has been wrapped
+    by an earlier instance of it in the process, so torch is not the reference here.)"""
+
+    class Mine(pyfastopt.Adam):
+        def step(self, closure=None):
+            return super().step(closure)
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = Mine([w], lr=0.1)
+    calls: list[str] = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    handle = optimizer_mod.register_optimizer_step_pre_hook(lambda o, a, k: calls.append("global"))
+    try:
+        w.grad = torch.ones(3)
+        opt.step()
+    finally:
+        handle.remove()
+    assert calls == ["global", "pre", "post"]
+
+
 def test_hooks_see_the_arguments_as_torch_passes_them():
     """``args`` starts with the optimizer and ``kwargs`` is as the caller passed it (Lightning
     calls ``step(closure=...)``): the same in pre and post hooks as torch's."""

@@ -535,7 +535,9 @@ class FastOptimizer(torch.optim.Optimizer):
                 or _GLOBAL_PRE
                 or _GLOBAL_POST
                 or _profiler._is_profiler_enabled
-            ):
+            ) and type(self).step is FastOptimizer.step:
+                # (a subclass overriding step() has it wrapped by torch, whose wrapper ran the
+                # hooks and the profiler range before calling this through super())
                 return _step_with_hooks(self, args, kwargs)
             return self._step(*args, **kwargs)
 
