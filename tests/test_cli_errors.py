@@ -689,3 +689,32 @@ def test_precision_quick_and_no_progress_reach_the_options(monkeypatch, tmp_path
     quick, sized = seen
     assert quick.train_size == 10000 and quick.test_size == 2000 and not quick.show_progress
     assert sized.train_size == 50 and sized.show_progress
+
+
+def test_outputs_follow_links_and_write_special_files_in_place(tmp_path):
+    """An output path that is a symbolic link keeps the link (its target is replaced); one that
+    is not a regular file (a FIFO, /dev/null) is written in place, never renamed over: as root
+    the rename used to turn /dev/null or /dev/full into a plain file."""
+    real = tmp_path / "real.json"
+    real.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    _args.atomic_write(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    _args.atomic_write(fifo, "through the fifo")
+    assert reader.communicate(timeout=30)[0] == b"through the fifo"
+    assert fifo.is_fifo()
+    _args.atomic_write(os.devnull, "discarded")
+    assert Path(os.devnull).is_char_device()
+
+
+def test_a_workload_larger_than_memory_is_a_one_line_error(capsys):
+    assert bench_cli.main(["--models", "flat-99999999999", "--optimizers", "adam", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "not enough memory" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as info:
+        breakdown.main(["--tensors", "100000000", "--numel", "100000000"])
+    assert info.value.code == 2 and "GiB of memory" in capsys.readouterr().err

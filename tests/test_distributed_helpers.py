@@ -126,6 +126,8 @@ def test_dcp_state_dict_helpers_round_trip(name, state_dtype):
     )
 
     kw = dict(KWARGS[name], state_dtype=state_dtype)
+    if name == "RMSprop" and state_dtype == "8bit":
+        kw["centered"] = False  # refused with 8-bit state (test_lowmem)
     a = _model()
     before = copy.deepcopy(a)
     opt = getattr(pyfastopt, name)(a.parameters(), **kw)

@@ -194,6 +194,11 @@ CASES = [
 SHAPES = [(64, 80), (5000,), (300,), (4097,), (0,)]
 
 
+def _for_8bit(kw: dict) -> dict:
+    """A case's options as 8-bit state takes them: centered RMSprop is refused there."""
+    return {k: v for k, v in kw.items() if k != "centered"}
+
+
 def _params(seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(s, generator=g).requires_grad_() for s in SHAPES]
@@ -217,6 +222,7 @@ def test_8bit_step_is_float32_step_on_dequantised_state(name, cls, kw, block):
     """Bit for bit: the 8-bit step equals the float32 step (pyfastopt's, whose float32 parity
     with torch the rest of the suite checks) on the dequantised state, requantised by the
     reference quantiser; and it stays within the float32 tolerance of torch's for-loop."""
+    kw = _for_8bit(kw)
     ref_p, fast_p, torch_p = _params(), _params(), _params()
     ref = getattr(pyfastopt, name)(ref_p, **kw)
     fast = getattr(pyfastopt, name)(fast_p, state_dtype="8bit", block_size=block, **kw)
@@ -339,6 +345,7 @@ def test_first_step_makes_no_state_buffer_at_full_width(name, cls, kw, kind, dty
     torch's float buffers of the parameter's size on the way (for a float32 parameter with
     8-bit Adam state that was 8 bytes per element beside the 2 it keeps), and its state equals
     torch's initial state converted (the later steps' tests compare it with that)."""
+    kw = _for_8bit(kw) if kind == "8bit" else kw
     master = dtype == torch.bfloat16
     p = torch.nn.Parameter(torch.randn(1 << 16).to(dtype))
     p.grad = torch.randn_like(p)
@@ -882,3 +889,45 @@ def test_state_storage_shrunk_in_place_is_refused(key):
     opt.state[p][key].untyped_storage().resize_(8)
     with pytest.raises(StateError, match="past its storage"):
         opt.step()
+
+
+@pytest.mark.parametrize("old, new", [(2080, 4096), (256, 64)])
+def test_state_dict_after_a_block_size_change_loads_back_exactly(old, new):
+    """block_size set in the group after the last step: the codes were made in the old blocks,
+    but a checkpoint records the new block_size. state_dict() re-blocks them first (as the next
+    step would), so the checkpoint loads back to the same values; before, a matching block count
+    read them in the wrong blocks (small values inflated about 1000x), otherwise it never
+    loaded."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(4100 if old == 2080 else 8000))
+    opt = pyfastopt.SGD([p], lr=0.1, momentum=0.9, state_dtype="8bit", block_size=old)
+    g = torch.randn_like(p)
+    g[: p.numel() // 2] *= 1000.0
+    p.grad = g
+    opt.step()
+    opt.param_groups[0]["block_size"] = new
+    saved = opt.state_dict()
+    want = opt.torch_state_dict()["state"][0]["momentum_buffer"]
+    q = torch.nn.Parameter(p.detach().clone())
+    other = pyfastopt.SGD([q], lr=0.1, momentum=0.9, state_dtype="8bit", block_size=new)
+    other.load_state_dict(saved)
+    got = other.torch_state_dict()["state"][0]["momentum_buffer"]
+    assert torch.equal(got, want)
+    n_blocks = (p.numel() + new - 1) // new
+    assert other.state[q]["momentum_buffer_absmax"].shape == (n_blocks,)
+
+
+def test_centered_rmsprop_with_8bit_state_is_refused():
+    """square_avg and grad_avg quantised apart make square_avg - grad_avg**2 negative and the
+    step NaN within a few hundred ordinary steps: refused at construction and when switched on."""
+    p = torch.nn.Parameter(torch.randn(8192))
+    with pytest.raises(pyfastopt.UnsupportedError, match="centered"):
+        pyfastopt.RMSprop([p], lr=1e-3, centered=True, state_dtype="8bit")
+    opt = pyfastopt.RMSprop([p], lr=1e-3, state_dtype="8bit")
+    p.grad = torch.randn_like(p)
+    opt.step()
+    opt.param_groups[0]["centered"] = True
+    with pytest.raises(pyfastopt.UnsupportedError, match="centered"):
+        opt.step()
+    bf16 = pyfastopt.RMSprop([p], lr=1e-3, centered=True, state_dtype=torch.bfloat16)
+    bf16.step()

@@ -10,8 +10,9 @@ pyfastopt.study`` alike.
   interrupted run never leaves a half-written file that a later run would trust;
 - :func:`dumps_json`: strict JSON, non-finite numbers written as ``null``;
 - :func:`guarded`: runs a command, turning Ctrl-C into ``<prog>: interrupted`` (exit 130), a
-  closed stdout pipe (``| head``) into a quiet exit 141, and the expected errors it is given
-  into ``<prog>: error: <message>`` (exit 2), each one line on stderr, never a traceback.
+  closed stdout pipe (``| head``) into a quiet exit 141, and the expected errors it is given,
+  and a failed allocation (a workload larger than the memory), into ``<prog>: error:
+  <message>`` (exit 2), each one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import math
 import os
 import shlex
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -259,13 +261,20 @@ def _new_file_mode() -> int:
 def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
     """Write ``data`` (text as UTF-8) to ``path`` through a temporary file in the same folder
     renamed over it: readers see the old file or the whole new one, never a part (also when
-    the run is interrupted, which removes the temporary file)."""
-    target = Path(path)
+    the run is interrupted, which removes the temporary file). A symbolic link is followed (its
+    target is replaced, the link kept); something that is not a regular file (``/dev/null``, a
+    FIFO, a terminal) is written in place, never renamed over."""
+    target = Path(os.path.realpath(path))
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
-        mode = target.stat().st_mode & 0o777
+        st_mode: int | None = target.stat().st_mode
     except OSError:
-        mode = _new_file_mode()
+        st_mode = None
+    if st_mode is not None and not stat.S_ISREG(st_mode):
+        with open(target, "wb") as f:  # (write errors, /dev/full's say, go to the caller)
+            f.write(payload)
+        return Path(path)
+    mode = st_mode & 0o777 if st_mode is not None else _new_file_mode()
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -276,7 +285,7 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return target
+    return Path(path)
 
 
 def _finite(value: Any) -> Any:
@@ -316,6 +325,14 @@ def _quiet_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, where the OS tells (else None)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 def guarded(
     prog: str,
     body: Callable[[], int],
@@ -335,4 +352,10 @@ def guarded(
         return EXIT_INTERRUPTED
     except expected as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (MemoryError, RuntimeError) as exc:  # a workload larger than this machine's memory
+        if not isinstance(exc, MemoryError) and "allocate memory" not in str(exc):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"{prog}: error: not enough memory for this workload ({first})", file=sys.stderr)
         return EXIT_USAGE

@@ -125,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         help="time every optimizer's step with both readers, interleaved",
     )
     args = parser.parse_args(argv)
+    need = args.tensors * args.numel * 4 * 5  # float32 parameters, gradients and Adam's state
+    memory = _args.physical_memory()
+    if memory is not None and need > memory:  # (the OOM killer would end the run instead)
+        parser.error(
+            f"--tensors {args.tensors} x --numel {args.numel} needs about {need / 2**30:.0f} GiB "
+            f"of memory; this machine has {memory / 2**30:.0f} GiB"
+        )
     return _args.guarded(PROG, lambda: _run(args))
 
 

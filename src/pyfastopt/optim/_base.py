@@ -394,7 +394,7 @@ class FastOptimizer(torch.optim.Optimizer):
         (8-bit state dequantised, bfloat16 state widened; float64 state of float64 parameters
         kept) and without pyfastopt's own group keys
         or master copies: ``torch.optim`` (and pyfastopt with any ``state_dtype``) loads it."""
-        sd = self.state_dict()
+        sd = super().state_dict()  # (8-bit codes read in the blocks they were made with)
         made = self._made_for()
         block_of = {}
         for g, group in zip(sd["param_groups"], self.param_groups, strict=True):
@@ -488,6 +488,26 @@ class FastOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._fastopt_plans = {}
+
+    def state_dict(self) -> dict[str, Any]:  # (torch's, after re-blocking stale 8-bit codes)
+        self._reblock_codes()
+        return super().state_dict()
+
+    def _reblock_codes(self) -> None:
+        """8-bit codes made with another ``block_size`` than their group now asks for (set
+        since the last step) are re-quantised in the group's blocks, as the next step would do:
+        a checkpoint records the group's ``block_size`` and is read back with it."""
+        made = self._made_for()
+        for gi, group in enumerate(self.param_groups):
+            block = _block_size(group)
+            for i, p in enumerate(group["params"]):
+                before, st = made.get(p), self.state.get(p)
+                if before is None or before[1] in (None, block) or not isinstance(st, dict):
+                    continue
+                keys = tuple(k for k in st if _lowmem.is_codes(st, k))
+                where = f"param {i} of group {gi}"
+                _lowmem.settle(p, st, keys, _lowmem.BLOCK8, p.dtype, block, where, before[1])
+                made[p] = (before[0], block)
 
     def _validate_loaded(self, group: dict) -> None:
         if group.get("differentiable"):

@@ -257,7 +257,8 @@ def check_codes(p: torch.Tensor, st: dict, key: str, block: int, where: str) -> 
         st[key + QMAP] = qmap(unsigned)
 
 
-def _is_codes(st: dict, key: str) -> bool:
+def is_codes(st: dict, key: str) -> bool:
+    """Whether ``st[key]`` holds 8-bit codes (uint8, with their block scales beside them)."""
     b = st.get(key)
     return isinstance(b, torch.Tensor) and b.dtype == torch.uint8 and key + ABSMAX in st
 
@@ -323,7 +324,7 @@ def settle(
         b = st.get(k)
         if not isinstance(b, torch.Tensor):
             continue
-        if _is_codes(st, k) and (want is not None or made_with != block):
+        if is_codes(st, k) and (want is not None or made_with != block):
             check_codes(p, st, k, made_with, where)
             vals = dequantize(st[k], st[k + ABSMAX], k in UNSIGNED_KEYS, made_with)
             if want is None:  # another block size: the same values, in the new blocks
@@ -441,7 +442,7 @@ def float32_state(st: dict, block: int, where: str) -> dict:
     for k, v in st.items():
         if k.endswith((ABSMAX, QMAP)) or k == "master_weight":
             continue
-        if _is_codes(st, k):
+        if is_codes(st, k):
             check_codes(v, st, k, block, where)  # never reads past the scales
             out[k] = dequantize(st[k], st[k + ABSMAX], k in UNSIGNED_KEYS, block)
         elif isinstance(v, torch.Tensor) and k not in SCALAR_KEYS and v.dtype in FORMATS:

@@ -8,6 +8,7 @@ import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
 from .._config import PARALLEL_MIN_ELEMENTS as _PMIN
+from ..errors import UnsupportedError
 from ._base import FastOptimizer, _Call
 
 
@@ -18,6 +19,15 @@ class RMSprop(FastOptimizer, torch.optim.RMSprop):
     )
     _torch_cls = torch.optim.RMSprop
     _cuda_kernel = True
+
+    def _check_options(self, group: dict) -> None:
+        if group.get("centered") and group.get("state_dtype") == "8bit":
+            raise UnsupportedError(
+                "RMSprop: centered=True with state_dtype='8bit' is not supported: square_avg and "
+                "grad_avg are quantised apart, so square_avg - grad_avg**2 goes negative and its "
+                "square root NaN (within a few hundred steps of ordinary gradients; bitsandbytes' "
+                "RMSprop8bit refuses it too); use state_dtype=torch.bfloat16 or torch's layout"
+            )
 
     def _buffer_keys(self, group: dict) -> tuple[str, ...]:
         # the native rule's order: square_avg[, grad_avg][, momentum_buffer]
