@@ -357,34 +357,24 @@ def test_adam_beta2_above_one_set_between_steps_raises_before_writing(name):
 def test_storage_shrunk_under_quasi_newton_state_or_a_clipped_gradient_raises():
     """A tensor whose storage was resized smaller in place keeps its sizes: the native passes
     (and torch's own ops, which crash the process there) would write past the allocation."""
-    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    for cls, dtype, key in (
+        (pyfastopt.BFGS, torch.float64, "H"),
+        (pyfastopt.LBFGS, None, "prev_flat_grad"),
+    ):
+        x = torch.randn(50, dtype=dtype, requires_grad=True)
+        opt = cls([x])
 
-    def closure():
-        bfgs.zero_grad()
-        loss = (x**2).sum()
-        loss.backward()
-        return loss
+        def closure(opt=opt, x=x):
+            opt.zero_grad()
+            loss = (x**2).sum()
+            loss.backward()
+            return loss
 
-    bfgs = pyfastopt.BFGS([x])
-    bfgs.step(closure)
-    bfgs.step(closure)
-    bfgs.state[x]["H"].untyped_storage().resize_(8)
-    with pytest.raises(pyfastopt.StateError, match="storage"):
-        bfgs.step(closure)
-
-    y = torch.randn(50, requires_grad=True)
-
-    def closure_y():
-        lbfgs.zero_grad()
-        loss = (y**2).sum()
-        loss.backward()
-        return loss
-
-    lbfgs = pyfastopt.LBFGS([y])
-    lbfgs.step(closure_y)
-    lbfgs.state[y]["prev_flat_grad"].untyped_storage().resize_(8)
-    with pytest.raises(pyfastopt.StateError, match="storage"):
-        lbfgs.step(closure_y)
+        opt.step(closure)
+        opt.step(closure)
+        opt.state[x][key].untyped_storage().resize_(8)
+        with pytest.raises(pyfastopt.StateError, match="storage"):
+            opt.step(closure)
 
     p = torch.nn.Parameter(torch.randn(100))
     p.grad = torch.randn(100)

@@ -22,7 +22,7 @@ from torch.nn.utils import clip_grad_norm_ as _torch_clip_grad_norm_
 from . import _config, _core
 from .errors import OperandError
 from .optim._base import _bump_versions
-from .optim._layout import fits_storage, is_dense
+from .optim._layout import check_storage, is_dense
 
 __all__ = ["clip_grad_norm_"]
 
@@ -141,11 +141,7 @@ def _table(grads: list[_Tensor], p: float) -> list[int] | None:
             or not (g.is_contiguous() or is_dense(g))
         ):
             return None
-        if not fits_storage(g):  # shrunk in place: torch's own kernels read past it too
-            raise OperandError(
-                f"a gradient extends past its storage ({g.untyped_storage().nbytes()} bytes for "
-                f"{tuple(g.shape)} elements of {g.dtype}; resized in place?)"
-            )
+        check_storage(g, "a gradient", OperandError, "clip_grad_norm_")
         n = g.numel()
         if n == 0 and no_identity:
             return None

@@ -32,7 +32,7 @@ from ..errors import OperandError, StateError, UnsupportedError
 from . import _cuda_rows, _lowmem, _precision
 from ._layout import (
     NATIVE_DTYPES,
-    fits_storage,
+    check_storage,
     is_dense,
     is_plain,
     may_overlap_itself,
@@ -717,8 +717,8 @@ class FastOptimizer(torch.optim.Optimizer):
                 if not cuda_seen:
                     cuda_seen = True
                     _cuda_rows.graph_capture_check(self)
-            _check_storage(p, "the parameter", OperandError, where)
-            _check_storage(g, "its gradient", OperandError, where)
+            check_storage(p, "the parameter", OperandError, where)
+            check_storage(g, "its gradient", OperandError, where)
             st: dict | None = None
             keys = self._buffer_keys_for(p, group)
             first = firsts.get(id(p))
@@ -763,7 +763,7 @@ class FastOptimizer(torch.optim.Optimizer):
                         first = True
                 for k, v in st.items():  # before anything reads them
                     if isinstance(v, _Tensor):
-                        _check_storage(v, f"state[{k!r}]", StateError, where)
+                        check_storage(v, f"state[{k!r}]", StateError, where)
                         if k in keys and _expanded(v):  # torch's in-place ops refuse to write it
                             raise StateError(
                                 f"{where}: state[{k!r}]: unsupported operation: more than one "
@@ -1132,16 +1132,6 @@ def _shared_memory(
             return min(o[4], span[4])
         open_spans.append(span)
     return None
-
-
-def _check_storage(t: _Tensor, what: str, error: type[Exception], where: str) -> None:
-    """Refuse a tensor whose storage was shrunk in place under it, before anything reads it:
-    its sizes would send a kernel past the allocation (torch's own step crashes there)."""
-    if t.layout == torch.strided and t.device.type == "cpu" and not fits_storage(t):
-        raise error(
-            f"{where}: {what} extends past its storage ({t.untyped_storage().nbytes()} bytes "
-            f"for {tuple(t.shape)} elements of {t.dtype}; resized in place?)"
-        )
 
 
 def _native_tensor(t: _Tensor) -> bool:

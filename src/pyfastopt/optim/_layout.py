@@ -89,6 +89,16 @@ def fits_storage(t: torch.Tensor) -> bool:
     return end <= t.untyped_storage().nbytes()
 
 
+def check_storage(t: torch.Tensor, what: str, error: type[Exception], where: str) -> None:
+    """Refuse a tensor whose storage was shrunk in place under it, before anything reads it:
+    its sizes would send a kernel past the allocation (torch's own ops crash there)."""
+    if t.layout == torch.strided and t.device.type == "cpu" and not fits_storage(t):
+        raise error(
+            f"{where}: {what} extends past its storage ({t.untyped_storage().nbytes()} bytes "
+            f"for {tuple(t.shape)} elements of {t.dtype}; resized in place?)"
+        )
+
+
 def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True if element i of ``a``'s memory block is element i of ``b``'s (same shape assumed)."""
     if a.is_contiguous() and b.is_contiguous():

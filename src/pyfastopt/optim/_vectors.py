@@ -25,7 +25,7 @@ import torch
 from .. import _config, _core
 from ..errors import OperandError
 from ._base import _bump_versions
-from ._layout import fits_storage
+from ._layout import check_storage, fits_storage
 
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter
@@ -75,16 +75,6 @@ def native_param(p: _Tensor) -> bool:
         and not p.is_conj()
         and not p.is_inference()
     )
-
-
-def _refuse_shrunk(t: _Tensor, what: str) -> None:
-    """A tensor whose storage was shrunk in place under its sizes: the native passes (and
-    torch's own ops) would read and write past the allocation."""
-    if not fits_storage(t):
-        raise OperandError(
-            f"{what} extends past its storage ({t.untyped_storage().nbytes()} bytes for "
-            f"{tuple(t.shape)} elements of {t.dtype}; resized in place?)"
-        )
 
 
 def real_numel(p: _Tensor) -> int:
@@ -171,7 +161,7 @@ class Space:
                     "a parameter changed its dtype, shape, layout or device during the "
                     f"optimizer step (now {tuple(p.shape)}, {p.dtype}, {p.device})"
                 )
-            _refuse_shrunk(p, "a parameter")
+            check_storage(p, "a parameter", OperandError, "L-BFGS/BFGS")
             out.append(p.data_ptr())
         return out
 
@@ -199,7 +189,7 @@ class Space:
                 or g.is_neg()
             ):
                 return None
-            _refuse_shrunk(g, "a gradient")
+            check_storage(g, "a gradient", OperandError, "L-BFGS/BFGS")
             grads.append(g)
         if missing:
             z = self._zeros

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import StateError
 from ._base import _unwrap, step_lock
-from ._layout import fits_storage
+from ._layout import check_storage
 from ._quasi_newton import run_step, scalar
 from ._vectors import Grad, Space, _span
 
@@ -167,11 +167,8 @@ def _state_fits(space: Space, state: dict | None) -> bool:
             return False
         flats += [d, *dirs, *stps]
     for t in flats:  # torch's step would read and write past such a storage: refused
-        if isinstance(t, _Tensor) and t.layout == torch.strided and not fits_storage(t):
-            raise StateError(
-                f"LBFGS state: a tensor of {tuple(t.shape)} elements extends past its storage "
-                f"({t.untyped_storage().nbytes()} bytes; resized in place?)"
-            )
+        if isinstance(t, _Tensor):
+            check_storage(t, "a state tensor", StateError, "LBFGS state")
     if not all(space.fits(t) for t in flats):
         return False
     spans = [_span(t) for t in flats] + [_span(p) for p in space.params]
