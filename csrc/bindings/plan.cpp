@@ -41,7 +41,7 @@ Plan::Plan(py::list group_params, py::list rows, std::vector<int64_t> table, int
   if (grad_bytes_.size() != rows.size()) {
     throw std::invalid_argument("pyfastopt: one gradient extent per plan row");
   }
-  merge_extents(std::move(extents));
+  add_extents(std::move(extents));
   std::size_t i = 0;
   for (py::handle r : rows) {
     py::tuple t = py::reinterpret_borrow<py::tuple>(r);
@@ -88,7 +88,7 @@ Plan::Plan(py::list group_params, py::list rows, std::vector<int64_t> table, int
   }
 }
 
-void Plan::merge_extents(std::vector<std::pair<int64_t, int64_t>> extents) {
+void Plan::add_extents(std::vector<std::pair<int64_t, int64_t>> extents) {
   extents.insert(extents.end(), extents_.begin(), extents_.end());
   std::sort(extents.begin(), extents.end());
   extents_.clear();
@@ -100,10 +100,6 @@ void Plan::merge_extents(std::vector<std::pair<int64_t, int64_t>> extents) {
       extents_.push_back(e);
     }
   }
-}
-
-void Plan::add_extents(std::vector<std::pair<int64_t, int64_t>> extents) {
-  merge_extents(std::move(extents));
 }
 
 bool Plan::collect(py::handle current_params, py::handle state, bool grads_written) {

@@ -72,7 +72,6 @@ class Plan {
   std::vector<std::pair<int64_t, int64_t>> extents_;
   std::vector<int64_t> grad_bytes_;
   bool overlaps_held(int64_t lo, int64_t hi) const;
-  void merge_extents(std::vector<std::pair<int64_t, int64_t>> extents);
   std::vector<pybind11::object> grads_;  // held from collect() until finish()
 };
 

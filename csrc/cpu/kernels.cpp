@@ -189,11 +189,9 @@ void adam(const Table& t, DType dtype, const AdamParams& hp_in, int nt) {
     refuse_zero_division(t, [&](double step) { return 1.0 - std::pow(hp.beta1, step); });
   }
   if (std::fabs(hp.beta2) > 1.0) {  // torch's `(1 - beta2 ** step) ** 0.5` is then complex
-    for (int64_t r = 0; r < t.rows; ++r) {
-      if (1.0 - std::pow(hp.beta2, cpu::next_step(t, r)) < 0.0) {
-        complex_scalar("Adam's (1 - beta2 ** step) ** 0.5");
-      }
-    }
+    check_next_steps(t, [&](double step, int64_t) {
+      if (1.0 - std::pow(hp.beta2, step) < 0.0) complex_scalar("Adam's (1 - beta2 ** step) ** 0.5");
+    });
   }
   with_storage<true>(t, dtype, [&](auto st) {
     using St = decltype(st);

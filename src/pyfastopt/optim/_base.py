@@ -37,6 +37,7 @@ from ._layout import (
     is_plain,
     may_overlap_itself,
     same_layout,
+    spans_overlap,
 )
 from ._lowmem import FORMATS
 from ._precision import MASTER, MASTER_KEY
@@ -1171,8 +1172,7 @@ _PARAM, _GRAD, _STATE = 0, 1, 2  # kinds of tensor in _shared_memory
 
 def _grads_overlap(params: list[_Tensor]) -> bool:
     """Whether two of the parameters' gradients share memory (judged on byte ranges)."""
-    spans = sorted(_extent(g) for g in (p.grad for p in params) if g is not None and g.numel() > 0)
-    return any(spans[i][0] < spans[i - 1][1] for i in range(1, len(spans)))
+    return spans_overlap([_extent(p.grad) for p in params if p.grad is not None])
 
 
 def _waves(params: list[_Tensor], states: list[dict | None] | None = None) -> list[list[int]]:

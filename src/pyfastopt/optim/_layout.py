@@ -89,6 +89,12 @@ def fits_storage(t: torch.Tensor) -> bool:
     return end <= t.untyped_storage().nbytes()
 
 
+def spans_overlap(spans: list[tuple[int, int]]) -> bool:
+    """Whether two of the byte ranges ``[lo, hi)`` share a byte (empty ones never do)."""
+    spans = sorted(s for s in spans if s[1] > s[0])
+    return any(spans[i][0] < spans[i - 1][1] for i in range(1, len(spans)))
+
+
 def check_storage(t: torch.Tensor, what: str, error: type[Exception], where: str) -> None:
     """Refuse a tensor whose storage was shrunk in place under it, before anything reads it:
     its sizes would send a kernel past the allocation (torch's own ops crash there)."""

@@ -25,7 +25,7 @@ import torch
 from .. import _config, _core
 from ..errors import OperandError
 from ._base import _bump_versions
-from ._layout import check_storage, fits_storage
+from ._layout import check_storage, fits_storage, spans_overlap
 
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter
@@ -83,11 +83,6 @@ def real_numel(p: _Tensor) -> int:
     return p.numel() * 2 if p.is_complex() else p.numel()
 
 
-def _overlap(spans: list[tuple[int, int]]) -> bool:
-    spans = sorted(s for s in spans if s[1] > s[0])
-    return any(spans[i][0] < spans[i - 1][1] for i in range(1, len(spans)))
-
-
 def gather_flat_grad(params: Sequence[_Tensor]) -> _Tensor:
     """torch.optim.LBFGS's ``_gather_flat_grad`` (zeros for a missing gradient)."""
     views = []
@@ -130,7 +125,7 @@ class Space:
         if len({p.dtype.to_real() for p in params}) != 1:
             return None
         space = cls(params)
-        if space.numel == 0 or _overlap([_span(p) for p in params]):
+        if space.numel == 0 or spans_overlap([_span(p) for p in params]):
             return None
         return space
 
@@ -200,7 +195,7 @@ class Space:
             spans = [_span(p) for p in self.params] + [
                 _span(g) for g, n in zip(grads, self.numels) if g is not self._zeros and n
             ]
-            if _overlap(spans):
+            if spans_overlap(spans):
                 return None
         return grads
 
